@@ -17,6 +17,7 @@ from typing import Any
 
 import specs
 
+FAMILIES = ("iso87", "cup")  # message semantics the host/terminal apply (CUP: field 60, 48, header)
 FIELD_TYPES = ("n", "z", "an", "ans", "anp", "xn", "b")
 NUMERIC_TYPES = ("n", "z")
 LENGTH_TYPES = {"fixed": 0, "L": 1, "LL": 2, "LLL": 3, "LLLL": 4}
@@ -26,7 +27,7 @@ LENGTH_ENCODINGS = ("ascii", "bcd", "binary")
 BITMAP_ENCODINGS = ("binary", "hex")
 PADS = ("left", "right")
 DIALECT_KEYS = {
-    "name", "title", "extends", "mti", "numeric", "text", "binary", "length", "bitmap",
+    "name", "title", "extends", "family", "mti", "numeric", "text", "binary", "length", "bitmap",
     "bcd_pad", "header", "framing", "fields", "remove_fields",
 }
 FIELD_KEYS = {"name", "type", "length", "max", "encoding", "length_encoding", "pad", "pad_char"}
@@ -85,6 +86,7 @@ class Dialect:
     name: str
     title: str
     source: str
+    family: str
     spec: Mapping[str, Mapping[str, Any]]
     fields: Mapping[int, FieldDef]
     header_length: int  # bytes of dialect header before the MTI (CUP: 6)
@@ -352,7 +354,8 @@ def build_dialect(merged: Mapping[str, Any], source: str, *, default_name: str =
     ordered = {k: spec[k] for k in ("h", "t", "p", "1")}
     ordered.update({str(n): spec[str(n)] for n in sorted(fields)})
     ordered["65"] = spec["65"]
-    return Dialect(name=name, title=title, source=source, spec=ordered, fields=dict(sorted(fields.items())),
+    family = _choice(merged, "family", FAMILIES, source, "iso87")
+    return Dialect(name=name, title=title, source=source, family=family, spec=ordered, fields=dict(sorted(fields.items())),
                    header_length=header_length, header_name=spec["h"]["desc"], mti_encoding=settings.mti,
                    numeric=settings.numeric, framing=framing)
 
