@@ -1,0 +1,722 @@
+"""Scenario files: TOML that tells the switch how to answer (response rules, host settings) and, later,
+how to misbehave (fault rules, issue 4).
+
+A scenario is refused as a whole when anything in it is wrong, and the error names the file, the
+line and the key (``specs/x.toml:14: response[2].when.amount_max: must be ...``). tomllib reports
+positions only for syntax errors, so ``key_lines`` scans the (already valid) text once and records
+the line where every key, table header and array element starts; errors look their key up there.
+
+The format is documented in the shipped files' comments and in the README; in short::
+
+    [scenario]                       # all optional
+    name = "healthy"                 # default: the file name without .toml
+    description = "what it reproduces"
+    seed = 7                         # RNG seed for faults (CLI --seed overrides)
+    test_cards = true                # append the default test-card table after this file's rules
+
+    [host]                           # overrides for the host's settings, see HOST_KEYS
+    stale_window = "5m"
+
+    [[response]]                     # response rules, first match wins, in file order
+    name = "big amounts need a referral"
+    when = { mti = ["0200"], amount_min = 100000 }
+    respond = "01"
+    fields = { 44 = "CALL ISSUER" }
+
+    [[fault]]                        # kept raw for the fault engine
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import specs
+from switch.codec.dialect import Dialect
+from switch.rules import REGEX_PREFIX, Match, ResponseRule, ResponseRules, RuleError
+
+KeyPath = tuple[str | int, ...]
+"""A key inside a scenario file: table keys as strings, array positions as 0-based ints."""
+
+TEST_CARDS = "test-cards"  # shipped file holding the default test-card table
+
+TOP_KEYS = ("scenario", "host", "response", "fault")
+SCENARIO_KEYS = ("name", "description", "seed", "test_cards")
+RESPONSE_KEYS = ("name", "when", "respond", "fields")
+MATCH_KEYS = ("mti", "processing_code", "pan_prefix", "amount_min", "amount_max", "terminal", "fields")
+_RESPONSE_ATTRIBUTE_KEYS = {"response_code": "respond", "match": "when"}  # ResponseRule attr → file key
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be used.
+
+    ``path`` is the file (None for text given directly), ``line`` 1-based or None when unknown,
+    ``key`` the dotted key such as ``response[2].when.amount_max`` (array elements count from 1, in
+    file order) or None for file-level problems, ``reason`` what is wrong.
+    """
+
+    def __init__(self, path: str | None, line: int | None, key: str | None, reason: str):
+        self.path = path
+        self.line = line
+        self.key = key
+        self.reason = reason
+        where = path or "<scenario>"
+        if line is not None:
+            where += f":{line}"
+        if key is not None:
+            where += f": {key}"
+        super().__init__(f"{where}: {reason}")
+
+
+def format_key(key: KeyPath) -> str:
+    """``("response", 1, "when", "mti")`` → ``response[2].when.mti`` (positions shown from 1)."""
+    text = ""
+    for part in key:
+        if isinstance(part, int):
+            text += f"[{part + 1}]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+# ---------------------------------------------------------------------------------------------------
+# Durations
+
+
+_DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*", re.ASCII)
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_HELP = "a number of seconds or a string such as '250ms', '30s', '5m', '1h' or '1m30s'"
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds from a number of seconds or a string with units (``"250ms"``, ``"1m30s"``).
+
+    Raises ``ValueError`` whose message is a reason fit to follow a key name.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"must be a duration ({_DURATION_HELP}), got {value!r}")
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"must be a duration >= 0, got {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        text = value.strip()
+        total, position = 0.0, 0
+        while position < len(text):
+            part = _DURATION_PART.match(text, position)
+            if part is None:
+                break
+            total += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
+            position = part.end()
+        if text and position == len(text):
+            return total
+        hint = " (write a plain number without quotes, or add a unit)" if _looks_numeric(text) else ""
+        raise ValueError(f"must be a duration ({_DURATION_HELP}), got {value!r}{hint}")
+    raise ValueError(f"must be a duration ({_DURATION_HELP}), got {value!r}")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Line locator
+
+
+class _ScanStop(Exception):
+    """The scanner met text it does not understand; keep the lines found so far."""
+
+
+class _KeyScanner:
+    """Records the line of every key in valid TOML text.
+
+    Not a TOML parser: tomllib has already accepted the text, so this only needs to find where
+    keys, headers and array elements start while stepping over strings, comments and values.
+    """
+
+    _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+    def __init__(self, text: str):
+        self.text = text
+        self.i = 0
+        self.lines: dict[KeyPath, int] = {}
+        self._newlines = [n for n, char in enumerate(text) if char == "\n"]
+        self._array_tables: dict[KeyPath, int] = {}  # [[x]] path → elements seen so far
+
+    def line(self, position: int) -> int:
+        return bisect.bisect_left(self._newlines, position) + 1
+
+    def record(self, key: KeyPath, position: int) -> None:
+        self.lines.setdefault(key, self.line(position))
+
+    def peek(self, count: int = 1) -> str:
+        return self.text[self.i : self.i + count]
+
+    def run(self) -> dict[KeyPath, int]:
+        table: KeyPath = ()
+        while True:
+            self.skip_blank(newlines=True)
+            if self.i >= len(self.text):
+                return self.lines
+            start = self.i
+            if self.peek(2) == "[[":
+                self.i += 2
+                table = self.array_header(self.dotted_key(), start)
+                self.expect("]]")
+            elif self.peek() == "[":
+                self.i += 1
+                table = self.resolve(self.dotted_key())
+                self.record(table, start)
+                self.expect("]")
+            else:
+                self.key_value(table)
+
+    def resolve(self, parts: Iterable[str]) -> KeyPath:
+        """A header's key path, with array-of-tables names pointing at their latest element."""
+        resolved: KeyPath = ()
+        for part in parts:
+            resolved += (part,)
+            if resolved in self._array_tables:
+                resolved += (self._array_tables[resolved] - 1,)
+        return resolved
+
+    def array_header(self, parts: list[str], start: int) -> KeyPath:
+        array = (*self.resolve(parts[:-1]), parts[-1])
+        count = self._array_tables.get(array, 0)
+        self._array_tables[array] = count + 1
+        self.record(array, start)
+        self.record((*array, count), start)
+        return (*array, count)
+
+    def key_value(self, table: KeyPath) -> None:
+        start = self.i
+        key = table + tuple(self.dotted_key())
+        self.record(key, start)
+        self.expect("=")
+        self.value(key)
+
+    def dotted_key(self) -> list[str]:
+        parts: list[str] = []
+        while True:
+            self.skip_blank(newlines=False)
+            char = self.peek()
+            if char == '"':
+                start = self.i
+                self.basic_string()
+                parts.append(tomllib.loads(f"k = {self.text[start : self.i]}")["k"])
+            elif char == "'":
+                start = self.i
+                self.literal_string()
+                parts.append(self.text[start + 1 : self.i - 1])
+            else:
+                bare = self._BARE_KEY.match(self.text, self.i)
+                if bare is None:
+                    raise _ScanStop
+                parts.append(bare.group())
+                self.i = bare.end()
+            self.skip_blank(newlines=False)
+            if self.peek() != ".":
+                return parts
+            self.i += 1
+
+    def value(self, key: KeyPath) -> None:
+        self.skip_blank(newlines=False)
+        if self.peek(3) in ('"""', "'''"):
+            self.multiline_string(self.peek(3))
+        elif self.peek() == '"':
+            self.basic_string()
+        elif self.peek() == "'":
+            self.literal_string()
+        elif self.peek() == "[":
+            self.i += 1
+            self.array(key)
+        elif self.peek() == "{":
+            self.i += 1
+            self.inline_table(key)
+        else:
+            start = self.i
+            while self.i < len(self.text) and self.text[self.i] not in ",]}#\r\n":
+                self.i += 1
+            if self.i == start:
+                raise _ScanStop
+
+    def array(self, key: KeyPath) -> None:
+        index = 0
+        while True:
+            self.skip_blank(newlines=True)
+            if self.peek() == "]":
+                self.i += 1
+                return
+            self.record((*key, index), self.i)
+            self.value((*key, index))
+            self.skip_blank(newlines=True)
+            if self.peek() == ",":
+                self.i += 1
+                index += 1
+            elif self.peek() != "]":
+                raise _ScanStop
+
+    def inline_table(self, key: KeyPath) -> None:
+        while True:
+            self.skip_blank(newlines=True)
+            if self.peek() == "}":
+                self.i += 1
+                return
+            self.key_value(key)
+            self.skip_blank(newlines=True)
+            if self.peek() == ",":
+                self.i += 1
+            elif self.peek() != "}":
+                raise _ScanStop
+
+    def basic_string(self) -> None:
+        self.i += 1
+        while self.i < len(self.text):
+            char = self.text[self.i]
+            if char == "\\":
+                self.i += 2
+            elif char == '"':
+                self.i += 1
+                return
+            elif char == "\n":
+                raise _ScanStop
+            else:
+                self.i += 1
+        raise _ScanStop
+
+    def literal_string(self) -> None:
+        end = self.text.find("'", self.i + 1)
+        if end < 0:
+            raise _ScanStop
+        self.i = end + 1
+
+    def multiline_string(self, delimiter: str) -> None:
+        self.i += 3
+        while self.i < len(self.text):
+            if delimiter == '"""' and self.text[self.i] == "\\":
+                self.i += 2
+            elif self.text.startswith(delimiter, self.i):
+                # Up to two quote characters may sit right before the closing delimiter.
+                while self.text.startswith(delimiter, self.i + 1):
+                    self.i += 1
+                self.i += 3
+                return
+            else:
+                self.i += 1
+        raise _ScanStop
+
+    def skip_blank(self, *, newlines: bool) -> None:
+        blank = " \t\r\n" if newlines else " \t"
+        while self.i < len(self.text):
+            char = self.text[self.i]
+            if char in blank:
+                self.i += 1
+            elif char == "#" and newlines:
+                end = self.text.find("\n", self.i)
+                self.i = len(self.text) if end < 0 else end + 1
+            elif char == "#":  # a comment ends the line; the newline is the caller's business
+                end = self.text.find("\n", self.i)
+                self.i = len(self.text) if end < 0 else end
+            else:
+                return
+
+    def expect(self, token: str) -> None:
+        self.skip_blank(newlines=False)
+        if not self.text.startswith(token, self.i):
+            raise _ScanStop
+        self.i += len(token)
+
+
+def key_lines(text: str) -> dict[KeyPath, int]:
+    """Line (1-based) where each key, table and array element of valid TOML ``text`` starts.
+
+    Keys are paths as tomllib would nest them: ``[[response]]`` elements are ``("response", 0)``,
+    ``("response", 1)``..., a key ``amount_max`` in ``when = {...}`` of the second one is
+    ``("response", 1, "when", "amount_max")``; array values are indexed the same way. The first
+    occurrence of a path wins. Text this scanner cannot follow yields the lines found before it.
+    """
+    scanner = _KeyScanner(text)
+    try:
+        return scanner.run()
+    except (_ScanStop, tomllib.TOMLDecodeError):
+        return scanner.lines
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sources and errors
+
+
+@dataclass(frozen=True)
+class ScenarioSource:
+    """Where a scenario came from: its path and the line of every key, to build precise errors."""
+
+    path: str | None
+    lines: Mapping[KeyPath, int] = field(default_factory=dict)
+
+    def line_of(self, key: KeyPath) -> int | None:
+        """Line of ``key``, or of its nearest enclosing key when it is absent (a missing key)."""
+        for length in range(len(key), 0, -1):
+            line = self.lines.get(key[:length])
+            if line is not None:
+                return line
+        return None
+
+    def error(self, key: KeyPath | None, reason: str) -> ScenarioError:
+        """An error for ``key`` (None: the file as a whole), to raise."""
+        if key is None:
+            return ScenarioError(self.path, None, None, reason)
+        return ScenarioError(self.path, self.line_of(key), format_key(key), reason)
+
+
+def _check_keys(src: ScenarioSource, table: Mapping[str, Any], key: KeyPath, allowed: Iterable[str]) -> None:
+    """Unknown keys are errors (typos must not be ignored silently); names the first in file order."""
+    allowed = tuple(allowed)
+    unknown = [name for name in table if name not in allowed]
+    if unknown:
+        first = min(unknown, key=lambda name: src.line_of((*key, name)) or 0)
+        raise src.error((*key, first), f"unknown key; allowed: {', '.join(allowed)}")
+
+
+def _table(src: ScenarioSource, value: Any, key: KeyPath, what: str = "a table") -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise src.error(key, f"must be {what}, got {value!r}")
+    return value
+
+
+def _rule_error(
+    src: ScenarioSource, key: KeyPath, exc: RuleError, rename: Mapping[str, str] = MappingProxyType({})
+) -> ScenarioError:
+    """Map a ``RuleError`` attribute (``fields.44``) onto the key path in the file."""
+    head, *rest = exc.attribute.split(".")
+    return src.error((*key, rename.get(head, head), *rest), exc.reason)
+
+
+def _field_numbers(src: ScenarioSource, value: Any, key: KeyPath) -> dict[int, Any]:
+    """TOML keys are strings: ``{ 44 = "x" }`` → ``{44: "x"}``; range checks are the rule's."""
+    table = _table(src, value, key, 'a table of field number = string, e.g. { 44 = "CALL ISSUER" }')
+    numbers: dict[int, Any] = {}
+    for name, field_value in table.items():
+        if not (name.isascii() and name.isdigit()):
+            raise src.error((*key, name), f"field numbers are 2..128, got {name!r}")
+        if int(name) in numbers:
+            raise src.error((*key, name), f"field {int(name)} is given twice")
+        numbers[int(name)] = field_value
+    return numbers
+
+
+def parse_match(when: Any, key: KeyPath, src: ScenarioSource, *, allow: Iterable[str] = ()) -> Match:
+    """A ``Match`` from a ``when`` table at ``key``.
+
+    ``allow`` names extra keys the caller handles itself (the fault engine's ``nth``, ``every``,
+    ``connection``...), so its predicates share this syntax and these errors.
+    """
+    table = _table(src, when, key, 'a table such as { mti = ["0200"], amount_min = 100 }')
+    _check_keys(src, table, key, (*MATCH_KEYS, *allow))
+    arguments = {name: table[name] for name in MATCH_KEYS if name in table}
+    if "fields" in arguments:
+        arguments["fields"] = _field_numbers(src, arguments["fields"], (*key, "fields"))
+    try:
+        return Match(**arguments)
+    except RuleError as exc:
+        raise _rule_error(src, key, exc) from None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Host settings
+
+
+def _response_code(value: Any) -> str:
+    if isinstance(value, str) and len(value) == 2 and value.isascii() and value.isalnum():
+        return value
+    raise ValueError(f'must be a 2-character response code (letters or digits, e.g. "A0"), got {value!r}')
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be a duration > 0, got {value!r}")
+    return seconds
+
+
+def _timeout_or_never(value: Any) -> float | None:
+    if value == "never":
+        return None
+    try:
+        return _positive_duration(value)
+    except ValueError as exc:
+        raise ValueError(f'{exc}, or "never"') from None
+
+
+def _unknown_original_code(value: Any) -> str:
+    if value in ("00", "25"):
+        return value
+    raise ValueError(f'must be "00" (approve, lets the terminal clear its queue) or "25", got {value!r}')
+
+
+HOST_KEYS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
+    {
+        "require_signon": _boolean,
+        "signon_required_code": _response_code,
+        "session_timeout": _timeout_or_never,
+        "stale_window": _positive_duration,
+        "stale_code": _response_code,
+        "unknown_original_code": _unknown_original_code,
+        "duplicate_window": _positive_duration,
+    }
+)
+"""``[host]`` keys → validator returning the value the host's config takes (durations in seconds)."""
+
+
+def _host(src: ScenarioSource, value: Any) -> Mapping[str, Any]:
+    table = _table(src, value, ("host",))
+    _check_keys(src, table, ("host",), HOST_KEYS)
+    settings: dict[str, Any] = {}
+    for name, raw in table.items():
+        try:
+            settings[name] = HOST_KEYS[name](raw)
+        except ValueError as exc:
+            raise src.error(("host", name), str(exc)) from None
+    return MappingProxyType(settings)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A validated scenario: host overrides, response rules (file's, then test cards) and raw faults."""
+
+    name: str
+    description: str
+    path: str | None
+    host: Mapping[str, Any]
+    response_rules: ResponseRules
+    faults: tuple[Mapping[str, Any], ...] = ()
+    seed: int | None = None
+    test_cards: bool = True
+    fault_lines: tuple[int | None, ...] = ()  # line of each [[fault]] header, parallel to ``faults``
+    source: ScenarioSource = field(default_factory=lambda: ScenarioSource(None), repr=False, compare=False)
+    _rule_origins: tuple[tuple[ScenarioSource, KeyPath], ...] = field(default=(), repr=False, compare=False)
+
+    def error(self, key: KeyPath, reason: str) -> ScenarioError:
+        """An error at ``key`` of this scenario's file, e.g. ``("fault", 0, "delay")`` → line and name."""
+        return self.source.error(key, reason)
+
+    def check_dialect(self, dialect: Dialect) -> None:
+        """Refuse rules the dialect cannot carry, at start-up rather than on the first matching request.
+
+        A response field must be defined by the dialect and fit its type and size. A ``when.fields``
+        entry on a field the dialect lacks, or a literal value the field can never hold (wrong
+        length, letters in a numeric field, lower-case hex), could never match: always a mistake.
+        """
+        origins = self._rule_origins
+        if len(origins) != len(self.response_rules):  # built in code, not parsed: no file positions
+            origins = tuple((self.source, ("response", index)) for index in range(len(self.response_rules)))
+        for rule, (src, key) in zip(self.response_rules, origins, strict=True):
+            for number, expected in rule.match.fields.items():
+                literal = None if expected.startswith(REGEX_PREFIX) else expected
+                problem = _dialect_value_problem(dialect, number, literal)
+                if problem:
+                    raise src.error((*key, "when", "fields", str(number)), f"never matches: {problem}")
+            for number, value in rule.fields.items():
+                problem = _dialect_value_problem(dialect, number, value)
+                if problem:
+                    raise src.error((*key, "fields", str(number)), problem)
+
+
+_VALUE_CHARACTERS = {  # what the codec accepts for a field type; others are free text
+    "n": (re.compile(r"[0-9]*"), "digits"),
+    "z": (re.compile(r"[0-9:;<=>?D]*"), "track characters (0-9 : ; < = > ? D)"),
+    "b": (re.compile(r"[0-9A-F]*"), "upper-case hex digits"),
+}
+
+
+def _dialect_value_problem(dialect: Dialect, number: int, value: str | None) -> str | None:
+    """Why ``value`` cannot be field ``number`` of ``dialect`` as the codec represents it (None: it can).
+
+    ``value`` None checks only that the field exists.
+    """
+    definition = dialect.fields.get(number)
+    if definition is None:
+        return f"dialect {dialect.name} has no field {number}"
+    if value is None:
+        return None
+    binary = definition.type == "b"
+    limit = definition.max * 2 if binary else definition.max  # binary values are hex text
+    unit = "hex digits" if binary else "characters"
+    if definition.fixed and len(value) != limit:
+        return f"field {number} of dialect {dialect.name} is exactly {limit} {unit}, got {len(value)}"
+    if len(value) > limit:
+        return f"field {number} of dialect {dialect.name} holds at most {limit} {unit}, got {len(value)}"
+    allowed = _VALUE_CHARACTERS.get(definition.type)
+    if allowed and allowed[0].fullmatch(value) is None:
+        return f"field {number} of dialect {dialect.name} holds {allowed[1]}, got {value!r}"
+    return None
+
+
+def _response_rules(
+    src: ScenarioSource, value: Any, scenario_name: str
+) -> tuple[list[ResponseRule], list[tuple[ScenarioSource, KeyPath]]]:
+    if isinstance(value, Mapping):
+        raise src.error(("response",), "write response rules as [[response]] tables, not [response]")
+    if not isinstance(value, list):
+        raise src.error(("response",), f"must be an array of [[response]] tables, got {value!r}")
+    rules: list[ResponseRule] = []
+    origins: list[tuple[ScenarioSource, KeyPath]] = []
+    for index, raw in enumerate(value):
+        key: KeyPath = ("response", index)
+        table = _table(src, raw, key)
+        _check_keys(src, table, key, RESPONSE_KEYS)
+        for required, hint in (
+            ("when", "write when = {} to match every request"),
+            ("respond", 'the response code to answer with, e.g. respond = "51"'),
+        ):
+            if required not in table:
+                raise src.error((*key, required), f"missing ({hint})")
+        match = parse_match(table["when"], (*key, "when"), src)
+        fields = _field_numbers(src, table.get("fields", {}), (*key, "fields"))
+        name = table.get("name", f"{scenario_name} {format_key(key)}")
+        try:
+            rules.append(ResponseRule(name, match, table["respond"], fields))
+        except RuleError as exc:
+            raise _rule_error(src, key, exc, _RESPONSE_ATTRIBUTE_KEYS) from None
+        origins.append((src, key))
+    return rules, origins
+
+
+def _faults(src: ScenarioSource, value: Any) -> tuple[tuple[Mapping[str, Any], ...], tuple[int | None, ...]]:
+    """Fault tables are validated by the fault engine; here only their shape and position."""
+    if isinstance(value, Mapping):
+        raise src.error(("fault",), "write fault rules as [[fault]] tables, not [fault]")
+    if not isinstance(value, list):
+        raise src.error(("fault",), f"must be an array of [[fault]] tables, got {value!r}")
+    faults = tuple(_table(src, raw, ("fault", index)) for index, raw in enumerate(value))
+    return faults, tuple(src.line_of(("fault", index)) for index in range(len(faults)))
+
+
+def _toml_error(path: str | None, exc: tomllib.TOMLDecodeError) -> ScenarioError:
+    line = getattr(exc, "lineno", None)
+    if line is None:
+        found = re.search(r"at line (\d+)", str(exc))
+        line = int(found.group(1)) if found else None
+    return ScenarioError(path, line, None, f"invalid TOML: {exc}")
+
+
+def parse_scenario(text: str, path: str | None = None, *, with_test_cards: bool = True) -> Scenario:
+    """Validate scenario TOML ``text`` (``path`` is only for names and errors).
+
+    ``with_test_cards=False`` ignores the file's ``test_cards`` and adds no table; it is how the
+    test-card file itself is read.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise _toml_error(path, exc) from None
+    src = ScenarioSource(path, MappingProxyType(key_lines(text)))
+    _check_keys(src, data, (), TOP_KEYS)
+
+    meta = _table(src, data.get("scenario", {}), ("scenario",))
+    _check_keys(src, meta, ("scenario",), SCENARIO_KEYS)
+    default_name = Path(path).stem if path else "scenario"
+    name = meta.get("name", default_name)
+    if not isinstance(name, str) or not name.strip():
+        raise src.error(("scenario", "name"), f"must be a non-blank string, got {name!r}")
+    description = meta.get("description", "")
+    if not isinstance(description, str):
+        raise src.error(("scenario", "description"), f"must be a string, got {description!r}")
+    seed = meta.get("seed")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+        raise src.error(("scenario", "seed"), f"must be an integer, got {seed!r}")
+    test_cards = meta.get("test_cards", True)
+    if not isinstance(test_cards, bool):
+        raise src.error(("scenario", "test_cards"), f"must be true or false, got {test_cards!r}")
+
+    host = _host(src, data.get("host", {}))
+    rules, origins = _response_rules(src, data.get("response", []), name)
+    faults, fault_lines = _faults(src, data.get("fault", []))
+    use_test_cards = test_cards and with_test_cards
+    if use_test_cards:
+        cards = default_scenario()
+        rules += cards.response_rules.rules
+        origins += cards._rule_origins
+    return Scenario(
+        name=name,
+        description=description.strip(),
+        path=path,
+        host=host,
+        response_rules=ResponseRules(rules),
+        faults=faults,
+        seed=seed,
+        test_cards=use_test_cards,
+        fault_lines=fault_lines,
+        source=src,
+        _rule_origins=tuple(origins),
+    )
+
+
+def _read(path: Path, shown: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ScenarioError(shown, None, None, "no such file") from None
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(shown, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise ScenarioError(shown, None, None, f"cannot read: {exc.strerror or exc}") from None
+
+
+def scenario_names() -> list[str]:
+    """Names of the shipped scenarios, for ``--scenario NAME`` and help texts."""
+    return sorted(path.stem for path in specs.scenarios_dir().glob("*.toml"))
+
+
+def load_scenario(name_or_path: str) -> Scenario:
+    """A shipped scenario by name (``"healthy"``) or a file by path (ends in ``.toml`` or has a ``/``)."""
+    if name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path:
+        return parse_scenario(_read(Path(name_or_path), name_or_path), name_or_path)
+    path = specs.scenarios_dir() / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ScenarioError(
+            name_or_path,
+            None,
+            None,
+            f"no shipped scenario of that name (shipped: {', '.join(scenario_names())}); "
+            "a file path must end in .toml",
+        )
+    return parse_scenario(_read(path, str(path)), str(path))
+
+
+@cache
+def default_scenario() -> Scenario:
+    """The default test-card table alone: no host overrides, no faults (what runs without --scenario)."""
+    path = specs.scenarios_dir() / f"{TEST_CARDS}.toml"
+    scenario = parse_scenario(_read(path, str(path)), str(path), with_test_cards=False)
+    return Scenario(
+        name="default",
+        description="The default test-card table; no host overrides, no faults.",
+        path=None,
+        host=MappingProxyType({}),
+        response_rules=scenario.response_rules,
+        test_cards=True,
+        source=ScenarioSource(None),
+        _rule_origins=scenario._rule_origins,
+    )
