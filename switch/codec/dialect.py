@@ -217,6 +217,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise DialectError(str(path), f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the whole file first and lets this through
+        raise DialectError(str(path), f"not valid TOML: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise DialectError(str(path), f"cannot read: {exc.strerror or exc}") from None
 
@@ -274,13 +276,17 @@ class DialectRegistry:
         if parent is None:
             return raw
         _require(isinstance(parent, str), str(path), "must be a dialect name", key="extends")
+        try:
+            self.path_of(parent)
+        except DialectError as exc:  # name the file that asked for it, not just the missing name
+            raise DialectError(str(path), f"{parent!r}: {exc.reason}", key="extends") from None
         base = self.merged_table(parent, (*chain, name))
         if parent not in self._cache:
             self.load(parent)
-        return _merge(base, raw)
+        return _merge(base, raw, str(path))
 
 
-def _merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
+def _merge(base: Mapping[str, Any], child: Mapping[str, Any], source: str) -> dict[str, Any]:
     merged = {k: v for k, v in base.items() if k not in ("name", "title", "extends")}
     for key, value in child.items():
         if key in ("fields", "framing", "header") and isinstance(value, Mapping):
@@ -295,8 +301,7 @@ def _merge(base: Mapping[str, Any], child: Mapping[str, Any]) -> dict[str, Any]:
             merged[key] = value
     remove = child.get("remove_fields", [])
     if not (isinstance(remove, list) and all(isinstance(n, int) for n in remove)):
-        raise DialectError(str(child.get("name", "dialect")), "must be a list of field numbers",
-                           key="remove_fields")
+        raise DialectError(source, "must be a list of field numbers", key="remove_fields")
     for number in remove:
         merged.get("fields", {}).pop(str(number), None)
     merged.pop("remove_fields", None)
@@ -337,8 +342,11 @@ def build_dialect(merged: Mapping[str, Any], source: str, *, default_name: str =
              "a dialect needs a [fields] table", key="fields")
     fields: dict[int, FieldDef] = {}
     for number, fraw in raw_fields.items():
-        _require(number.isdigit() and 2 <= int(number) <= 128 and number not in SPECIAL_FIELDS,
-                 source, "field numbers are 2..128 (1 and 65 are bitmaps the codec computes)", field=number)
+        # str(int(...)) == number: no "04" beside "4", no "065" slipping past the bitmap check
+        _require(number.isdigit() and number == str(int(number)) and 2 <= int(number) <= 128
+                 and number not in SPECIAL_FIELDS, source,
+                 "field numbers are 2..128 without leading zeros (1 and 65 are bitmaps the codec computes)",
+                 field=number)
         fdef, fspec = _field_spec(number, fraw, settings, source)
         fields[fdef.number] = fdef
         spec[str(fdef.number)] = fspec
