@@ -13,8 +13,8 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 
 import trio
 

@@ -73,15 +73,19 @@ def _header_value(dialect: Dialect, header_hex: str | None) -> str:
     if header_hex is None:
         if dialect.family == "cup":
             return CupHeader.DEFAULT.format()
-        raise CliError(f"dialect {dialect.name} starts each message with a {dialect.header_length}-byte "
-                       f"{dialect.header_name}: give it with --header HEX")
+        raise CliError(
+            f"dialect {dialect.name} starts each message with a {dialect.header_length}-byte "
+            f"{dialect.header_name}: give it with --header HEX"
+        )
     try:
         header = parse_hex(header_hex)
     except ValueError as exc:
         raise CliError(f"--header: {exc}") from None
     if len(header) != dialect.header_length:
-        raise CliError(f"--header: dialect {dialect.name} has a {dialect.header_length}-byte header, "
-                       f"got {len(header)} bytes")
+        raise CliError(
+            f"--header: dialect {dialect.name} has a {dialect.header_length}-byte header, "
+            f"got {len(header)} bytes"
+        )
     if dialect.spec["h"]["data_enc"] == "b":
         return header.hex().upper()
     try:
@@ -106,18 +110,35 @@ def _check_mti(ctx: click.Context, param: click.Parameter, value: str) -> str:
 
 @cli.command(short_help="Encode a message given field by field and print its hex.")
 @click.option("--mti", required=True, callback=_check_mti, metavar="MTI", help="Message type, e.g. 0200.")
-@click.option("-f", "--field", "field_args", multiple=True, metavar="N=VALUE",
-              help="A field, e.g. -f 4=000000001234; binary and BCD-packed fields take hex digits. "
-                   "Repeatable.")
-@click.option("--header", "header_hex", metavar="HEX",
-              help="Dialect message header (CUP: 6 bytes; default 603100000000).")
+@click.option(
+    "-f",
+    "--field",
+    "field_args",
+    multiple=True,
+    metavar="N=VALUE",
+    help="A field, e.g. -f 4=000000001234; binary and BCD-packed fields take hex digits. Repeatable.",
+)
+@click.option(
+    "--header",
+    "header_hex",
+    metavar="HEX",
+    help="Dialect message header (CUP: 6 bytes; default 603100000000).",
+)
 @dialect_options
 @click.option("--framed", is_flag=True, help="Add the dialect's length header (and TPDU).")
 @framing_options
 @click.option("--tpdu", "tpdu_hex", metavar="HEX", help="With --framed: the 5-byte TPDU, e.g. 6000010000.")
 @click.option("--no-tpdu", is_flag=True, help="With --framed: no TPDU even if the dialect's framing has one.")
-def build(mti: str, field_args: tuple[str, ...], header_hex: str | None, dialect: Dialect, framed: bool,
-          framing_overrides: FramingOverrides, tpdu_hex: str | None, no_tpdu: bool) -> None:
+def build(
+    mti: str,
+    field_args: tuple[str, ...],
+    header_hex: str | None,
+    dialect: Dialect,
+    framed: bool,
+    framing_overrides: FramingOverrides,
+    tpdu_hex: str | None,
+    no_tpdu: bool,
+) -> None:
     """Encode a message and print it as hex (the inverse of `iso-switch describe`).
 
     \b
@@ -126,8 +147,10 @@ def build(mti: str, field_args: tuple[str, ...], header_hex: str | None, dialect
           | iso-switch describe -
     """
     if not framed and (tpdu_hex is not None or no_tpdu or framing_overrides != FramingOverrides()):
-        raise CliError("--tpdu, --no-tpdu, --length-header, --length-includes-itself and --max-frame "
-                       "shape the frame: add --framed")
+        raise CliError(
+            "--tpdu, --no-tpdu, --length-header, --length-includes-itself and --max-frame "
+            "shape the frame: add --framed"
+        )
     if tpdu_hex is not None and no_tpdu:
         raise CliError("--tpdu and --no-tpdu contradict each other")
     fields = parse_field_args(field_args, dialect)
@@ -141,14 +164,17 @@ def build(mti: str, field_args: tuple[str, ...], header_hex: str | None, dialect
     click.echo(payload.hex().upper())
 
 
-def _frame(dialect: Dialect, payload: bytes, overrides: FramingOverrides, tpdu_hex: str | None,
-           no_tpdu: bool) -> bytes:
+def _frame(
+    dialect: Dialect, payload: bytes, overrides: FramingOverrides, tpdu_hex: str | None, no_tpdu: bool
+) -> bytes:
     framing = overrides.framing(dialect, tpdu=True if tpdu_hex is not None else (False if no_tpdu else None))
     tpdu = None
     if framing.tpdu:
         if tpdu_hex is None:
-            raise CliError(f"dialect {dialect.name} frames messages with a TPDU: give it with --tpdu HEX "
-                           "(e.g. --tpdu 6000010000) or drop it with --no-tpdu")
+            raise CliError(
+                f"dialect {dialect.name} frames messages with a TPDU: give it with --tpdu HEX "
+                "(e.g. --tpdu 6000010000) or drop it with --no-tpdu"
+            )
         try:
             tpdu = parse_hex(tpdu_hex)
         except ValueError as exc:

@@ -324,11 +324,11 @@ def build_dialect(merged: Mapping[str, Any], source: str, *, default_name: str =
     header_length = header.get("length", 0)
     _require(isinstance(header_length, int) and 0 <= header_length <= 64, source,
              f"must be an integer 0..64, got {header_length!r}", key="header.length")
-    header_encoding = _choice(header, "encoding", BINARY_ENCODINGS + ("ascii",), source, "raw")
+    header_encoding = _choice(header, "encoding", ("raw", "ascii"), source, "raw")  # raw: bytes shown as hex
 
     spec: dict[str, dict[str, Any]] = {
-        "h": {"data_enc": "b" if header_encoding == "raw" and header_length else "ascii", "len_enc": "ascii", "len_type": 0,
-              "max_len": header_length, "desc": header.get("name", "Message Header")},
+        "h": {"data_enc": "b" if header_encoding == "raw" and header_length else "ascii", "len_enc": "ascii",
+              "len_type": 0, "max_len": header_length, "desc": header.get("name", "Message Header")},
         "t": {"data_enc": "b" if settings.mti == "bcd" else "ascii", "len_enc": "ascii", "len_type": 0,
               "max_len": 2 if settings.mti == "bcd" else 4, "desc": "Message Type"},
     }
@@ -363,7 +363,8 @@ def build_dialect(merged: Mapping[str, Any], source: str, *, default_name: str =
     ordered.update({str(n): spec[str(n)] for n in sorted(fields)})
     ordered["65"] = spec["65"]
     family = _choice(merged, "family", FAMILIES, source, "iso87")
-    return Dialect(name=name, title=title, source=source, family=family, spec=ordered, fields=dict(sorted(fields.items())),
+    return Dialect(name=name, title=title, source=source, family=family, spec=ordered,
+                   fields=dict(sorted(fields.items())),
                    header_length=header_length, header_name=spec["h"]["desc"], mti_encoding=settings.mti,
                    numeric=settings.numeric, framing=framing)
 
