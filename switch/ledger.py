@@ -1,0 +1,721 @@
+"""The acquirer host's durable ledger: postings, reversals, advices, batch uploads, settlements.
+
+Two layers with one rule between them:
+
+* **In memory**, a set of indexes answers every question the host asks on the hot path (is this
+  terminal + STAN + field 7 known? which reversal answered this original? what are this batch's
+  totals?) in O(1). A mutation is applied to the indexes *at once*, so the very next decision sees it.
+* **On disk**, SQLite (stdlib ``sqlite3``; WAL and ``synchronous=FULL`` for files) holds an
+  append-only log of typed rows: every mutation is also queued as one ``INSERT``, and ``flush()``
+  writes everything queued in ONE transaction. That is the group commit: a burst of approvals costs
+  one fsync, and ``committed_seq`` tells the caller which of them are durable. The host never sends
+  an answer whose row is not yet committed (``Decision.commit_seq`` + ``switch.commit``).
+
+Every row carries a sequence number from one counter (``next_sequence``), which is also what RRNs
+are made from, so RRNs stay unique across restarts. State is a pure function of the rows in sequence
+order, so ``Ledger.open`` on an existing file replays them into the same indexes: a host killed with
+SIGKILL restarts with every approval it flushed (and therefore every approval it sent).
+
+Threading: the Trio thread reads and mutates; ``flush`` may run in a worker thread at the same time.
+Only ``flush`` (and ``close``) touch the sqlite connection, and the queue is swapped atomically, so
+the two never need a lock on the hot path.
+
+One process per ledger file: a second writer would not see the first one's in-memory indexes.
+Reading a ledger another process is serving (``iso-switch ledger``) is fine: it replays what has
+been committed so far.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, replace
+from itertools import groupby
+from operator import itemgetter
+from typing import Any
+
+from switch.codec.composite import SettlementTotals
+
+__all__ = [
+    "FIRST_BATCH",
+    "SCHEMA_VERSION",
+    "BatchSummary",
+    "Discrepancy",
+    "Ledger",
+    "LedgerError",
+    "Posting",
+    "Reversal",
+    "Settlement",
+    "UploadRecord",
+    "next_batch_number",
+]
+
+SCHEMA_VERSION = "1"
+FIRST_BATCH = "000001"
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened or used (not a ledger file, other schema, used after close)."""
+
+
+def next_batch_number(batch: str) -> str:
+    """The batch after ``batch``: n6, 999999 wraps to 000001 (as terminal batch counters do)."""
+    return f"{int(batch) % 999999 + 1:06d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Records (immutable; the ledger replaces a posting when it is reversed)
+
+
+class _Record:
+    """``as_dict`` for JSON output (``iso-switch ledger --json``, the admin API)."""
+
+    __slots__ = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True, slots=True)
+class Posting(_Record):
+    """One financial request the host decided (0100, 0200, 0220), approved or declined.
+
+    Declines are kept too: a duplicate of a declined request is still a duplicate, and a reversal
+    of a declined original must be told apart from one whose original never arrived.
+    ``kind`` is "authorization" (0100: holds funds, never settled), "purchase" (0200) or "advice"
+    (0220: an offline sale reported afterwards). ``direction`` is "debit" or "credit" (processing
+    code 2x). ``pan`` is masked. ``transmission_time`` is field 7 as sent, "" when absent (CUP).
+    ``received_at`` is host time in Unix seconds.
+    """
+
+    seq: int
+    received_at: float
+    terminal: str
+    stan: str
+    transmission_time: str
+    mti: str
+    kind: str
+    direction: str
+    amount: int
+    currency: str
+    pan: str
+    batch: str
+    response_code: str
+    approved: bool
+    rrn: str
+    auth_code: str
+    reversal_seq: int | None = None
+
+    @property
+    def reversed(self) -> bool:
+        return self.reversal_seq is not None
+
+    @property
+    def captured(self) -> bool:
+        """Counts in settlement totals: approved, settled kind, not reversed."""
+        return self.approved and self.kind != "authorization" and self.reversal_seq is None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The stored fields plus the derived ``reversed`` and ``captured`` flags."""
+        return {**asdict(self), "reversed": self.reversed, "captured": self.captured}
+
+
+REVERSAL_EFFECTS = ("reversed", "nothing-to-undo", "original-unknown", "batch-closed")
+
+
+@dataclass(frozen=True, slots=True)
+class Reversal(_Record):
+    """A reversal (0400/0420) and the answer it got; repeats are answered from here.
+
+    ``effect``: "reversed" (an approved original was undone), "nothing-to-undo" (the original was
+    declined), "original-unknown" (no such original:
+    kept so a repeat gets the same answer and an original arriving *after* its reversal is not
+    posted), "batch-closed" (the original's batch was already settled; refused).
+    ``original_stan`` / ``original_time`` name what the reversal asked for (from field 90, or its
+    own STAN when field 90 is absent; time "" when unknown).
+    """
+
+    seq: int
+    received_at: float
+    terminal: str
+    stan: str
+    transmission_time: str
+    mti: str
+    original_seq: int | None
+    original_stan: str
+    original_time: str
+    response_code: str
+    effect: str
+
+
+@dataclass(frozen=True, slots=True)
+class UploadRecord(_Record):
+    """One transaction a terminal uploaded (0320) after a settlement mismatch."""
+
+    seq: int
+    received_at: float
+    terminal: str
+    batch: str
+    stan: str
+    processing_code: str
+    direction: str
+    amount: int
+    rrn: str
+    pan: str
+
+
+SETTLEMENT_RESULTS = ("balanced", "unbalanced", "accepted-after-upload")
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement(_Record):
+    """A settlement request (0500) and its outcome; a 0501 repeat is answered from here.
+
+    ``result``: "balanced" (closed), "unbalanced" (95, batch stays open) or "accepted-after-upload"
+    (closed; differences recorded as discrepancies). ``closed`` says whether this row closed the batch.
+    The totals are the terminal's, as compared (net of reversals).
+    """
+
+    seq: int
+    received_at: float
+    terminal: str
+    batch: str
+    stan: str
+    transmission_time: str
+    result: str
+    response_code: str
+    closed: bool
+    debit_count: int
+    debit_amount: int
+    credit_count: int
+    credit_amount: int
+
+
+DISCREPANCY_KINDS = (
+    "missing-from-upload",     # the ledger has a settled transaction the terminal did not upload
+    "unknown-to-ledger",       # uploaded, but the ledger never saw it
+    "not-approved-in-ledger",  # uploaded, but the ledger declined it
+    "reversed-in-ledger",      # uploaded, but the ledger reversed it
+    "amount-differs",          # both have it, with different amount or direction
+    "totals-differ-from-upload",  # the settlement's totals are not the sum of the uploaded records
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Discrepancy(_Record):
+    """A difference between a terminal's uploaded batch and the ledger, found when settling after upload."""
+
+    seq: int
+    received_at: float
+    terminal: str
+    batch: str
+    kind: str
+    stan: str
+    rrn: str
+    ledger_amount: int | None
+    upload_amount: int | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchSummary(_Record):
+    """A terminal's batch as reports show it.
+
+    Debit/credit counts and amounts are NET: approved, captured, not reversed (what settlement
+    compares). The reversal columns count what was reversed, for information.
+    """
+
+    terminal: str
+    batch: str
+    status: str  # "open" | "closed"
+    debit_count: int
+    debit_amount: int
+    credit_count: int
+    credit_amount: int
+    debit_reversal_count: int
+    debit_reversal_amount: int
+    credit_reversal_count: int
+    credit_reversal_amount: int
+    postings: int
+    upload_count: int
+    upload_ended: bool
+    discrepancies: int
+    closed_seq: int | None
+    closed_at: float | None
+
+    @property
+    def net_totals(self) -> SettlementTotals:
+        """What a terminal's settlement request is compared with."""
+        return SettlementTotals(self.debit_count, self.debit_amount, self.credit_count, self.credit_amount)
+
+
+class _Batch:
+    """Mutable batch state behind the indexes (snapshotted as ``BatchSummary``)."""
+
+    __slots__ = ("batch", "closed_at", "closed_seq", "credit_amount", "credit_count",
+                 "credit_reversal_amount", "credit_reversal_count", "debit_amount", "debit_count",
+                 "debit_reversal_amount", "debit_reversal_count", "discrepancies", "posting_seqs",
+                 "terminal", "upload_ended", "uploads")
+
+    def __init__(self, terminal: str, batch: str):
+        self.terminal = terminal
+        self.batch = batch
+        self.debit_count = self.debit_amount = self.credit_count = self.credit_amount = 0
+        self.debit_reversal_count = self.debit_reversal_amount = 0
+        self.credit_reversal_count = self.credit_reversal_amount = 0
+        self.posting_seqs: list[int] = []
+        self.uploads: dict[str, UploadRecord] = {}  # by STAN: a re-uploaded record replaces the first
+        self.upload_ended = False
+        self.discrepancies = 0
+        self.closed_seq: int | None = None
+        self.closed_at: float | None = None
+
+    def add(self, direction: str, amount: int, sign: int) -> None:
+        if direction == "credit":
+            self.credit_count += sign
+            self.credit_amount += sign * amount
+        else:
+            self.debit_count += sign
+            self.debit_amount += sign * amount
+
+    def summary(self) -> BatchSummary:
+        return BatchSummary(
+            self.terminal, self.batch, "open" if self.closed_seq is None else "closed",
+            self.debit_count, self.debit_amount, self.credit_count, self.credit_amount,
+            self.debit_reversal_count, self.debit_reversal_amount,
+            self.credit_reversal_count, self.credit_reversal_amount,
+            len(self.posting_seqs), len(self.uploads), self.upload_ended, self.discrepancies,
+            self.closed_seq, self.closed_at)
+
+
+# ---------------------------------------------------------------------------------------------
+# Schema: one append-only table per record type; state = replay of all rows in seq order.
+
+_TABLES: dict[str, tuple[type, tuple[str, ...]]] = {
+    "postings": (Posting, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL", "terminal TEXT NOT NULL",
+                           "stan TEXT NOT NULL", "transmission_time TEXT NOT NULL", "mti TEXT NOT NULL",
+                           "kind TEXT NOT NULL", "direction TEXT NOT NULL", "amount INTEGER NOT NULL",
+                           "currency TEXT NOT NULL", "pan TEXT NOT NULL", "batch TEXT NOT NULL",
+                           "response_code TEXT NOT NULL", "approved INTEGER NOT NULL", "rrn TEXT NOT NULL",
+                           "auth_code TEXT NOT NULL")),
+    "reversals": (Reversal, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL", "terminal TEXT NOT NULL",
+                             "stan TEXT NOT NULL", "transmission_time TEXT NOT NULL", "mti TEXT NOT NULL",
+                             "original_seq INTEGER", "original_stan TEXT NOT NULL",
+                             "original_time TEXT NOT NULL", "response_code TEXT NOT NULL",
+                             "effect TEXT NOT NULL")),
+    "uploads": (UploadRecord, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL",
+                               "terminal TEXT NOT NULL",
+                               "batch TEXT NOT NULL", "stan TEXT NOT NULL", "processing_code TEXT NOT NULL",
+                               "direction TEXT NOT NULL", "amount INTEGER NOT NULL", "rrn TEXT NOT NULL",
+                               "pan TEXT NOT NULL")),
+    "upload_ends": (tuple, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL", "terminal TEXT NOT NULL",
+                            "batch TEXT NOT NULL")),
+    "settlements": (Settlement, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL",
+                                 "terminal TEXT NOT NULL", "batch TEXT NOT NULL", "stan TEXT NOT NULL",
+                                 "transmission_time TEXT NOT NULL", "result TEXT NOT NULL",
+                                 "response_code TEXT NOT NULL", "closed INTEGER NOT NULL",
+                                 "debit_count INTEGER NOT NULL", "debit_amount INTEGER NOT NULL",
+                                 "credit_count INTEGER NOT NULL", "credit_amount INTEGER NOT NULL")),
+    "discrepancies": (Discrepancy, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL",
+                                    "terminal TEXT NOT NULL", "batch TEXT NOT NULL", "kind TEXT NOT NULL",
+                                    "stan TEXT NOT NULL", "rrn TEXT NOT NULL", "ledger_amount INTEGER",
+                                    "upload_amount INTEGER", "detail TEXT NOT NULL")),
+}
+
+
+def _insert_sql(table: str) -> str:
+    columns = _TABLES[table][1]
+    return f"INSERT INTO {table} VALUES ({', '.join('?' * len(columns))})"
+
+
+_INSERT = {table: _insert_sql(table) for table in _TABLES}
+_INSERT_POSTING = _INSERT["postings"]
+_INSERT_REVERSAL = _INSERT["reversals"]
+_INSERT_UPLOAD = _INSERT["uploads"]
+_INSERT_UPLOAD_END = _INSERT["upload_ends"]
+_INSERT_SETTLEMENT = _INSERT["settlements"]
+_INSERT_DISCREPANCY = _INSERT["discrepancies"]
+
+
+def _posting_row(p: Posting) -> tuple[Any, ...]:
+    return (p.seq, p.received_at, p.terminal, p.stan, p.transmission_time, p.mti, p.kind, p.direction,
+            p.amount, p.currency, p.pan, p.batch, p.response_code, int(p.approved), p.rrn, p.auth_code)
+
+
+class Ledger:
+    """The durable ledger; see the module docstring. Build with ``Ledger.open(path)``."""
+
+    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = connection
+        self._flush_lock = threading.Lock()  # flush() vs close() from different threads
+        self._pending: list[tuple[int, str, tuple[Any, ...]]] = []  # (seq, sql, params), seq ascending
+        self._sequence = 0
+        self._pending_seq = 0
+        self._committed_seq = 0
+        # indexes
+        self._postings: dict[int, Posting] = {}
+        self._posting_by_key: dict[tuple[str, str, str], int] = {}  # (terminal, stan, field 7) -> seq
+        self._posting_by_stan: dict[tuple[str, str], int] = {}  # (terminal, stan) -> latest seq
+        self._advice_by_stan: dict[tuple[str, str], int] = {}  # (terminal, stan) -> latest advice seq
+        self._reversals: dict[int, Reversal] = {}
+        self._reversal_by_original: dict[int, int] = {}  # posting seq -> reversal seq
+        self._reversal_by_target: dict[tuple[str, str, str], int] = {}  # what it asked for -> seq
+        self._batches: dict[tuple[str, str], _Batch] = {}
+        self._current_batch: dict[str, str] = {}  # terminal -> host-kept open batch number (ISO)
+        self._last_closed: dict[str, str] = {}  # terminal -> last closed batch number
+        self._settlements: dict[int, Settlement] = {}
+        self._settlement_by_stan: dict[tuple[str, str], int] = {}
+        self._discrepancies: list[Discrepancy] = []
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> Ledger:
+        """Open (creating if needed) the ledger at ``path``; ``":memory:"`` for a throwaway one.
+
+        An existing file is replayed into the in-memory indexes, so a restarted host continues
+        exactly where the last flush left it. ``busy_timeout``: how long a flush waits for a lock
+        another connection holds (a reader's checkpoint) before failing.
+        """
+        name = os.fspath(path)
+        try:
+            conn = sqlite3.connect(name, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise LedgerError(f"{name}: cannot open ledger: {exc}") from None
+        try:
+            if name != ":memory:":
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise LedgerError(f"{name}: cannot switch the ledger to WAL mode (got {mode!r})")
+                conn.execute("PRAGMA synchronous=FULL")
+            cls._create_schema(conn, name)
+            ledger = cls(conn, name)
+            ledger._load()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise LedgerError(f"{name}: not a usable ledger database: {exc}") from None
+        except LedgerError:
+            conn.close()
+            raise
+        return ledger
+
+    @staticmethod
+    def _create_schema(conn: sqlite3.Connection, name: str) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
+            if row is None:
+                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
+            elif row[0] != SCHEMA_VERSION:
+                raise LedgerError(f"{name}: ledger schema version {row[0]}, "
+                                  f"this program uses {SCHEMA_VERSION}")
+            for table, (_, columns) in _TABLES.items():
+                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(columns)})")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def _load(self) -> None:
+        """Replay every committed row, in sequence order, through the same code live writes use."""
+        assert self._conn is not None
+        conn = self._conn
+
+        def rows(table: str, build: Callable[[tuple[Any, ...]], Any], apply: Callable[[Any], None]
+                 ) -> Iterator[tuple[int, Callable[[Any], None], Any]]:
+            for row in conn.execute(f"SELECT * FROM {table} ORDER BY seq"):
+                yield row[0], apply, build(row)
+
+        streams = [
+            rows("postings", lambda r: Posting(*r[:13], bool(r[13]), *r[14:]), self._apply_posting),
+            rows("reversals", lambda r: Reversal(*r), self._apply_reversal),
+            rows("uploads", lambda r: UploadRecord(*r), self._apply_upload),
+            rows("upload_ends", tuple, self._apply_upload_end),
+            rows("settlements", lambda r: Settlement(*r[:8], bool(r[8]), *r[9:]), self._apply_settlement),
+            rows("discrepancies", lambda r: Discrepancy(*r), self._apply_discrepancy),
+        ]
+        last = 0
+        for seq, apply, record in heapq.merge(*streams, key=itemgetter(0)):
+            apply(record)
+            last = seq
+        self._sequence = self._pending_seq = self._committed_seq = last
+
+    def close(self) -> None:
+        """Flush what is pending, then close the database. Idempotent."""
+        with self._flush_lock:
+            if self._conn is None:
+                return
+            self._flush_locked()
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    # -- sequence and durability --------------------------------------------------------------
+
+    def next_sequence(self) -> int:
+        """A new sequence number (monotonic, never reused after a restart: RRNs are made from it)."""
+        self._sequence += 1
+        return self._sequence
+
+    @property
+    def pending_seq(self) -> int:
+        """Highest sequence whose row has been appended (visible to decisions, maybe not durable)."""
+        return self._pending_seq
+
+    @property
+    def committed_seq(self) -> int:
+        """Highest sequence whose row is durable on disk."""
+        return self._committed_seq
+
+    def is_committed(self, seq: int) -> bool:
+        return seq <= self._committed_seq
+
+    def _append(self, seq: int, sql: str, params: tuple[Any, ...]) -> None:
+        if self._conn is None:
+            raise LedgerError(f"{self.path}: ledger is closed")
+        if seq <= self._pending_seq:
+            raise ValueError(f"sequence {seq} appended after {self._pending_seq}: take a new next_sequence()")
+        self._pending.append((seq, sql, params))
+        self._pending_seq = seq
+
+    def flush(self) -> int:
+        """Write everything appended so far in ONE transaction; return ``committed_seq``.
+
+        Safe from a worker thread while the owning thread keeps appending: the pending list is
+        swapped in one step, so an append lands either in this transaction or in the next. If the
+        write fails, the rows go back to the front of the queue and the error propagates.
+        """
+        with self._flush_lock:
+            if self._conn is None:
+                raise LedgerError(f"{self.path}: ledger is closed")
+            return self._flush_locked()
+
+    def _flush_locked(self) -> int:
+        assert self._conn is not None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return self._committed_seq
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for sql, group in groupby(batch, key=itemgetter(1)):
+                conn.executemany(sql, [params for _, _, params in group])
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self._pending[:0] = batch  # one slice assignment: atomic against concurrent appends
+            raise
+        self._committed_seq = batch[-1][0]
+        return self._committed_seq
+
+    # -- postings -----------------------------------------------------------------------------
+
+    def record_posting(self, posting: Posting) -> None:
+        """Record a decided 0100/0200/0220 (its ``seq`` from ``next_sequence``)."""
+        self._apply_posting(posting)
+        self._append(posting.seq, _INSERT_POSTING, _posting_row(posting))
+
+    def _apply_posting(self, posting: Posting) -> None:
+        seq, terminal, stan = posting.seq, posting.terminal, posting.stan
+        self._postings[seq] = posting
+        self._posting_by_key[(terminal, stan, posting.transmission_time)] = seq
+        self._posting_by_stan[(terminal, stan)] = seq
+        if posting.kind == "advice":
+            self._advice_by_stan[(terminal, stan)] = seq
+        batch = self._batch(terminal, posting.batch)
+        batch.posting_seqs.append(seq)
+        if posting.captured:
+            batch.add(posting.direction, posting.amount, 1)
+
+    def posting(self, seq: int) -> Posting | None:
+        return self._postings.get(seq)
+
+    def find_posting(self, terminal: str, stan: str, transmission_time: str) -> Posting | None:
+        """The posting with exactly this terminal + STAN + field 7 (the duplicate key)."""
+        seq = self._posting_by_key.get((terminal, stan, transmission_time))
+        return None if seq is None else self._postings[seq]
+
+    def latest_posting(self, terminal: str, stan: str) -> Posting | None:
+        """The most recent posting of this terminal with this STAN (reversal fallback match)."""
+        seq = self._posting_by_stan.get((terminal, stan))
+        return None if seq is None else self._postings[seq]
+
+    def latest_advice(self, terminal: str, stan: str) -> Posting | None:
+        seq = self._advice_by_stan.get((terminal, stan))
+        return None if seq is None else self._postings[seq]
+
+    # -- reversals ----------------------------------------------------------------------------
+
+    def record_reversal(self, reversal: Reversal) -> None:
+        """Record a reversal's answer; effect "reversed" takes the original out of its batch totals."""
+        if reversal.effect not in REVERSAL_EFFECTS:
+            raise ValueError(f"unknown reversal effect {reversal.effect!r}")
+        if reversal.effect == "reversed":
+            original = None if reversal.original_seq is None else self._postings.get(reversal.original_seq)
+            if original is None or not original.approved or original.reversal_seq is not None:
+                raise ValueError(f"reversal {reversal.seq}: original {reversal.original_seq} is not an "
+                                 "approved, unreversed posting")
+        self._apply_reversal(reversal)
+        self._append(reversal.seq, _INSERT_REVERSAL, tuple(getattr(reversal, f) for f in _REVERSAL_FIELDS))
+
+    def _apply_reversal(self, reversal: Reversal) -> None:
+        seq = reversal.seq
+        self._reversals[seq] = reversal
+        self._reversal_by_target[(reversal.terminal, reversal.original_stan, reversal.original_time)] = seq
+        if reversal.original_seq is None:
+            return
+        self._reversal_by_original.setdefault(reversal.original_seq, seq)
+        if reversal.effect != "reversed":
+            return
+        original = self._postings[reversal.original_seq]
+        was_captured = original.captured
+        self._postings[original.seq] = replace(original, reversal_seq=seq)
+        if was_captured:
+            batch = self._batch(original.terminal, original.batch)
+            batch.add(original.direction, original.amount, -1)
+            if original.direction == "credit":
+                batch.credit_reversal_count += 1
+                batch.credit_reversal_amount += original.amount
+            else:
+                batch.debit_reversal_count += 1
+                batch.debit_reversal_amount += original.amount
+
+    def reversal_of(self, posting_seq: int) -> Reversal | None:
+        """The reversal that first answered for this original, if any."""
+        seq = self._reversal_by_original.get(posting_seq)
+        return None if seq is None else self._reversals[seq]
+
+    def reversal_for(self, terminal: str, original_stan: str, original_time: str) -> Reversal | None:
+        """The latest reversal that asked for exactly this original (terminal + STAN + field 7)."""
+        seq = self._reversal_by_target.get((terminal, original_stan, original_time))
+        return None if seq is None else self._reversals[seq]
+
+    # -- batches, uploads, settlements --------------------------------------------------------
+
+    def _batch(self, terminal: str, batch: str) -> _Batch:
+        state = self._batches.get((terminal, batch))
+        if state is None:
+            state = self._batches[(terminal, batch)] = _Batch(terminal, batch)
+        return state
+
+    def current_batch(self, terminal: str) -> str:
+        """The open batch number the host keeps for a terminal (ISO 8583 terminals send none).
+
+        Starts at 000001 and moves on when that batch closes. CUP terminals carry their own (60.2).
+        """
+        return self._current_batch.get(terminal, FIRST_BATCH)
+
+    def last_closed_batch(self, terminal: str) -> str | None:
+        return self._last_closed.get(terminal)
+
+    def batch_is_closed(self, terminal: str, batch: str) -> bool:
+        state = self._batches.get((terminal, batch))
+        return state is not None and state.closed_seq is not None
+
+    def batch_summary(self, terminal: str, batch: str) -> BatchSummary:
+        """The batch's current totals (an unknown batch is an empty open one)."""
+        state = self._batches.get((terminal, batch))
+        return state.summary() if state is not None else _Batch(terminal, batch).summary()
+
+    def batch_postings(self, terminal: str, batch: str) -> list[Posting]:
+        state = self._batches.get((terminal, batch))
+        return [] if state is None else [self._postings[seq] for seq in state.posting_seqs]
+
+    def record_upload(self, record: UploadRecord) -> None:
+        """Store one uploaded record; a record for a STAN already uploaded replaces it."""
+        self._apply_upload(record)
+        self._append(record.seq, _INSERT_UPLOAD, tuple(getattr(record, f) for f in _UPLOAD_FIELDS))
+
+    def _apply_upload(self, record: UploadRecord) -> None:
+        batch = self._batch(record.terminal, record.batch)
+        batch.uploads[record.stan] = record
+        batch.upload_ended = False  # a record after an end marker starts a new upload round
+
+    def end_upload(self, seq: int, received_at: float, terminal: str, batch: str) -> None:
+        """The terminal says its upload is complete: the next settlement accepts the uploaded batch."""
+        self._apply_upload_end((seq, received_at, terminal, batch))
+        self._append(seq, _INSERT_UPLOAD_END, (seq, received_at, terminal, batch))
+
+    def _apply_upload_end(self, row: tuple[Any, ...]) -> None:
+        self._batch(row[2], row[3]).upload_ended = True
+
+    def uploads(self, terminal: str, batch: str) -> list[UploadRecord]:
+        state = self._batches.get((terminal, batch))
+        return [] if state is None else sorted(state.uploads.values(), key=lambda r: r.seq)
+
+    def record_settlement(self, settlement: Settlement, discrepancies: Iterable[Discrepancy] = ()) -> None:
+        """Record a settlement's outcome (closing the batch when ``closed``) and what it found."""
+        if settlement.result not in SETTLEMENT_RESULTS:
+            raise ValueError(f"unknown settlement result {settlement.result!r}")
+        found = list(discrepancies)
+        for discrepancy in found:
+            if discrepancy.seq <= settlement.seq:
+                raise ValueError("discrepancies take sequence numbers after their settlement's")
+        self._apply_settlement(settlement)
+        self._append(settlement.seq, _INSERT_SETTLEMENT,
+                     tuple(getattr(settlement, f) for f in _SETTLEMENT_FIELDS))
+        for discrepancy in found:
+            self._apply_discrepancy(discrepancy)
+            self._append(discrepancy.seq, _INSERT_DISCREPANCY,
+                         tuple(getattr(discrepancy, f) for f in _DISCREPANCY_FIELDS))
+
+    def _apply_settlement(self, settlement: Settlement) -> None:
+        self._settlements[settlement.seq] = settlement
+        self._settlement_by_stan[(settlement.terminal, settlement.stan)] = settlement.seq
+        if not settlement.closed:
+            return
+        terminal, number = settlement.terminal, settlement.batch
+        batch = self._batch(terminal, number)
+        if batch.closed_seq is None:
+            batch.closed_seq = settlement.seq
+            batch.closed_at = settlement.received_at
+            batch.upload_ended = False  # the uploaded records stay, for the report
+        self._last_closed[terminal] = number
+        if self.current_batch(terminal) == number:
+            self._current_batch[terminal] = next_batch_number(number)
+
+    def settlement_for(self, terminal: str, stan: str) -> Settlement | None:
+        """The latest settlement this terminal sent with this STAN (a 0501 repeat's first answer)."""
+        seq = self._settlement_by_stan.get((terminal, stan))
+        return None if seq is None else self._settlements[seq]
+
+    def _apply_discrepancy(self, discrepancy: Discrepancy) -> None:
+        self._discrepancies.append(discrepancy)
+        self._batch(discrepancy.terminal, discrepancy.batch).discrepancies += 1
+
+    # -- reports ------------------------------------------------------------------------------
+
+    def postings(self, terminal: str | None = None, batch: str | None = None) -> list[Posting]:
+        """Every decided 0100/0200/0220 in sequence order, optionally for one terminal / batch."""
+        return [p for p in self._postings.values()
+                if (terminal is None or p.terminal == terminal) and (batch is None or p.batch == batch)]
+
+    def reversals(self, terminal: str | None = None) -> list[Reversal]:
+        return [r for r in self._reversals.values() if terminal is None or r.terminal == terminal]
+
+    def batches(self, terminal: str | None = None) -> list[BatchSummary]:
+        """Every batch with its net totals and status, sorted by terminal and batch number."""
+        return [state.summary() for key, state in sorted(self._batches.items())
+                if terminal is None or key[0] == terminal]
+
+    def settlements(self, terminal: str | None = None) -> list[Settlement]:
+        return [s for s in self._settlements.values() if terminal is None or s.terminal == terminal]
+
+    def discrepancies(self, terminal: str | None = None, batch: str | None = None) -> list[Discrepancy]:
+        return [d for d in self._discrepancies
+                if (terminal is None or d.terminal == terminal) and (batch is None or d.batch == batch)]
+
+
+_REVERSAL_FIELDS = tuple(Reversal.__dataclass_fields__)
+_UPLOAD_FIELDS = tuple(UploadRecord.__dataclass_fields__)
+_SETTLEMENT_FIELDS = tuple(Settlement.__dataclass_fields__)
+_DISCREPANCY_FIELDS = tuple(Discrepancy.__dataclass_fields__)
