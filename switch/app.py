@@ -7,13 +7,12 @@ runs, without parsing arguments.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import platformdirs
 
-from switch.codec import Codec, load_dialect
+from switch.codec import Codec, Dialect
 from switch.codec.framing import Framing
 from switch.commit import GroupCommitter
 from switch.host import Host, HostConfig
@@ -33,9 +32,6 @@ def default_ledger_path() -> Path:
 class SwitchOptions:
     host: str = "127.0.0.1"
     port: int = 8583
-    dialect: str = "iso87-binary"
-    dialect_path: Iterable[str] = ()
-    framing_overrides: dict[str, object] = field(default_factory=dict)
     ledger: str | os.PathLike[str] | None = None  # None: default_ledger_path(); ":memory:" allowed
     scenario: str | None = None
     seed: int | None = None
@@ -55,11 +51,10 @@ def resolve_ledger_path(option: str | os.PathLike[str] | None) -> str:
     return str(option)
 
 
-def build_switch(options: SwitchOptions) -> tuple[SwitchServer, Scenario]:
+def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> tuple[SwitchServer, Scenario]:
     """Everything ``serve`` needs, wired together; raises the loaders' typed errors on bad input."""
-    dialect = load_dialect(options.dialect, options.dialect_path)
-    framing = Framing.from_dialect(dialect, **options.framing_overrides)
     scenario = load_scenario(options.scenario) if options.scenario else default_scenario()
+    scenario.check_dialect(dialect)
     overrides = {**scenario.host, **options.host_overrides}
     if options.require_signon is not None:
         overrides["require_signon"] = options.require_signon

@@ -7,6 +7,7 @@ library errors (DialectError, CodecError, FramingError, OSError) as one line, ne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -38,6 +39,8 @@ from switch.describe import (
     report_to_json,
     stdin_bytes,
 )
+from switch.ledger import LedgerError
+from switch.scenario import ScenarioError
 
 
 @click.group(cls=ToolGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -199,6 +202,146 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
         _print_text(described, framing_error, hint)
     if framing_error is not None or any(item.report and item.report.failure for item in described):
         click.get_current_context().exit(EXIT_BAD_DATA)
+
+
+# --------------------------------------------------------------------------------------------
+# serve
+
+
+@cli.command(short_help="Run the acquirer host on TCP (127.0.0.1:8583 by default).")
+@click.option("--host", "bind_host", default="127.0.0.1", show_default=True,
+              help="Address to listen on. Keep it on loopback unless you mean to expose the emulator.")
+@click.option("--port", default=8583, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port (0 picks a free one; the chosen port is printed).")
+@dialect_options
+@framing_options
+@click.option("--tpdu/--no-tpdu", default=None, help="Expect a TPDU before each message (default: the dialect's).")
+@click.option("--keepalive", type=click.Choice(["ignore", "echo"]), default=None,
+              help="What to do with zero-length frames (default: the dialect's, normally ignore).")
+@click.option("--ledger", "ledger_path", default=None, metavar="PATH|:memory:",
+              help="SQLite ledger file (default: a per-user data directory, printed at start).")
+@click.option("--scenario", default=None, metavar="NAME|FILE",
+              help="Scenario to load: a shipped name (see `iso-switch scenarios`) or a .toml path.")
+@click.option("--seed", type=int, default=None, help="Seed for every random choice (overrides the scenario's).")
+@click.option("--signon/--no-signon", "require_signon", default=None,
+              help="Require 0800 sign-on before financial messages (default: on, or as the scenario says).")
+@click.option("--idle-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="SECONDS",
+              help="Close connections with no traffic for this long (0 = never).")
+@click.option("--grace", "grace_period", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              metavar="SECONDS", help="On SIGINT/SIGTERM, how long in-flight requests may take to finish.")
+@click.option("-v", "--verbose", count=True, help="Log connections (-v) and every decision (-vv) to stderr.")
+def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: FramingOverrides, tpdu: bool | None,
+          keepalive: str | None, ledger_path: str | None, scenario: str | None, seed: int | None,
+          require_signon: bool | None, idle_timeout: float, grace_period: float, verbose: int) -> None:
+    """Run the switch until SIGINT/SIGTERM, then drain in-flight requests and close the ledger."""
+    import logging
+
+    import trio
+
+    from switch.app import SwitchOptions, build_switch
+    from switch.server import run_until_signalled
+
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    framing = framing_overrides.framing(dialect, tpdu=tpdu)
+    if keepalive is not None:
+        framing = dataclasses.replace(framing, keepalive=keepalive)
+    options = SwitchOptions(host=bind_host, port=port, ledger=ledger_path, scenario=scenario, seed=seed,
+                            require_signon=require_signon, idle_timeout=idle_timeout or None,
+                            grace_period=grace_period)
+    try:
+        server, loaded = build_switch(dialect, framing, options)
+    except (ScenarioError, LedgerError) as exc:
+        raise CliError(str(exc), EXIT_BAD_DATA) from None
+
+    def announce(listeners: list[Any]) -> None:
+        where = ", ".join("{}:{}".format(*listener.socket.getsockname()[:2]) for listener in listeners)
+        click.echo(f"iso-switch: listening on {where} (dialect {dialect.name}, framing {framing.length_header}"
+                   f"{' + TPDU' if framing.tpdu else ''}, scenario {loaded.name}, "
+                   f"sign-on {'required' if server.host.config.require_signon else 'not required'})")
+        click.echo(f"iso-switch: ledger {server.ledger.path}")
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(run_until_signalled, server)
+            announce(listeners)
+
+    trio.run(main)
+    click.echo(server.stats.summary())
+
+
+# --------------------------------------------------------------------------------------------
+# journal
+
+JOURNAL_FOLLOW_BACKLOG = 20  # entries shown before following, as `tail -f` does
+
+
+@cli.command(short_help="Print the switch's message journal readably (--follow to watch it).")
+@click.argument("path", required=False, metavar="[PATH]")
+@click.option("-f", "--follow", is_flag=True,
+              help="Keep printing entries as they are appended, across rotation, until Ctrl-C.")
+@click.option("--terminal", default=None, metavar="TID", help="Only entries of this terminal (field 41).")
+@click.option("--mti", default=None, metavar="MTI", help="Only entries of this message type, e.g. 0200.")
+@click.option("--stan", default=None, metavar="STAN", help="Only entries with this STAN (field 11; leading "
+                                                           "zeros optional).")
+@click.option("--faults", "faults_only", is_flag=True, help="Only entries a fault was applied to.")
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON lines instead of one readable line each.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
+              help=f"Only the last N matching entries already in the file (default: all; with --follow: "
+                   f"{JOURNAL_FOLLOW_BACKLOG}).")
+def journal(path: str | None, follow: bool, terminal: str | None, mti: str | None, stan: str | None,
+            faults_only: bool, as_json: bool, limit: int | None) -> None:
+    """Print the journal file: one line per frame in (<-) or out (->) with time, connection, MTI,
+    STAN, terminal, response code, faults applied and notes. PAN, track, PIN and ICC data are
+    masked in the file itself.
+
+    PATH defaults to journal.jsonl next to the default ledger. Only PATH is read, not its rotated
+    copies (PATH.1, PATH.2, ...); pass one of those to read it.
+    """
+    import collections
+    import pathlib
+
+    from switch.app import default_ledger_path
+    from switch.journal import (
+        EntryFilter,
+        JournalFollower,
+        follow_journal,
+        format_entry_line,
+        read_journal_file,
+    )
+
+    if mti is not None and not (len(mti) == 4 and mti.isascii() and mti.isdigit()):
+        raise CliError(f"--mti must be four digits, got {mti!r}")
+    if stan is not None and not (1 <= len(stan) <= 6 and stan.isascii() and stan.isdigit()):
+        raise CliError(f"--stan must be 1 to 6 digits, got {stan!r}")
+    journal_path = pathlib.Path(path) if path is not None else default_ledger_path().parent / "journal.jsonl"
+    if not journal_path.is_file():
+        raise CliError(f"no journal file at {journal_path}", EXIT_BAD_DATA)
+    selection = EntryFilter(terminal=terminal, mti=mti, stan=stan, faults_only=faults_only)
+
+    def warn(number: int, reason: str) -> None:
+        click.echo(f"warning: {journal_path} line {number}: {reason}; skipped", err=True)
+
+    def emit(entry: dict[str, Any]) -> None:
+        if selection.matches(entry):
+            click.echo(json.dumps(entry, separators=(",", ":")) if as_json else format_entry_line(entry))
+
+    if not follow:
+        backlog: collections.deque[dict[str, Any]] = collections.deque(maxlen=limit)
+        backlog.extend(entry for entry in read_journal_file(journal_path, on_error=warn) if selection.matches(entry))
+        for entry in backlog:
+            emit(entry)
+        return
+    follower = JournalFollower(journal_path, on_error=warn)
+    try:
+        existing = [entry for entry in follower.poll() if selection.matches(entry)]
+        for entry in existing[-(limit or JOURNAL_FOLLOW_BACKLOG):]:
+            emit(entry)
+        follow_journal(follower, emit)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how --follow ends
+    finally:
+        follower.close()
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

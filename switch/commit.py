@@ -31,7 +31,7 @@ class CommitError(RuntimeError):
 class GroupCommitter:
     """The one writer of a ledger inside a Trio program."""
 
-    def __init__(self, ledger: Ledger, *, max_delay: float = 0.002, idle_flush: float = 1.0) -> None:
+    def __init__(self, ledger: Ledger, *, max_delay: float = 0.0, idle_flush: float = 1.0) -> None:
         """``max_delay``: how long to let more rows collect once something waits (seconds, >= 0).
         ``idle_flush``: rows appended with nobody waiting for them are flushed at least this often."""
         if not (math.isfinite(max_delay) and max_delay >= 0):

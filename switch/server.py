@@ -19,9 +19,9 @@ from functools import partial
 import trio
 
 from switch.codec import Codec, Message, MessageDecodeError, MessageEncodeError
-from switch.codec.framing import Frame, Framing, FramingError, reply_tpdu
+from switch.codec.framing import Framing, FramingError, reply_tpdu
 from switch.codec.stream import FrameStream
-from switch.commit import GroupCommitter
+from switch.commit import CommitError, GroupCommitter
 from switch.host import Decision, Host
 from switch.ledger import Ledger
 
@@ -61,15 +61,32 @@ class ServerConfig:
 
 
 class _Connection:
-    """Per-connection state: the frame stream, in-flight count and the reader's cancel scope."""
+    """Per-connection state: frame stream, outbox of replies, in-flight count, reader scope.
 
-    __slots__ = ("frames", "in_flight", "peer", "reader_scope")
+    Replies go through the outbox to one writer task, which waits once for the ledger commit that
+    covers a whole batch and then sends the batch in one write: one fsync wait and one syscall
+    serve many requests, which is what keeps a durable switch close to a bare decode/encode loop.
+    """
 
-    def __init__(self, frames: FrameStream, peer: str):
+    __slots__ = ("frames", "in_flight", "number", "outbox", "peer", "reader_done", "reader_scope", "wakeup")
+
+    def __init__(self, frames: FrameStream, peer: str, number: int):
         self.frames = frames
         self.peer = peer
-        self.in_flight = 0
+        self.number = number
+        self.in_flight = 0  # requests read whose reply is neither written nor abandoned
         self.reader_scope = trio.CancelScope()
+        self.reader_done = False
+        self.outbox: list[tuple[int, bytes]] = []  # (ledger seq to be durable first or 0, framed reply)
+        self.wakeup = trio.Event()
+
+    def post(self, commit_seq: int | None, framed: bytes | None) -> None:
+        """Hand a reply (or, with ``framed`` None, the end of a request that gets none) to the writer."""
+        if framed is None:
+            self.in_flight -= 1
+        else:
+            self.outbox.append((commit_seq or 0, framed))
+        self.wakeup.set()
 
 
 class SwitchServer:
@@ -95,18 +112,21 @@ class SwitchServer:
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
         """Serve one connection until EOF, idle timeout, a framing error or shutdown."""
         peer = _peer_name(stream)
-        conn = _Connection(FrameStream(stream, self.framing), peer)
-        self._connections.add(conn)
         self.stats.connections_total += 1
+        conn = _Connection(FrameStream(stream, self.framing), peer, self.stats.connections_total)
+        self._connections.add(conn)
         self.stats.connections_open += 1
         try:
-            async with trio.open_nursery() as requests:
+            async with trio.open_nursery() as tasks:
+                tasks.start_soon(self._write_loop, conn)
                 with conn.reader_scope:
                     if self._draining:
                         conn.reader_scope.cancel()
-                    await self._read_loop(conn, requests)
-                # Reader finished (EOF, error, idle or drain): in-flight requests still complete.
-        except trio.BrokenResourceError:
+                    await self._read_loop(conn)
+                # Reader finished (EOF, error, idle or drain): in-flight requests still get answered.
+                conn.reader_done = True
+                conn.wakeup.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.info("%s: connection lost", peer)
         finally:
             self._connections.discard(conn)
@@ -114,12 +134,14 @@ class SwitchServer:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _read_loop(self, conn: _Connection, requests: trio.Nursery) -> None:
-        idle = self.config.idle_timeout
+    async def _read_loop(self, conn: _Connection) -> None:
+        idle = self.config.idle_timeout or float("inf")
+        frames = conn.frames
+        tpdu_reply = self.framing.tpdu
         while True:
             try:
-                with trio.move_on_after(idle if idle else float("inf")) as idle_scope:
-                    frame = await conn.frames.receive_frame()
+                with trio.move_on_after(idle) as idle_scope:
+                    frame = await frames.receive_frame()
             except FramingError as exc:
                 self.stats.connections_dropped += 1
                 log.warning("%s: closing connection: %s", conn.peer, exc)
@@ -137,48 +159,67 @@ class SwitchServer:
                 continue
             self.stats.frames_in += 1
             conn.in_flight += 1
-            requests.start_soon(self._serve_frame, conn, frame)
-
-    async def _serve_frame(self, conn: _Connection, frame: Frame) -> None:
-        try:
-            reply = await self.process(frame.payload, peer=conn.peer)
-            if reply is None:
+            try:
+                reply, commit_seq = self.decide(frame.payload, peer=conn.peer)
+            except _CloseConnection as exc:
+                conn.in_flight -= 1
+                self.stats.connections_dropped += 1
+                log.warning("%s: closing connection: %s", conn.peer, exc)
                 return
-            await conn.frames.send_frame(reply, reply_tpdu(frame.tpdu) if frame.tpdu else None)
-            self.stats.responses_out += 1
-        except _CloseConnection as exc:
-            self.stats.connections_dropped += 1
-            log.warning("%s: closing connection: %s", conn.peer, exc)
-            conn.reader_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            conn.reader_scope.cancel()
-        finally:
-            conn.in_flight -= 1
+            if reply is None:
+                conn.post(None, None)
+                continue
+            tpdu = reply_tpdu(frame.tpdu) if tpdu_reply and frame.tpdu else None
+            conn.post(commit_seq, self.framing.encode(reply, tpdu))
 
-    async def process(self, payload: bytes, *, peer: str = "-") -> bytes | None:
-        """Decode, decide, make durable, encode. Returns the reply payload or None to stay silent."""
+    async def _write_loop(self, conn: _Connection) -> None:
+        """The connection's one writer: waits for durability of a batch of replies, then sends it."""
+        while True:
+            await conn.wakeup.wait()
+            conn.wakeup = trio.Event()
+            while conn.outbox:
+                batch, conn.outbox = conn.outbox, []
+                durable_after = max(seq for seq, _ in batch)
+                if durable_after:
+                    try:
+                        await self.committer.wait_committed(durable_after)
+                    except CommitError as exc:
+                        log.error("%s: ledger not durable, %d replies withheld: %s", conn.peer, len(batch), exc)
+                        conn.reader_scope.cancel()
+                        return
+                try:
+                    await conn.frames.send_raw(b"".join([framed for _, framed in batch]))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    conn.reader_scope.cancel()
+                    return
+                conn.in_flight -= len(batch)
+                self.stats.responses_out += len(batch)
+            if conn.reader_done and conn.in_flight <= 0:
+                return
+
+    def decide(self, payload: bytes, *, peer: str = "-") -> tuple[bytes | None, int | None]:
+        """Decode and decide: the reply payload (None: stay silent) and the ledger seq it must wait for."""
         try:
             request = self.codec.decode(payload)
         except MessageDecodeError as exc:
             self.stats.format_errors += 1
-            decision = self.host.format_error(exc.mti or "", exc.partial, self.clock())
+            decision = self.host.format_error(exc.mti or "", exc.partial, self.clock(), failed_field=exc.field)
             if decision is None or decision.response is None:
                 raise _CloseConnection(f"undecodable frame ({exc})") from None
             log.info("%s: format error answered with 30: %s", peer, exc)
-            return self._encode(decision, None)
+            return self._encode(decision, None), decision.commit_seq
         try:
             decision = self.host.handle(request, self.clock())
         except Exception:  # a host bug must cost one request, never the server
             log.exception("%s: host failed on %s; request dropped", peer, request.mti)
-            return None
-        if decision.commit_seq is not None:
-            await self.committer.wait_committed(decision.commit_seq)
+            return None, None
         if decision.outcome == "approved":
             self.stats.approvals += 1
         if decision.response is None:
             log.info("%s: %s not answered: %s", peer, request.mti, decision.reason)
-            return None
-        return self._encode(decision, request)
+            return None, None
+        log.debug("%s: %s -> %s (%s)", peer, request.mti, decision.outcome, decision.reason)
+        return self._encode(decision, request), decision.commit_seq
 
     def _encode(self, decision: Decision, request: Message | None) -> bytes | None:
         assert decision.response is not None

@@ -1,0 +1,216 @@
+"""End-to-end tests of the switch over real loopback sockets (127.0.0.1 only) and memory streams."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+import pytest
+import trio
+import trio.testing
+
+from switch.codec import Codec, Message, load_dialect
+from switch.codec.composite import OriginalData
+from switch.codec.framing import Framing
+from switch.codec.stream import FrameStream
+from switch.commit import GroupCommitter
+from switch.host import Host, HostConfig
+from switch.ledger import Ledger
+from switch.scenario import default_scenario
+from switch.server import ServerConfig, SwitchServer
+
+DIALECT = load_dialect("iso87-binary")
+CODEC = Codec(DIALECT)
+FRAMING = Framing.from_dialect(DIALECT)
+NOW = datetime(2026, 11, 22, 10, 30, 0, tzinfo=UTC)
+F7 = NOW.strftime("%m%d%H%M%S")
+
+
+def make_server(ledger: Ledger | None = None, *, idle_timeout: float | None = 300.0, **host: object
+                ) -> SwitchServer:
+    ledger = ledger or Ledger.open(":memory:")
+    config = HostConfig.for_dialect(DIALECT, **host)
+    return SwitchServer(codec=CODEC, framing=FRAMING, host=Host(config, ledger, default_scenario().response_rules),
+                        ledger=ledger, committer=GroupCommitter(ledger),
+                        config=ServerConfig(port=0, idle_timeout=idle_timeout, grace_period=2.0),
+                        clock=lambda: NOW)
+
+
+@asynccontextmanager
+async def running(server: SwitchServer) -> AsyncIterator[int]:
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.serve)
+        yield listeners[0].socket.getsockname()[1]
+        server.shutdown()
+
+
+async def connect(port: int) -> FrameStream:
+    return FrameStream(await trio.open_tcp_stream("127.0.0.1", port), FRAMING)
+
+
+async def exchange(frames: FrameStream, request: Message) -> Message:
+    await frames.send_frame(CODEC.encode(request))
+    with trio.fail_after(5):
+        frame = await frames.receive_frame()
+    assert frame is not None, "server closed the connection"
+    return CODEC.decode(frame.payload)
+
+
+def network(code: str, terminal: str = "TERM0001", stan: int = 1) -> Message:
+    return Message("0800", {7: F7, 11: f"{stan:06d}", 41: terminal, 70: code})
+
+
+def purchase(stan: int, *, terminal: str = "TERM0001", amount: int = 1234,
+             pan: str = "4761739001010010") -> Message:
+    return Message("0200", {2: pan, 3: "000000", 4: f"{amount:012d}", 7: F7, 11: f"{stan:06d}",
+                            12: F7[4:], 13: F7[:4], 14: "3012", 22: "051", 25: "00", 41: terminal,
+                            42: "MERCHANT0000001", 49: "840"})
+
+
+def reversal_of(original: Message, stan: int, mti: str = "0400") -> Message:
+    fields = {k: v for k, v in original.fields.items() if k not in (35, 36, 52, 53)}
+    fields[11] = f"{stan:06d}"
+    fields[90] = OriginalData.of(original).format()
+    return Message(mti, fields)
+
+
+async def test_signon_purchase_reversal_and_repeat_over_loopback() -> None:
+    server = make_server()
+    async with running(server) as port:
+        frames = await connect(port)
+        assert (await exchange(frames, purchase(1)))[39] != "00"  # not signed on yet
+        signon = await exchange(frames, network("001", stan=2))
+        assert (signon.mti, signon[39]) == ("0810", "00")
+        sale = purchase(3)
+        approved = await exchange(frames, sale)
+        assert approved.mti == "0210" and approved[39] == "00"
+        assert approved[11] == "000003" and approved[4] == sale[4] and approved[41] == "TERM0001"
+        assert len(approved[37]) == 12 and len(approved[38]) == 6
+        assert (await exchange(frames, sale))[39] == "94"  # duplicate transmission
+        reversed_ = await exchange(frames, reversal_of(sale, 4))
+        assert (reversed_.mti, reversed_[39]) == ("0410", "00")
+        repeat = await exchange(frames, reversal_of(sale, 4, "0401"))
+        assert (repeat.mti, repeat[39]) == ("0410", "00")
+        echo = await exchange(frames, network("301", stan=5))
+        assert echo[39] == "00"
+        await frames.aclose()
+    postings = server.ledger.postings(terminal="TERM0001")
+    assert len([p for p in postings if p.as_dict().get("reversed")]) == 1
+
+
+async def test_test_card_declines_over_loopback() -> None:
+    server = make_server(require_signon=False)
+    async with running(server) as port:
+        frames = await connect(port)
+        assert (await exchange(frames, purchase(1, amount=0)))[39] == "13"
+        assert (await exchange(frames, purchase(2, pan="4000000000000051")))[39] == "51"
+        await frames.aclose()
+
+
+async def test_many_requests_in_flight_on_one_connection_are_all_answered() -> None:
+    server = make_server(require_signon=False)
+    async with running(server) as port:
+        frames = await connect(port)
+        for stan in range(1, 101):
+            await frames.send_frame(CODEC.encode(purchase(stan)))
+        seen = set()
+        with trio.fail_after(10):
+            while len(seen) < 100:
+                frame = await frames.receive_frame()
+                assert frame is not None
+                reply = CODEC.decode(frame.payload)
+                assert reply[39] == "00"
+                seen.add(reply[11])
+        await frames.aclose()
+    assert len(seen) == 100
+
+
+async def test_malformed_frame_gets_30_and_garbage_closes_only_that_connection() -> None:
+    server = make_server(require_signon=False)
+    async with running(server) as port:
+        good = await connect(port)
+        readable = await connect(port)
+        garbage = await connect(port)
+        # MTI and fields up to 4 readable, then the frame ends inside field 7
+        truncated = CODEC.encode(purchase(1))[:40]
+        await readable.send_frame(truncated)
+        with trio.fail_after(5):
+            frame = await readable.receive_frame()
+        assert frame is not None
+        reply = CODEC.decode(frame.payload)
+        assert (reply.mti, reply[39]) == ("0210", "30")
+        await garbage.send_frame(b"\xff\x00garbage that is no message")
+        with trio.fail_after(5):
+            assert await garbage.receive_frame() is None  # closed by the server
+        assert (await exchange(good, purchase(2)))[39] == "00"
+        for frames in (good, readable, garbage):
+            await frames.aclose()
+
+
+async def test_oversize_length_header_is_refused_before_the_body() -> None:
+    server = make_server(require_signon=False)
+    async with running(server) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all((60000).to_bytes(2, "big"))  # header only: the body never comes
+        with trio.fail_after(5):
+            assert await stream.receive_some(100) == b""
+        await stream.aclose()
+        frames = await connect(port)
+        assert (await exchange(frames, network("301")))[39] == "00"
+        await frames.aclose()
+
+
+async def test_thousand_concurrent_connections() -> None:
+    server = make_server()
+    count = 1000
+    async with running(server) as port:
+        answered = 0
+
+        async def one(index: int) -> None:
+            nonlocal answered
+            frames = await connect(port)
+            reply = await exchange(frames, network("001", terminal=f"T{index:07d}"))
+            assert reply[39] == "00"
+            answered += 1
+            await frames.aclose()
+
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                for index in range(count):
+                    nursery.start_soon(one, index)
+    assert answered == count
+
+
+async def test_idle_connection_is_closed(autojump_clock: trio.testing.MockClock) -> None:
+    server = make_server(idle_timeout=30.0)
+    client, server_side = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.handle_stream, server_side)
+        frames = FrameStream(client, FRAMING)
+        start = trio.current_time()
+        assert await frames.receive_frame() is None
+        assert 30.0 <= trio.current_time() - start < 31.0
+
+
+async def test_shutdown_drains_in_flight_requests() -> None:
+    server = make_server(require_signon=False)
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(server.serve)
+        port = listeners[0].socket.getsockname()[1]
+        frames = await connect(port)
+        for stan in range(1, 21):
+            await frames.send_frame(CODEC.encode(purchase(stan)))
+        with trio.fail_after(5):
+            first = await frames.receive_frame()
+        server.shutdown()
+        assert first is not None
+        replies = 1
+        with trio.fail_after(5):
+            while (frame := await frames.receive_frame()) is not None:
+                assert CODEC.decode(frame.payload)[39] == "00"
+                replies += 1
+        # every request the server had read before the drain was answered, then the connection closed
+        assert replies == server.stats.frames_in
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream("127.0.0.1", port)
