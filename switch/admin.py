@@ -1,0 +1,475 @@
+"""The runtime admin API: change faults, scenario and maintenance while the switch runs; read its state.
+
+A FastAPI app (request validation with reasons, an OpenAPI document at ``/openapi.json``, docs at
+``/docs``) served by hypercorn's Trio worker inside the switch's own event loop, so handlers and the
+message hot path never run concurrently: every endpoint is ``async`` and runs on the loop thread,
+and a change is seen by the next message the server reads (the fault engine keeps in-flight
+messages on the plan they started with).
+
+Endpoints (JSON): ``GET /health`` (never needs the token, for liveness probes), ``GET /metrics``
+(Prometheus text), and under ``/api/v1``: ``/faults`` (GET, POST), ``/faults/{id}`` (GET, PATCH,
+DELETE), ``POST /scenario``, ``POST /reset``, ``PUT /maintenance``, ``GET /journal``,
+``GET /ledger/postings | batches | discrepancies | settlements``.
+
+Errors: a bad payload is answered 422 with FastAPI's shape, ``{"detail": [{"loc": [...], "msg":
+...}]}``, whether pydantic or the fault engine / scenario loader found the problem (their key goes
+in ``loc`` after ``"body"``); an unknown fault rule id is 404; a missing or wrong bearer token 401.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import trio
+from fastapi import Body, FastAPI, HTTPException, Query
+from fastapi.responses import JSONResponse, Response
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+from pydantic import BaseModel, ConfigDict, Field
+
+from switch.faults import FaultRuleError, parse_fault_rules
+from switch.host import HostConfig
+from switch.metrics import CONTENT_TYPE, SwitchMetrics
+from switch.scenario import Scenario, ScenarioError, load_scenario
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
+    from switch.codec import Dialect
+    from switch.faults import FaultEngine, FaultRule
+    from switch.host import Host
+    from switch.journal import Journal
+    from switch.ledger import Ledger
+
+__all__ = [
+    "API_PREFIX",
+    "DEFAULT_ADMIN_PORT",
+    "RESTART_ONLY_HOST_SETTINGS",
+    "SwitchRuntime",
+    "create_admin_app",
+    "serve_admin",
+]
+
+log = logging.getLogger("switch.admin")
+
+API_PREFIX = "/api/v1"
+DEFAULT_ADMIN_PORT = 8584
+OPEN_PATHS = frozenset({"/health"})
+"""Paths served without the bearer token: liveness probes should not need a secret."""
+
+RESTART_ONLY_HOST_SETTINGS = frozenset({"family", "signon_required_code"})
+"""Host settings a loaded scenario cannot change at runtime: ``Host`` derives state from them when
+it is constructed (the dialect family's checks, the "sign on first" code), so replacing its config
+would make ``host.config`` say one thing while the host does another. Every other setting is read
+from ``host.config`` on each message."""
+
+
+@dataclasses.dataclass
+class SwitchRuntime:
+    """Everything the admin API reads or drives in a running switch.
+
+    ``seed`` is the command line's ``--seed`` (None when not given): as at start-up it wins over a
+    loaded scenario's seed, so a replay stays a replay. The seed in force is ``faults.seed``.
+    ``host_overrides`` are the command line's host settings; as at start-up they win over a
+    scenario's ``[host]`` table. ``dialect``, when given, is used to refuse a scenario whose rules
+    the dialect cannot carry (as ``build_switch`` does at start-up). ``token`` set: every endpoint
+    except ``/health`` needs ``Authorization: Bearer <token>``.
+    """
+
+    faults: FaultEngine
+    host: Host
+    ledger: Ledger
+    journal: Journal
+    metrics: SwitchMetrics
+    dialect_name: str
+    scenario: str = "default"
+    seed: int | None = None
+    token: str | None = None
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    dialect: Dialect | None = None
+    host_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Request bodies (extra keys are refused, so a typo is a 422 naming it rather than ignored)
+
+
+class ScenarioRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, description="A shipped scenario name (e.g. 'flaky-network') or a .toml path.")
+    seed: int | None = Field(default=None, description="Fault RNG seed; default: --seed, else the scenario's.")
+
+
+class ResetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    what: Literal["faults", "sessions", "all"] = Field(
+        description="faults: the fault engine's reset; sessions: every terminal must sign on again; all: both.")
+
+
+class MaintenanceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "refuse", "respond"] = Field(
+        description="off; refuse: new connections are closed at once; respond: every request is answered `code`.")
+    code: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{2}$",
+                             description="Response code in 'respond' mode (e.g. '91'); default: unchanged.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _unprocessable(loc: Sequence[str | int], msg: str, **extra: Any) -> HTTPException:
+    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
+    return HTTPException(status_code=422, detail=[{"loc": list(loc), "msg": msg, "type": "value_error", **extra}])
+
+
+def _fault_rule_error(exc: FaultRuleError) -> HTTPException:
+    """The engine's ``path`` (``("when", "nth")``; empty for the rule as a whole) becomes ``loc``."""
+    return _unprocessable(["body", *exc.path], exc.reason)
+
+
+def _scenario_error(exc: ScenarioError) -> HTTPException:
+    return _unprocessable(["body", "name"], str(exc), file=exc.path, line=exc.line, key=exc.key)
+
+
+def _find_rule(faults: FaultEngine, rule_id: str) -> FaultRule:
+    for rule in faults.rules:
+        if rule.id == rule_id:
+            return rule
+    raise HTTPException(status_code=404, detail=f"no fault rule with id {rule_id!r}")
+
+
+def _unix_seconds(moment: datetime | None) -> float | None:
+    """Journal times are Unix seconds; a query time without a zone is taken as UTC."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _faults_state(faults: FaultEngine) -> dict[str, Any]:
+    return {
+        "rules": [rule.to_dict() for rule in faults.rules],
+        "maintenance": {"mode": faults.maintenance, "code": faults.maintenance_code},
+        "seed": faults.seed,
+        "counters": faults.counters(),
+    }
+
+
+def _host_config_for(runtime: SwitchRuntime, scenario: Scenario) -> tuple[HostConfig, dict[str, Any], dict[str, str]]:
+    """The host config a scenario asks for, what of it changes now, and what must wait for a restart.
+
+    Built as at start-up: the family's defaults, then the scenario's ``[host]``, then the command
+    line's settings; so loading "healthy" after "system-timeout" undoes the latter's settings.
+    Raises ValueError when the combination is not a valid configuration.
+    """
+    current = runtime.host.config
+    wanted = HostConfig(family=current.family, **{**scenario.host, **runtime.host_overrides})
+    applied: dict[str, Any] = {}
+    not_applied: dict[str, str] = {}
+    keep: dict[str, Any] = {}
+    for spec in dataclasses.fields(HostConfig):
+        name = spec.name
+        old, new = getattr(current, name), getattr(wanted, name)
+        if old == new:
+            continue
+        if name == "signon_required_code" and wanted.signon_code == current.signon_code:
+            applied[name] = new  # same code in force, only spelled differently (explicit vs default)
+        elif name in RESTART_ONLY_HOST_SETTINGS:
+            keep[name] = old
+            not_applied[name] = (f"wants {new!r}, keeps {old!r}: the host fixes this setting when it starts; "
+                                 "restart the switch with this scenario to apply it")
+        else:
+            applied[name] = new
+    return dataclasses.replace(wanted, **keep), applied, not_applied
+
+
+class _BearerAuth:
+    """ASGI middleware: with ``runtime.token`` set, every path but ``OPEN_PATHS`` needs the bearer token.
+
+    A middleware rather than a FastAPI dependency so that ``/openapi.json``, ``/docs`` and
+    ``/metrics`` are covered too. The token is read per request, so it can be changed at runtime.
+    """
+
+    def __init__(self, app: ASGIApp, runtime: SwitchRuntime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        token = self.runtime.token
+        if token and scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            given = b""
+            for name, value in scope["headers"]:
+                if name == b"authorization":
+                    given = value
+                    break
+            scheme, _, credentials = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), token.encode()):
+                reason = "missing bearer token" if not given else "wrong bearer token"
+                response = JSONResponse({"detail": reason}, status_code=401,
+                                        headers={"WWW-Authenticate": 'Bearer realm="iso-switch admin"'})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+# ---------------------------------------------------------------------------------------------
+# The app
+
+
+def create_admin_app(runtime: SwitchRuntime) -> FastAPI:
+    """The admin API over ``runtime``; serve it with ``serve_admin`` or call it with any ASGI client."""
+    app = FastAPI(
+        title="iso-switch admin API",
+        description="Change the emulator's faults, scenario and maintenance mode at runtime; read its journal, "
+                    "ledger and metrics. Changes apply to the next message. With a token configured, send "
+                    "`Authorization: Bearer <token>` to every endpoint but /health.",
+        version="1",
+        docs_url="/docs",
+        redoc_url=None,
+        openapi_url="/openapi.json",
+    )
+    app.add_middleware(_BearerAuth, runtime=runtime)
+    api = API_PREFIX
+
+    # -- health and metrics ------------------------------------------------------------------
+
+    @app.get("/health", tags=["status"])
+    async def health() -> dict[str, Any]:
+        """Liveness and the switch's mode; open without the token."""
+        faults = runtime.faults
+        return {
+            "status": "ok",
+            "uptime_seconds": round(time.monotonic() - runtime.started, 3),
+            "connections_open": runtime.metrics.open_connections,
+            "dialect": runtime.dialect_name,
+            "scenario": runtime.scenario,
+            "seed": faults.seed,
+            "maintenance": faults.maintenance,
+        }
+
+    @app.get("/metrics", tags=["status"], response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
+    async def metrics() -> Response:
+        """Messages by MTI and response code, faults applied, latency histogram, open connections."""
+        return Response(content=runtime.metrics.render(), media_type=CONTENT_TYPE)
+
+    # -- fault rules ---------------------------------------------------------------------------
+
+    @app.get(f"{api}/faults", tags=["faults"])
+    async def list_faults() -> dict[str, Any]:
+        """Every fault rule in evaluation order, maintenance mode, the seed in force and the counters."""
+        return _faults_state(runtime.faults)
+
+    @app.post(f"{api}/faults", tags=["faults"], status_code=201)
+    async def add_fault(table: Annotated[dict[str, Any], Body(
+            description="One fault rule, written as a scenario's [[fault]] table in JSON.")]) -> dict[str, Any]:
+        """Add a fault rule; it applies from the next message."""
+        try:
+            rule = runtime.faults.add(table)
+        except FaultRuleError as exc:
+            raise _fault_rule_error(exc) from None
+        log.info("admin: fault rule %s added", rule.id)
+        return rule.to_dict()
+
+    @app.get(f"{api}/faults/{{rule_id}}", tags=["faults"])
+    async def get_fault(rule_id: str) -> dict[str, Any]:
+        return _find_rule(runtime.faults, rule_id).to_dict()
+
+    @app.patch(f"{api}/faults/{{rule_id}}", tags=["faults"])
+    async def patch_fault(rule_id: str, changes: Annotated[dict[str, Any], Body(
+            description="Keys of the rule to replace, as in a [[fault]] table.")]) -> dict[str, Any]:
+        """Change some keys of a rule; messages already in flight keep the plan they started with."""
+        rule = _find_rule(runtime.faults, rule_id)
+        try:
+            patched = runtime.faults.patch(rule.id, changes)
+        except FaultRuleError as exc:
+            raise _fault_rule_error(exc) from None
+        except KeyError:  # deleted meanwhile (cannot happen on one loop, but the engine has the last word)
+            raise HTTPException(status_code=404, detail=f"no fault rule with id {rule_id!r}") from None
+        log.info("admin: fault rule %s patched: %s", rule.id, ", ".join(sorted(changes)))
+        return patched.to_dict()
+
+    @app.delete(f"{api}/faults/{{rule_id}}", tags=["faults"])
+    async def delete_fault(rule_id: str) -> dict[str, Any]:
+        rule = _find_rule(runtime.faults, rule_id)
+        try:
+            runtime.faults.delete(rule.id)
+        except KeyError:
+            raise HTTPException(status_code=404, detail=f"no fault rule with id {rule_id!r}") from None
+        log.info("admin: fault rule %s deleted", rule.id)
+        return {"deleted": rule.to_dict()}
+
+    # -- scenario, reset, maintenance ----------------------------------------------------------
+
+    @app.post(f"{api}/scenario", tags=["control"])
+    async def load(request: ScenarioRequest) -> dict[str, Any]:
+        """Load a scenario: its response rules, fault rules and the host settings that can change at runtime.
+
+        Everything is validated before anything changes: a bad scenario leaves the switch as it was.
+        """
+        try:
+            # reading and parsing a file is blocking work: keep it off the loop the terminals use
+            scenario = await trio.to_thread.run_sync(load_scenario, request.name)
+            if runtime.dialect is not None:
+                scenario.check_dialect(runtime.dialect)
+            rules = parse_fault_rules(scenario)
+        except ScenarioError as exc:
+            raise _scenario_error(exc) from None
+        try:
+            config, applied, not_applied = _host_config_for(runtime, scenario)
+        except ValueError as exc:
+            raise _unprocessable(["body", "name"], f"{scenario.name}: [host]: {exc}") from None
+        seed = next((s for s in (request.seed, runtime.seed, scenario.seed) if s is not None), None)
+
+        # parse_fault_rules checked everything load() would (ids unique); nothing below can fail
+        runtime.faults.load(rules, seed=seed)
+        runtime.host.rules = scenario.response_rules or None
+        runtime.host.config = config
+        runtime.scenario = scenario.name
+        log.info("admin: scenario %s loaded (%d response rules, %d fault rules, seed %s)",
+                 scenario.name, len(scenario.response_rules), len(rules), runtime.faults.seed)
+        return {
+            "scenario": scenario.name,
+            "path": scenario.path,
+            "seed": runtime.faults.seed,
+            "response_rules": len(scenario.response_rules),
+            "fault_rules": [rule.to_dict() for rule in runtime.faults.rules],
+            "host": {"applied": applied, "not_applied": not_applied},
+        }
+
+    @app.post(f"{api}/reset", tags=["control"])
+    async def reset(request: ResetRequest) -> dict[str, Any]:
+        """Reset the fault engine, the sign-on sessions, or both. The ledger is never touched."""
+        result: dict[str, Any] = {"reset": request.what}
+        if request.what in ("faults", "all"):
+            runtime.faults.reset()
+            result["faults"] = _faults_state(runtime.faults)
+        if request.what in ("sessions", "all"):
+            result["sessions_cleared"] = len(runtime.host.sessions)
+            runtime.host.reset_sessions()
+        log.info("admin: reset %s", request.what)
+        return result
+
+    @app.put(f"{api}/maintenance", tags=["control"])
+    async def maintenance(request: MaintenanceRequest) -> dict[str, Any]:
+        """Maintenance mode: refuse new connections, or answer every request with one code (91 by default)."""
+        faults = runtime.faults
+        if request.code is not None:
+            faults.maintenance_code = request.code.upper()
+        faults.maintenance = request.mode
+        log.info("admin: maintenance %s (code %s)", faults.maintenance, faults.maintenance_code)
+        return {"mode": faults.maintenance, "code": faults.maintenance_code}
+
+    # -- journal and ledger ----------------------------------------------------------------------
+
+    @app.get(f"{api}/journal", tags=["read"])
+    async def journal(
+        terminal: Annotated[str | None, Query(min_length=1, max_length=16,
+                                              description="Field 41; trailing spaces ignored.")] = None,
+        mti: Annotated[str | None, Query(pattern=r"^[0-9]{4}$")] = None,
+        stan: Annotated[str | None, Query(pattern=r"^[0-9]{1,6}$", description="Field 11; leading zeros optional.")
+                        ] = None,
+        since: Annotated[datetime | None, Query(description="ISO 8601 or Unix seconds; no zone = UTC.")] = None,
+        until: Annotated[datetime | None, Query(description="ISO 8601 or Unix seconds; no zone = UTC.")] = None,
+        faults: Annotated[bool, Query(description="Only entries with a fault applied.")] = False,
+        unmatched: Annotated[bool, Query(description="Only requests never answered / replies never matched.")
+                             ] = False,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    ) -> dict[str, Any]:
+        """The newest ``limit`` journal entries matching every filter given, oldest first."""
+        start, end = _unix_seconds(since), _unix_seconds(until)
+        if start is not None and end is not None and start > end:
+            raise _unprocessable(["query", "since"], "since is after until")
+        entries = runtime.journal.query(terminal=terminal, mti=mti, stan=stan, since=start, until=end,
+                                        faults_only=faults, unmatched=unmatched, limit=limit)
+        return {"count": len(entries), "entries": [entry.as_dict() for entry in entries]}
+
+    @app.get(f"{api}/ledger/postings", tags=["read"])
+    async def postings(terminal: str | None = None, batch: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None
+                       ) -> dict[str, Any]:
+        """Every financial request the host decided, approved or declined."""
+        rows = runtime.ledger.postings(terminal=terminal, batch=batch)
+        return {"count": len(rows), "postings": [row.as_dict() for row in rows]}
+
+    @app.get(f"{api}/ledger/batches", tags=["read"])
+    async def batches(terminal: str | None = None) -> dict[str, Any]:
+        """Batch totals per terminal (net of reversals: what settlement compares)."""
+        rows = runtime.ledger.batches(terminal=terminal)
+        return {"count": len(rows), "batches": [row.as_dict() for row in rows]}
+
+    @app.get(f"{api}/ledger/discrepancies", tags=["read"])
+    async def discrepancies(terminal: str | None = None,
+                            batch: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None) -> dict[str, Any]:
+        """Differences between uploaded batches and the ledger, found when settling after an upload."""
+        rows = runtime.ledger.discrepancies(terminal=terminal, batch=batch)
+        return {"count": len(rows), "discrepancies": [row.as_dict() for row in rows]}
+
+    @app.get(f"{api}/ledger/settlements", tags=["read"])
+    async def settlements(terminal: str | None = None) -> dict[str, Any]:
+        rows = runtime.ledger.settlements(terminal=terminal)
+        return {"count": len(rows), "settlements": [row.as_dict() for row in rows]}
+
+    return app
+
+
+# ---------------------------------------------------------------------------------------------
+# Serving
+
+
+def _bind_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _port_of(bind: str) -> int:
+    """The port of a hypercorn bind report such as ``http://127.0.0.1:41234`` or ``http://[::1]:41234``."""
+    return int(bind.rsplit(":", 1)[1])
+
+
+async def serve_admin(runtime: SwitchRuntime, host: str = "127.0.0.1", port: int = DEFAULT_ADMIN_PORT, *,
+                      shutdown: trio.Event | None = None,
+                      task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the admin API on ``host:port`` until cancelled or ``shutdown`` is set (then gracefully).
+
+    Reports the bound port through ``task_status`` (``port=0`` picks a free one): hypercorn reports
+    the addresses its sockets actually got, so no port is guessed. A port that cannot be bound (in
+    use, no such address) raises a plain OSError.
+    """
+    config = HypercornConfig()
+    config.bind = [_bind_address(host, port)]
+    config.accesslog = None
+    config.errorlog = log
+    config.graceful_timeout = 2.0
+    app = create_admin_app(runtime)
+    trigger = shutdown.wait if shutdown is not None else None
+    bound: int | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=trigger))
+            bound = _port_of(binds[0])  # hypercorn has logged "Running on ..." to our logger
+            task_status.started(bound)
+    except BaseExceptionGroup as group:
+        # hypercorn binds inside its nurseries, so "address in use" arrives wrapped in groups; callers
+        # (the CLI) should see the plain OSError they can report in one line
+        leaves = _leaves(group)
+        if bound is None and len(leaves) == 1 and isinstance(leaves[0], OSError):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
