@@ -690,9 +690,13 @@ def scenario_names() -> list[str]:
 
 
 def load_scenario(name_or_path: str) -> Scenario:
-    """A shipped scenario by name (``"healthy"``) or a file by path (ends in ``.toml`` or has a ``/``)."""
+    """A shipped scenario by name (``"healthy"``) or a file by path (ends in ``.toml`` or has a ``/``).
+
+    Unlike ``parse_scenario`` it also validates the ``[[fault]]`` tables, so a file with a bad fault
+    rule is refused at start-up with its line and key.
+    """
     if name_or_path.endswith(".toml") or "/" in name_or_path or "\\" in name_or_path:
-        return parse_scenario(_read(Path(name_or_path), name_or_path), name_or_path)
+        return _with_valid_faults(parse_scenario(_read(Path(name_or_path), name_or_path), name_or_path))
     path = specs.scenarios_dir() / f"{name_or_path}.toml"
     if not path.is_file():
         raise ScenarioError(
@@ -702,7 +706,14 @@ def load_scenario(name_or_path: str) -> Scenario:
             f"no shipped scenario of that name (shipped: {', '.join(scenario_names())}); "
             "a file path must end in .toml",
         )
-    return parse_scenario(_read(path, str(path)), str(path))
+    return _with_valid_faults(parse_scenario(_read(path, str(path)), str(path)))
+
+
+def _with_valid_faults(scenario: Scenario) -> Scenario:
+    from switch.faults import parse_fault_rules  # here: the fault engine builds on this module
+
+    parse_fault_rules(scenario)  # raises ScenarioError naming file, line and key
+    return scenario
 
 
 @cache
