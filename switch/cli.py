@@ -52,6 +52,24 @@ def cli() -> None:
 cli.add_command(dialects_command)
 
 
+@cli.command(short_help="List the shipped scenarios --scenario accepts.")
+@click.option("--json", "as_json", is_flag=True, help="Name, description and path of each, as JSON.")
+def scenarios(as_json: bool) -> None:
+    """Shipped scenarios: response rules, host settings and faults, one file each (specs/scenarios)."""
+    from switch.scenario import load_scenario, scenario_names
+
+    loaded = [load_scenario(name) for name in scenario_names()]
+    if as_json:
+        click.echo(json.dumps([{"name": s.name, "description": s.description, "path": s.path,
+                                "faults": len(s.faults), "rules": len(s.response_rules)} for s in loaded],
+                              indent=2))
+        return
+    width = max((len(s.name) for s in loaded), default=0)
+    for scenario in loaded:
+        summary = " ".join(scenario.description.split())
+        click.echo(f"{scenario.name:<{width}}  {len(scenario.faults):>2} faults  {summary}")
+
+
 # --------------------------------------------------------------------------------------------
 # describe
 
@@ -229,17 +247,25 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
               help="Close connections with no traffic for this long (0 = never).")
 @click.option("--grace", "grace_period", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="SECONDS", help="On SIGINT/SIGTERM, how long in-flight requests may take to finish.")
+@click.option("--journal", "journal_path", default=None, metavar="PATH|none",
+              help="JSON-lines journal of every frame (default: journal.jsonl beside the ledger; none: memory only).")
+@click.option("--admin-host", default="127.0.0.1", show_default=True, help="Address of the admin HTTP API.")
+@click.option("--admin-port", default=8584, show_default=True, type=click.IntRange(0, 65535),
+              help="Port of the admin HTTP API (0 picks a free one).")
+@click.option("--no-admin", is_flag=True, help="Do not serve the admin HTTP API.")
+@click.option("--admin-token", envvar="ISO_SWITCH_ADMIN_TOKEN", default=None, metavar="TOKEN",
+              help="Require 'Authorization: Bearer TOKEN' on the admin API (env ISO_SWITCH_ADMIN_TOKEN).")
 @click.option("-v", "--verbose", count=True, help="Log connections (-v) and every decision (-vv) to stderr.")
 def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: FramingOverrides, tpdu: bool | None,
           keepalive: str | None, ledger_path: str | None, scenario: str | None, seed: int | None,
-          require_signon: bool | None, idle_timeout: float, grace_period: float, verbose: int) -> None:
+          require_signon: bool | None, idle_timeout: float, grace_period: float, journal_path: str | None,
+          admin_host: str, admin_port: int, no_admin: bool, admin_token: str | None, verbose: int) -> None:
     """Run the switch until SIGINT/SIGTERM, then drain in-flight requests and close the ledger."""
     import logging
 
     import trio
 
     from switch.app import SwitchOptions, build_switch
-    from switch.server import run_until_signalled
 
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
@@ -248,26 +274,34 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
         framing = dataclasses.replace(framing, keepalive=keepalive)
     options = SwitchOptions(host=bind_host, port=port, ledger=ledger_path, scenario=scenario, seed=seed,
                             require_signon=require_signon, idle_timeout=idle_timeout or None,
-                            grace_period=grace_period)
+                            grace_period=grace_period, journal=journal_path, admin_host=admin_host,
+                            admin_port=None if no_admin else admin_port, admin_token=admin_token)
     try:
-        server, loaded = build_switch(dialect, framing, options)
-    except (ScenarioError, LedgerError) as exc:
+        switch = build_switch(dialect, framing, options)
+    except (ScenarioError, LedgerError, ValueError) as exc:
         raise CliError(str(exc), EXIT_BAD_DATA) from None
+    server = switch.server
 
-    def announce(listeners: list[Any]) -> None:
+    def announce(listeners: list[Any], admin: int | None) -> None:
         where = ", ".join("{}:{}".format(*listener.socket.getsockname()[:2]) for listener in listeners)
         click.echo(f"iso-switch: listening on {where} (dialect {dialect.name}, framing {framing.length_header}"
-                   f"{' + TPDU' if framing.tpdu else ''}, scenario {loaded.name}, "
+                   f"{' + TPDU' if framing.tpdu else ''}, scenario {switch.scenario.name}, seed {server.faults.seed}, "
                    f"sign-on {'required' if server.host.config.require_signon else 'not required'})")
-        click.echo(f"iso-switch: ledger {server.ledger.path}")
+        click.echo(f"iso-switch: ledger {server.ledger.path}; journal {switch.journal_path or '(memory only)'}")
+        if admin is not None:
+            click.echo(f"iso-switch: admin API http://{admin_host}:{admin}/docs"
+                       f"{' (bearer token required)' if admin_token else ''}")
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(run_until_signalled, server)
-            announce(listeners)
+            listeners, admin = await nursery.start(switch.run)
+            announce(listeners, admin)
 
-    trio.run(main)
-    click.echo(server.stats.summary())
+    try:
+        trio.run(main)
+    except OSError as exc:
+        raise CliError(f"cannot listen: {exc.strerror or exc}", EXIT_BAD_DATA) from None
+    click.echo(f"{server.stats.summary()}; ledger closed cleanly")
 
 
 # --------------------------------------------------------------------------------------------

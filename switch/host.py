@@ -437,6 +437,23 @@ class Host:
         return Decision(response, None, "format-error",
                         f"{partial_mti} could not be decoded completely; answered 30 with the fields read")
 
+    def unprocessed_reply(self, request: Message, code: str) -> Message | None:
+        """An answer carrying ``code`` built from the request alone: no checks, no ledger, no session.
+
+        For the fault engine's ``respond`` action and maintenance mode, where the host is meant to
+        look inoperative (91, 96, 90...): nothing is posted, so a terminal that treats the answer as
+        a decline stays consistent with the ledger. None when the MTI has no response (response
+        class or not a request). CUP settlement answers carry the code as field 48's flag.
+        """
+        if _response_mti(request.mti) is None:
+            return None
+        if self._cup and request.mti[:3] == "050" and 48 in request.fields:
+            try:
+                return self._settlement_reply(request, code)
+            except (CompositeFieldError, ValueError):
+                pass
+        return self._reply(request, code)
+
     # -- building blocks ----------------------------------------------------------------------
 
     def _reply_header(self, header: str, requirement: str = CupHeader.NO_REQUIREMENT) -> str:

@@ -8,8 +8,11 @@ connection, never the server.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,8 +25,11 @@ from switch.codec import Codec, Message, MessageDecodeError, MessageEncodeError
 from switch.codec.framing import Framing, FramingError, reply_tpdu
 from switch.codec.stream import FrameStream
 from switch.commit import CommitError, GroupCommitter
-from switch.host import Decision, Host
+from switch.faults import EMPTY_DECISION, FaultDecision, FaultEngine
+from switch.host import Host
+from switch.journal import Journal
 from switch.ledger import Ledger
+from switch.metrics import SwitchMetrics
 
 log = logging.getLogger("switch.server")
 
@@ -61,14 +67,17 @@ class ServerConfig:
 
 
 class _Connection:
-    """Per-connection state: frame stream, outbox of replies, in-flight count, reader scope.
+    """Per-connection state: frame stream, outbox of replies, in-flight count, cancel scopes.
 
     Replies go through the outbox to one writer task, which waits once for the ledger commit that
     covers a whole batch and then sends the batch in one write: one fsync wait and one syscall
     serve many requests, which is what keeps a durable switch close to a bare decode/encode loop.
+    Faulted replies (delays, slices, garbage...) are written by their own task through the same
+    FrameStream, whose lock keeps frames from interleaving.
     """
 
-    __slots__ = ("frames", "in_flight", "number", "outbox", "peer", "reader_done", "reader_scope", "wakeup")
+    __slots__ = ("frames", "in_flight", "number", "outbox", "peer", "reader_done", "reader_scope", "scope",
+                 "wakeup")
 
     def __init__(self, frames: FrameStream, peer: str, number: int):
         self.frames = frames
@@ -76,25 +85,48 @@ class _Connection:
         self.number = number
         self.in_flight = 0  # requests read whose reply is neither written nor abandoned
         self.reader_scope = trio.CancelScope()
+        self.scope: trio.CancelScope | None = None  # the whole connection (close/reset faults cancel it)
         self.reader_done = False
-        self.outbox: list[tuple[int, bytes]] = []  # (ledger seq to be durable first or 0, framed reply)
+        self.outbox: list[_Outgoing] = []
         self.wakeup = trio.Event()
 
-    def post(self, commit_seq: int | None, framed: bytes | None) -> None:
-        """Hand a reply (or, with ``framed`` None, the end of a request that gets none) to the writer."""
-        if framed is None:
+    def post(self, item: _Outgoing | None) -> None:
+        """Hand a reply (or, with None, the end of a request that gets none) to the writer."""
+        if item is None:
             self.in_flight -= 1
         else:
-            self.outbox.append((commit_seq or 0, framed))
+            self.outbox.append(item)
         self.wakeup.set()
 
 
+class _Outgoing:
+    """A decided reply waiting for its ledger commit and the writer."""
+
+    __slots__ = ("arrived", "commit_seq", "framed", "payload", "reply", "request_mti", "request_seq")
+
+    def __init__(self, commit_seq: int, framed: bytes, payload: bytes, reply: Message, request_mti: str,
+                 request_seq: int | None, arrived: float):
+        self.commit_seq = commit_seq
+        self.framed = framed
+        self.payload = payload
+        self.reply = reply
+        self.request_mti = request_mti
+        self.request_seq = request_seq
+        self.arrived = arrived
+
+
 class SwitchServer:
-    """Serves one dialect and framing on TCP; host decisions are made by ``host``."""
+    """Serves one dialect and framing on TCP; host decisions are made by ``host``.
+
+    Per frame: decode → fault plan (``faults.decide``) → host decision → ledger commit → reply. A
+    clean fault plan takes the fast path inline in the reader; any fault moves that one request
+    to its own task, so a delayed reply never holds up the others on the connection.
+    """
 
     def __init__(self, *, codec: Codec, framing: Framing, host: Host, ledger: Ledger,
                  committer: GroupCommitter, config: ServerConfig | None = None,
-                 clock: Callable[[], datetime] = utc_now):
+                 clock: Callable[[], datetime] = utc_now, faults: FaultEngine | None = None,
+                 journal: Journal | None = None, metrics: SwitchMetrics | None = None):
         self.codec = codec
         self.framing = framing
         self.host = host
@@ -102,7 +134,11 @@ class SwitchServer:
         self.committer = committer
         self.config = config or ServerConfig()
         self.clock = clock
+        self.faults = faults or FaultEngine(seed=0)
+        self.journal = journal
+        self.metrics = metrics
         self.stats = ServerStats()
+        self._started = time.monotonic()
         self._connections: set[_Connection] = set()
         self._accepting: trio.CancelScope | None = None
         self._draining = False
@@ -110,19 +146,26 @@ class SwitchServer:
     # -- connection handling -------------------------------------------------------------
 
     async def handle_stream(self, stream: trio.abc.Stream) -> None:
-        """Serve one connection until EOF, idle timeout, a framing error or shutdown."""
+        """Serve one connection until EOF, idle timeout, a framing error, a fault or shutdown."""
         peer = _peer_name(stream)
         self.stats.connections_total += 1
+        if self.faults.maintenance == "refuse":
+            log.info("%s: refused (maintenance)", peer)
+            await trio.aclose_forcefully(stream)
+            return
         conn = _Connection(FrameStream(stream, self.framing), peer, self.stats.connections_total)
         self._connections.add(conn)
         self.stats.connections_open += 1
+        if self.metrics:
+            self.metrics.connection_opened()
         try:
             async with trio.open_nursery() as tasks:
+                conn.scope = tasks.cancel_scope
                 tasks.start_soon(self._write_loop, conn)
                 with conn.reader_scope:
                     if self._draining:
                         conn.reader_scope.cancel()
-                    await self._read_loop(conn)
+                    await self._read_loop(conn, tasks)
                 # Reader finished (EOF, error, idle or drain): in-flight requests still get answered.
                 conn.reader_done = True
                 conn.wakeup.set()
@@ -131,13 +174,16 @@ class SwitchServer:
         finally:
             self._connections.discard(conn)
             self.stats.connections_open -= 1
+            if self.metrics:
+                self.metrics.connection_closed()
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _read_loop(self, conn: _Connection) -> None:
+    async def _read_loop(self, conn: _Connection, tasks: trio.Nursery) -> None:
         idle = self.config.idle_timeout or float("inf")
         frames = conn.frames
-        tpdu_reply = self.framing.tpdu
+        journal = self.journal
+        faults = self.faults
         while True:
             try:
                 with trio.move_on_after(idle) as idle_scope:
@@ -157,20 +203,59 @@ class SwitchServer:
                 return
             if frame.is_keepalive:
                 continue
+            arrived = time.monotonic()
             self.stats.frames_in += 1
             conn.in_flight += 1
+            payload = frame.payload
             try:
-                reply, commit_seq = self.decide(frame.payload, peer=conn.peer)
+                request: Message | None = self.codec.decode(payload)
+                error: MessageDecodeError | None = None
+            except MessageDecodeError as exc:
+                request, error = None, exc
+            plan = faults.decide(request, connection=conn.number, elapsed=arrived - self._started)
+            clean = plan is EMPTY_DECISION or plan.is_clean
+            applied = () if clean else plan.actions_applied()
+            request_seq = journal.record_in(connection=conn.number, peer=conn.peer, raw=payload, message=request,
+                                            error=error, faults=applied) if journal else None
+            tpdu = reply_tpdu(frame.tpdu) if frame.tpdu else None
+            if not clean:
+                if self.metrics:
+                    for action in applied:
+                        self.metrics.fault(action)
+                tasks.start_soon(self._serve_faulted, conn, request, error, plan, applied, tpdu, request_seq,
+                                 arrived)
+                continue
+            try:
+                reply, commit_seq = self._decide(request, error, conn.peer)
             except _CloseConnection as exc:
                 conn.in_flight -= 1
                 self.stats.connections_dropped += 1
                 log.warning("%s: closing connection: %s", conn.peer, exc)
                 return
-            if reply is None:
-                conn.post(None, None)
-                continue
-            tpdu = reply_tpdu(frame.tpdu) if tpdu_reply and frame.tpdu else None
-            conn.post(commit_seq, self.framing.encode(reply, tpdu))
+            outgoing = self._outgoing(reply, commit_seq, request, error, tpdu, request_seq, arrived)
+            if outgoing is None:
+                self._unanswered(request, error, request_seq, (), "no response")
+            conn.post(outgoing)
+
+    def _outgoing(self, reply: Message | None, commit_seq: int | None, request: Message | None,
+                  error: MessageDecodeError | None, tpdu: bytes | None, request_seq: int | None,
+                  arrived: float) -> _Outgoing | None:
+        if reply is None:
+            return None
+        payload = self._encode(reply)
+        if payload is None:
+            return None
+        mti = request.mti if request is not None else (error.mti if error is not None else None) or "????"
+        return _Outgoing(commit_seq or 0, self.framing.encode(payload, tpdu), payload, reply, mti, request_seq,
+                         arrived)
+
+    def _unanswered(self, request: Message | None, error: MessageDecodeError | None, request_seq: int | None,
+                    faults: tuple[str, ...], note: str) -> None:
+        if self.metrics:
+            mti = request.mti if request is not None else (error.mti if error is not None else None) or "????"
+            self.metrics.message(mti, None)
+        if self.journal and request_seq is not None:
+            self.journal.record_unsent(request_seq, faults, note)
 
     async def _write_loop(self, conn: _Connection) -> None:
         """The connection's one writer: waits for durability of a batch of replies, then sends it."""
@@ -179,7 +264,7 @@ class SwitchServer:
             conn.wakeup = trio.Event()
             while conn.outbox:
                 batch, conn.outbox = conn.outbox, []
-                durable_after = max(seq for seq, _ in batch)
+                durable_after = max(item.commit_seq for item in batch)
                 if durable_after:
                     try:
                         await self.committer.wait_committed(durable_after)
@@ -188,26 +273,40 @@ class SwitchServer:
                         conn.reader_scope.cancel()
                         return
                 try:
-                    await conn.frames.send_raw(b"".join([framed for _, framed in batch]))
+                    await conn.frames.send_raw(b"".join([item.framed for item in batch]))
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     conn.reader_scope.cancel()
                     return
                 conn.in_flight -= len(batch)
                 self.stats.responses_out += len(batch)
+                self._sent(conn, batch, ())
             if conn.reader_done and conn.in_flight <= 0:
                 return
 
-    def decide(self, payload: bytes, *, peer: str = "-") -> tuple[bytes | None, int | None]:
-        """Decode and decide: the reply payload (None: stay silent) and the ledger seq it must wait for."""
-        try:
-            request = self.codec.decode(payload)
-        except MessageDecodeError as exc:
+    def _sent(self, conn: _Connection, batch: list[_Outgoing], faults: tuple[str, ...], note: str = "") -> None:
+        journal, metrics = self.journal, self.metrics
+        if journal is None and metrics is None:
+            return
+        now = time.monotonic()
+        for item in batch:
+            if journal is not None:
+                journal.record_out(connection=conn.number, peer=conn.peer, raw=item.payload, message=item.reply,
+                                   request_seq=item.request_seq, faults=faults, note=note)
+            if metrics is not None:
+                metrics.message(item.request_mti, item.reply.fields.get(39) or item.reply.fields.get(48, "")[30:31])
+                metrics.latency(now - item.arrived)
+
+    def _decide(self, request: Message | None, error: MessageDecodeError | None, peer: str
+                ) -> tuple[Message | None, int | None]:
+        """The host's answer (None: stay silent) and the ledger seq it must wait for."""
+        if request is None:
+            assert error is not None
             self.stats.format_errors += 1
-            decision = self.host.format_error(exc.mti or "", exc.partial, self.clock(), failed_field=exc.field)
+            decision = self.host.format_error(error.mti or "", error.partial, self.clock(), failed_field=error.field)
             if decision is None or decision.response is None:
-                raise _CloseConnection(f"undecodable frame ({exc})") from None
-            log.info("%s: format error answered with 30: %s", peer, exc)
-            return self._encode(decision, None), decision.commit_seq
+                raise _CloseConnection(f"undecodable frame ({error})")
+            log.info("%s: format error answered with 30: %s", peer, error)
+            return decision.response, decision.commit_seq
         try:
             decision = self.host.handle(request, self.clock())
         except Exception:  # a host bug must cost one request, never the server
@@ -218,16 +317,138 @@ class SwitchServer:
         if decision.response is None:
             log.info("%s: %s not answered: %s", peer, request.mti, decision.reason)
             return None, None
-        log.debug("%s: %s -> %s (%s)", peer, request.mti, decision.outcome, decision.reason)
-        return self._encode(decision, request), decision.commit_seq
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s: %s -> %s (%s)", peer, request.mti, decision.outcome, decision.reason)
+        return decision.response, decision.commit_seq
 
-    def _encode(self, decision: Decision, request: Message | None) -> bytes | None:
-        assert decision.response is not None
+    def _encode(self, reply: Message) -> bytes | None:
         try:
-            return self.codec.encode(decision.response)
+            return self.codec.encode(reply)
         except MessageEncodeError:
-            log.exception("response to %s could not be encoded; dropped", request.mti if request else "?")
+            log.exception("response %s could not be encoded; dropped", reply.mti)
             return None
+
+    # -- fault execution ------------------------------------------------------------------
+
+    async def _serve_faulted(self, conn: _Connection, request: Message | None, error: MessageDecodeError | None,
+                             plan: FaultDecision, applied: tuple[str, ...], tpdu: bytes | None,
+                             request_seq: int | None, arrived: float) -> None:
+        """Run one request through its fault plan, in the order FaultDecision documents."""
+        finished = False
+        try:
+            if plan.delay_request:
+                await trio.sleep(plan.delay_request)
+            if plan.reset_before or plan.close_before or plan.drop_request:
+                note = "reset before processing" if plan.reset_before else (
+                    "closed before processing" if plan.close_before else "request dropped unprocessed")
+                self._unanswered(request, error, request_seq, applied, note)
+                finished = True
+                conn.in_flight -= 1
+                if plan.reset_before or plan.close_before:
+                    await self._close(conn, reset=plan.reset_before)
+                return
+            if plan.respond is not None:
+                reply = self.host.unprocessed_reply(request, plan.respond) if request is not None else None
+                commit_seq = None
+                if reply is None and request is None:  # nothing readable to answer: as the host would
+                    reply, commit_seq = self._decide(request, error, conn.peer)
+                if reply is None:
+                    return
+            else:
+                reply, commit_seq = self._decide(request, error, conn.peer)
+                if reply is None:
+                    return
+            if commit_seq:
+                await self.committer.wait_committed(commit_seq)  # the posting exists before anything else
+            if plan.delay_response:
+                await trio.sleep(plan.delay_response)
+            if plan.reset_after or plan.close_after or plan.drop_response:
+                note = "reset after processing" if plan.reset_after else (
+                    "closed after processing" if plan.close_after else "response dropped after commit")
+                self._unanswered(request, error, request_seq, applied, note)
+                finished = True
+                conn.in_flight -= 1
+                if plan.reset_after or plan.close_after:
+                    await self._close(conn, reset=plan.reset_after)
+                return
+            payload, reply = self._faulted_payload(reply, plan)
+            if payload is None:
+                return
+            frame = self._faulted_frame(payload, tpdu, plan)
+            await self._faulted_write(conn, frame, plan)
+            if plan.duplicate:
+                await self._faulted_write(conn, frame, plan)
+            finished = True
+            conn.in_flight -= 1
+            self.stats.responses_out += 1
+            mti = request.mti if request is not None else "????"
+            self._sent(conn, [_Outgoing(0, frame, payload, reply, mti, request_seq, arrived)], applied,
+                       note="garbage sent" if plan.garbage is not None else "")
+            if plan.truncate_at is not None:
+                await self._close(conn, reset=False)
+        except _CloseConnection as exc:
+            log.warning("%s: closing connection: %s", conn.peer, exc)
+            conn.reader_scope.cancel()
+        except CommitError as exc:
+            log.error("%s: ledger not durable, reply withheld: %s", conn.peer, exc)
+            conn.reader_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            conn.reader_scope.cancel()
+        finally:
+            if not finished:
+                conn.post(None)
+
+    def _faulted_payload(self, reply: Message, plan: FaultDecision) -> tuple[bytes | None, Message]:
+        """Step 6: the reply with wrong echoes and a corrupted MAC applied, encoded (or the garbage)."""
+        if plan.garbage is not None:
+            return plan.garbage, reply
+        if plan.wrong_echo or plan.corrupt_mac is not None:
+            fields = dict(reply.fields)
+            fields.update(plan.wrong_echo)
+            if plan.corrupt_mac is not None:
+                mac_field = 128 if any(number > 64 for number in fields) and 128 in fields else 64
+                mac = bytes.fromhex(fields.get(mac_field, "00" * 8))
+                fields[mac_field] = bytes(a ^ b for a, b in zip(mac, plan.corrupt_mac, strict=False)).hex().upper()
+            reply = Message(reply.mti, fields, reply.header)
+        return self._encode(reply), reply
+
+    def _faulted_frame(self, payload: bytes, tpdu: bytes | None, plan: FaultDecision) -> bytes:
+        """Step 7: framing, with a wrong length header or a truncated body when asked."""
+        framed = self.framing.encode(payload, tpdu)
+        size = self.framing.header_size
+        if plan.length_delta:
+            declared = len(framed) - size + (size if self.framing.length_includes_itself else 0)
+            wrong = max(0, declared + plan.length_delta)
+            framed = _length_header(self.framing, wrong, size) + framed[size:]
+        if plan.truncate_at is not None:
+            framed = framed[:size + max(0, min(plan.truncate_at, len(framed) - size - 1))]
+        return framed
+
+    async def _faulted_write(self, conn: _Connection, frame: bytes, plan: FaultDecision) -> None:
+        """Step 8: write whole, in slices with pauses, or under a bandwidth cap."""
+        if plan.slice is None and plan.bandwidth is None:
+            await conn.frames.send_raw(frame)
+            return
+        chunk, pause = plan.slice if plan.slice is not None else (max(1, (plan.bandwidth or 1) // 20), 0.0)
+        for offset in range(0, len(frame), chunk):
+            piece = frame[offset:offset + chunk]
+            await conn.frames.stream.send_all(piece)  # deliberately unlocked: a slow write is the fault
+            wait = pause
+            if plan.bandwidth:
+                wait = max(wait, len(piece) / plan.bandwidth)
+            if wait and offset + chunk < len(frame):
+                await trio.sleep(wait)
+
+    async def _close(self, conn: _Connection, *, reset: bool) -> None:
+        """Close the connection now: FIN, or RST when ``reset`` (SO_LINGER 0). Pending replies are lost."""
+        sock = getattr(conn.frames.stream, "socket", None)
+        if reset and sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        with trio.CancelScope(shield=True):
+            await trio.aclose_forcefully(conn.frames.stream)
+        if conn.scope is not None:
+            conn.scope.cancel()
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -264,6 +485,16 @@ class SwitchServer:
         self._draining = True
         if self._accepting is not None:
             self._accepting.cancel()
+
+
+def _length_header(framing: Framing, value: int, size: int) -> bytes:
+    """A length header of the framing's kind saying ``value`` (clamped to what it can express)."""
+    kind = framing.length_header
+    if kind.startswith("binary"):
+        return min(value, 256**size - 1).to_bytes(size, "big")
+    if kind.startswith("ascii"):
+        return f"{min(value, 10**size - 1):0{size}d}".encode()
+    return bytes.fromhex(f"{min(value, 9999):04d}")  # bcd2
 
 
 class _CloseConnection(Exception):

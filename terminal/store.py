@@ -1,0 +1,668 @@
+"""The terminal's durable memory: STAN, batch, pending reversals and advices, the batch journal.
+
+Everything a careful terminal must not forget when it is killed lives here, in one SQLite file
+(stdlib ``sqlite3``, WAL, ``synchronous=FULL``: a method that returned has reached the disk).
+
+Each public method is one transaction. ``transaction()`` groups several into one, and the policy
+uses it for every step that must be atomic: allocating a STAN, journalling a request and storing
+its pending reversal commit together, *before* the request may be sent; recording the answer and
+deleting the reversal commit together too. So whatever instant the process dies at, the file holds
+either the state before a step or the state after it, never half of one.
+
+Secrets are never at rest: track data (35, 36, 45), PIN data (52, 53) and ICC data (55) are removed
+from every message before it is stored. The PAN is kept (a reversal copies the original's fields
+and a batch upload names each card, as real terminals must), and shown masked in the journal.
+
+Sign-on state is recorded for ``status`` only and is not trusted after a restart: the host forgets
+sessions when it restarts, so a terminal signs on again at start.
+
+One process per store file, like the host's ledger; ``check_same_thread=False`` lets a driver run
+calls in a worker thread, one at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from switch.codec.composite import mask_pan
+from switch.codec.message import Message
+
+__all__ = [
+    "FIRST_BATCH",
+    "JOURNAL_KINDS",
+    "JOURNAL_STATES",
+    "SCHEMA_VERSION",
+    "SECRET_FIELDS",
+    "JournalEntry",
+    "PendingAdvice",
+    "PendingReversal",
+    "PendingSettlement",
+    "StoreError",
+    "TerminalStore",
+    "next_batch_number",
+    "next_stan",
+]
+
+SCHEMA_VERSION = "1"
+FIRST_BATCH = "000001"
+SECRET_FIELDS = frozenset({35, 36, 45, 52, 53, 55})
+"""Never written to the store: track 2/3/1, PIN block, security control, ICC data."""
+
+JOURNAL_KINDS = ("purchase", "refund", "authorization", "advice")
+JOURNAL_STATES = (
+    "in-flight",  # request persisted (and perhaps sent); its reversal is stored
+    "approved",  # approved and not reversed: money moved (an authorization holds funds)
+    "declined",  # the host declined it: nothing moved
+    "unknown",  # outcome unknown or a void under way: a reversal is queued
+    "reversed",  # the host acknowledged its reversal: nothing moved
+    "reversal-refused",  # the host answered its reversal with a refusal: the terminal cannot know
+    "advice-pending",  # offline sale approved locally, advice not yet acknowledged
+)
+_MONEY_MOVED: Mapping[str, bool | None] = {
+    "in-flight": None,
+    "approved": True,
+    "declined": False,
+    "unknown": None,
+    "reversed": False,
+    "reversal-refused": None,
+    "advice-pending": None,
+}
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used (not a terminal store, another terminal's, misuse)."""
+
+
+def next_stan(stan: str) -> str:
+    """The STAN after ``stan``: 000001-999999, wrapping 999999 → 000001 (000000 is never used)."""
+    return f"{int(stan) % 999999 + 1:06d}"
+
+
+def next_batch_number(batch: str) -> str:
+    """The batch after ``batch``: n6, wrapping 999999 → 000001 (as the host's ledger counts)."""
+    return f"{int(batch) % 999999 + 1:06d}"
+
+
+def _message_json(message: Message) -> str:
+    fields = {str(k): v for k, v in sorted(message.fields.items()) if k not in SECRET_FIELDS}
+    return json.dumps({"mti": message.mti, "header": message.header, "fields": fields}, separators=(",", ":"))
+
+
+def _message_from(text: str) -> Message:
+    raw = json.loads(text)
+    return Message(raw["mti"], {int(k): v for k, v in raw["fields"].items()}, raw["header"])
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """One financial exchange of the terminal and what it believes became of it.
+
+    ``stan`` / ``transmission_time`` (field 7, "" in CUP) / ``amount`` identify it to a
+    consistency checker; ``money_moved`` says whether the terminal believes money moved.
+    ``request`` is the request as sent, minus secrets (``SECRET_FIELDS``).
+    """
+
+    id: int
+    batch: str
+    kind: str
+    direction: str  # "debit" (purchase, authorization, offline sale) | "credit" (refund)
+    mti: str
+    stan: str
+    transmission_time: str
+    amount: int
+    currency: str
+    pan: str  # masked
+    state: str
+    response_code: str
+    rrn: str
+    auth_code: str
+    reason: str  # why the state is what it is, for people
+    request: Message
+    created_at: float
+    updated_at: float
+
+    @property
+    def money_moved(self) -> bool | None:
+        """True approved and not reversed, False nothing moved, None the terminal cannot know yet."""
+        return _MONEY_MOVED[self.state]
+
+    @property
+    def captured(self) -> bool:
+        """Counts in settlement totals: money moved and the kind settles (authorizations do not)."""
+        return self.state == "approved" and self.kind != "authorization"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready view (the request as field-number → value) for ``status --json``."""
+        data = {name: getattr(self, name) for name in self.__slots__ if name != "request"}
+        data["money_moved"] = self.money_moved
+        data["request_mti"] = self.request.mti
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReversal:
+    """A reversal that must reach the host: stored before its original leaves.
+
+    ``message`` is the reversal as first transmitted (field 11 "" until then); ``attempts`` counts
+    transmissions so far across restarts: 0 means the next is the 0400, more means 0401 repeats.
+    ``reason`` is its field 39 (98 no reply, A0 MAC failure, 17 a void the operator asked for).
+    """
+
+    id: int
+    journal_id: int
+    reason: str
+    message: Message
+    attempts: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAdvice:
+    """An advice (0220) stored until the host answers it; ``attempts`` > 0 means repeats are 0221."""
+
+    id: int
+    journal_id: int
+    message: Message
+    attempts: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PendingSettlement:
+    """A 0500 sent whose answer never came: repeated (0501, same STAN) before anything else."""
+
+    batch: str
+    message: Message
+    attempts: int
+
+
+_SCHEMA = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE journal (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, batch TEXT NOT NULL, kind TEXT NOT NULL,
+        direction TEXT NOT NULL, mti TEXT NOT NULL, stan TEXT NOT NULL, transmission_time TEXT NOT NULL,
+        amount INTEGER NOT NULL, currency TEXT NOT NULL, pan TEXT NOT NULL, state TEXT NOT NULL,
+        response_code TEXT NOT NULL, rrn TEXT NOT NULL, auth_code TEXT NOT NULL, reason TEXT NOT NULL,
+        request TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
+    "CREATE INDEX journal_batch ON journal (batch, id)",
+    """CREATE TABLE reversals (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, journal_id INTEGER NOT NULL UNIQUE REFERENCES journal (id),
+        reason TEXT NOT NULL, message TEXT NOT NULL, attempts INTEGER NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
+    """CREATE TABLE advices (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, journal_id INTEGER NOT NULL UNIQUE REFERENCES journal (id),
+        message TEXT NOT NULL, attempts INTEGER NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
+)
+_JOURNAL_COLUMNS = (
+    "id",
+    "batch",
+    "kind",
+    "direction",
+    "mti",
+    "stan",
+    "transmission_time",
+    "amount",
+    "currency",
+    "pan",
+    "state",
+    "response_code",
+    "rrn",
+    "auth_code",
+    "reason",
+    "request",
+    "created_at",
+    "updated_at",
+)
+_JOURNAL_UPDATABLE = frozenset({"state", "response_code", "rrn", "auth_code", "reason", "amount", "batch"})
+
+
+def _check_code_like(name: str, value: object, width: int) -> None:
+    if not (isinstance(value, str) and len(value) <= width and value.isascii() and value.isprintable()):
+        raise StoreError(f"{name} must be up to {width} printable ASCII characters, got {value!r}")
+
+
+class TerminalStore:
+    """The durable store of one terminal; see the module docstring. Build with ``TerminalStore.open``."""
+
+    def __init__(self, connection: sqlite3.Connection, path: str, terminal_id: str) -> None:
+        self._conn: sqlite3.Connection | None = connection
+        self.path = path
+        self.terminal_id = terminal_id
+        self._depth = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], terminal_id: str) -> TerminalStore:
+        """Open (creating if new) the store of terminal ``terminal_id`` (field 41, padding ignored).
+
+        A store belongs to one terminal: opening it for another is an error, because STANs and
+        pending reversals are per terminal. ``":memory:"`` gives a throw-away store for tests.
+        """
+        name = os.fspath(path)
+        owner = terminal_id.rstrip(" ") if isinstance(terminal_id, str) else ""
+        if not owner:
+            raise StoreError(f"terminal id must be a non-blank string, got {terminal_id!r}")
+        if name != ":memory:":
+            parent = os.path.dirname(os.path.abspath(name))
+            if not os.path.isdir(parent):
+                raise StoreError(f"cannot create terminal store {name}: directory {parent} does not exist")
+        try:
+            conn = sqlite3.connect(name, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open terminal store {name}: {exc}") from None
+        try:
+            if name != ":memory:":
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    raise StoreError(f"{name}: SQLite refused WAL journal mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:
+                conn.execute("BEGIN IMMEDIATE")
+                for statement in _SCHEMA:
+                    conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO meta VALUES (?, ?)",
+                    [
+                        ("schema_version", SCHEMA_VERSION),
+                        ("terminal_id", owner),
+                        ("stan", "000000"),
+                        ("batch", FIRST_BATCH),
+                    ],
+                )
+                conn.execute("COMMIT")
+            elif "meta" not in tables:
+                raise StoreError(f"{name} is an SQLite file but not a terminal store")
+            else:
+                meta = dict(conn.execute("SELECT key, value FROM meta"))
+                if meta.get("schema_version") != SCHEMA_VERSION:
+                    raise StoreError(
+                        f"{name} has store schema {meta.get('schema_version')!r}; this version "
+                        f"reads schema {SCHEMA_VERSION}"
+                    )
+                if meta.get("terminal_id") != owner:
+                    raise StoreError(f"{name} is the store of terminal {meta.get('terminal_id')!r}, not {owner!r}")
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{name} is not a terminal store: {exc}") from None
+        except StoreError:
+            conn.close()
+            raise
+        return cls(conn, name, owner)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    def __enter__(self) -> TerminalStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise StoreError(f"terminal store {self.path} is closed")
+        return self._conn
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group the calls inside into one atomic, durable transaction (nesting joins the outer one)."""
+        conn = self._db()
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        try:
+            yield
+        except BaseException:
+            self._depth = 0
+            conn.execute("ROLLBACK")
+            raise
+        self._depth = 0
+        conn.execute("COMMIT")
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def _set_meta(self, key: str, value: str | None) -> None:
+        with self.transaction():
+            if value is None:
+                self._db().execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                self._db().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    # -- counters -------------------------------------------------------------------------------
+
+    @property
+    def last_stan(self) -> str:
+        """The STAN most recently handed out ("000000" before the first)."""
+        return self._meta("stan") or "000000"
+
+    def next_stan(self) -> str:
+        """Hand out the next STAN; it is durable before this returns (or with the enclosing transaction)."""
+        with self.transaction():
+            stan = next_stan(self.last_stan)
+            self._set_meta("stan", stan)
+        return stan
+
+    @property
+    def batch(self) -> str:
+        """The open batch's number (n6)."""
+        return self._meta("batch") or FIRST_BATCH
+
+    def close_batch(self) -> str:
+        """Close the open batch (settled) and open the next; returns the new number."""
+        with self.transaction():
+            new = next_batch_number(self.batch)
+            self._set_meta("batch", new)
+            self._set_meta("pending_settlement", None)
+        return new
+
+    # -- session (informational) -----------------------------------------------------------------
+
+    @property
+    def signed_on_at(self) -> float | None:
+        """When the terminal last signed on (None: signed off or never). Not trusted after a restart."""
+        value = self._meta("signed_on_at")
+        return None if value is None else float(value)
+
+    def record_signon(self, at: float | None) -> None:
+        self._set_meta("signed_on_at", None if at is None else repr(float(at)))
+
+    # -- journal --------------------------------------------------------------------------------
+
+    def add_entry(
+        self,
+        *,
+        kind: str,
+        direction: str,
+        request: Message,
+        amount: int,
+        currency: str,
+        pan: str,
+        state: str,
+        now: float,
+        batch: str | None = None,
+        auth_code: str = "",
+        reason: str = "",
+    ) -> JournalEntry:
+        """Journal a financial request (STAN and field 7 are read from it). Returns the entry."""
+        if kind not in JOURNAL_KINDS:
+            raise StoreError(f"journal kind must be one of {', '.join(JOURNAL_KINDS)}, got {kind!r}")
+        if direction not in ("debit", "credit"):
+            raise StoreError(f"direction must be debit or credit, got {direction!r}")
+        if state not in JOURNAL_STATES:
+            raise StoreError(f"journal state must be one of {', '.join(JOURNAL_STATES)}, got {state!r}")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise StoreError(f"amount must be an integer >= 0 (minor units), got {amount!r}")
+        stan = request.get(11)
+        if stan is None:
+            raise StoreError("a journalled request must carry field 11 (STAN)")
+        with self.transaction():
+            cursor = self._db().execute(
+                f"INSERT INTO journal ({', '.join(_JOURNAL_COLUMNS[1:])}) VALUES "
+                f"({', '.join('?' * (len(_JOURNAL_COLUMNS) - 1))})",
+                (
+                    batch or self.batch,
+                    kind,
+                    direction,
+                    request.mti,
+                    stan,
+                    request.get(7) or "",
+                    amount,
+                    currency,
+                    mask_pan(pan) if pan else "",
+                    state,
+                    "",
+                    "",
+                    auth_code,
+                    reason,
+                    _message_json(request),
+                    now,
+                    now,
+                ),
+            )
+            entry_id = cursor.lastrowid
+        assert entry_id is not None
+        return self.entry(entry_id)
+
+    def update_entry(self, entry_id: int, *, now: float, **changes: Any) -> JournalEntry:
+        """Change an entry's state/response/RRN/auth code/reason/amount/batch; returns the new entry."""
+        unknown = set(changes) - _JOURNAL_UPDATABLE
+        if unknown:
+            raise StoreError(f"journal column(s) {', '.join(sorted(unknown))} cannot be changed")
+        if "state" in changes and changes["state"] not in JOURNAL_STATES:
+            raise StoreError(f"journal state must be one of {', '.join(JOURNAL_STATES)}, got {changes['state']!r}")
+        for name, width in (("response_code", 2), ("rrn", 12), ("auth_code", 6)):
+            if name in changes:
+                _check_code_like(name, changes[name], width)
+        assignments = ", ".join(f"{name} = ?" for name in changes)
+        with self.transaction():
+            cursor = self._db().execute(
+                f"UPDATE journal SET {assignments}, updated_at = ? WHERE id = ?",
+                (*changes.values(), now, entry_id),
+            )
+            if cursor.rowcount != 1:
+                raise StoreError(f"no journal entry {entry_id}")
+        return self.entry(entry_id)
+
+    def entry(self, entry_id: int) -> JournalEntry:
+        row = (
+            self._db()
+            .execute(f"SELECT {', '.join(_JOURNAL_COLUMNS)} FROM journal WHERE id = ?", (entry_id,))
+            .fetchone()
+        )
+        if row is None:
+            raise StoreError(f"no journal entry {entry_id}")
+        return self._entry(row)
+
+    @staticmethod
+    def _entry(row: tuple[Any, ...]) -> JournalEntry:
+        values = dict(zip(_JOURNAL_COLUMNS, row, strict=True))
+        values["request"] = _message_from(values["request"])
+        return JournalEntry(**values)
+
+    def entries(self, *, batch: str | None = None, states: Iterable[str] | None = None) -> list[JournalEntry]:
+        """Journal entries in the order they were made, optionally of one batch and some states."""
+        sql = f"SELECT {', '.join(_JOURNAL_COLUMNS)} FROM journal"
+        clauses, params = [], []
+        if batch is not None:
+            clauses.append("batch = ?")
+            params.append(batch)
+        if states is not None:
+            wanted = list(states)
+            clauses.append(f"state IN ({', '.join('?' * len(wanted))})")
+            params.extend(wanted)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        return [self._entry(row) for row in self._db().execute(sql + " ORDER BY id", params)]
+
+    def recover_in_flight(self, now: float) -> list[JournalEntry]:
+        """After a restart: every "in-flight" entry becomes "unknown" (its stored reversal will go out)."""
+        with self.transaction():
+            stranded = self.entries(states=("in-flight",))
+            for entry in stranded:
+                self.update_entry(
+                    entry.id,
+                    now=now,
+                    state="unknown",
+                    reason="the terminal stopped before the answer was processed",
+                )
+        return [self.entry(entry.id) for entry in stranded]
+
+    # -- pending reversals ----------------------------------------------------------------------
+
+    def add_reversal(self, journal_id: int, reason: str, message: Message, now: float) -> PendingReversal:
+        _check_code_like("reversal reason", reason, 2)
+        with self.transaction():
+            cursor = self._db().execute(
+                "INSERT INTO reversals (journal_id, reason, message, attempts, created_at, updated_at) "
+                "VALUES (?, ?, ?, 0, ?, ?)",
+                (journal_id, reason, _message_json(message), now, now),
+            )
+        assert cursor.lastrowid is not None
+        return self.reversal(cursor.lastrowid)
+
+    def reversal(self, reversal_id: int) -> PendingReversal:
+        row = (
+            self._db()
+            .execute(
+                "SELECT id, journal_id, reason, message, attempts, created_at, updated_at FROM reversals WHERE id = ?",
+                (reversal_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise StoreError(f"no pending reversal {reversal_id}")
+        return PendingReversal(row[0], row[1], row[2], _message_from(row[3]), row[4], row[5], row[6])
+
+    def reversals(self) -> list[PendingReversal]:
+        """Pending reversals, oldest first (the order they must go out in)."""
+        rows = self._db().execute("SELECT id FROM reversals ORDER BY id").fetchall()
+        return [self.reversal(row[0]) for row in rows]
+
+    def reversal_for(self, journal_id: int) -> PendingReversal | None:
+        row = self._db().execute("SELECT id FROM reversals WHERE journal_id = ?", (journal_id,)).fetchone()
+        return None if row is None else self.reversal(row[0])
+
+    def update_reversal(
+        self,
+        reversal_id: int,
+        *,
+        now: float,
+        message: Message | None = None,
+        attempts: int | None = None,
+        reason: str | None = None,
+    ) -> PendingReversal:
+        current = self.reversal(reversal_id)
+        if reason is not None:
+            _check_code_like("reversal reason", reason, 2)
+        with self.transaction():
+            self._db().execute(
+                "UPDATE reversals SET message = ?, attempts = ?, reason = ?, updated_at = ? WHERE id = ?",
+                (
+                    _message_json(message or current.message),
+                    current.attempts if attempts is None else attempts,
+                    reason or current.reason,
+                    now,
+                    reversal_id,
+                ),
+            )
+        return self.reversal(reversal_id)
+
+    def delete_reversal(self, reversal_id: int) -> None:
+        with self.transaction():
+            self._db().execute("DELETE FROM reversals WHERE id = ?", (reversal_id,))
+
+    # -- pending advices ------------------------------------------------------------------------
+
+    def add_advice(self, journal_id: int, message: Message, now: float) -> PendingAdvice:
+        with self.transaction():
+            cursor = self._db().execute(
+                "INSERT INTO advices (journal_id, message, attempts, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
+                (journal_id, _message_json(message), now, now),
+            )
+        assert cursor.lastrowid is not None
+        return self.advice(cursor.lastrowid)
+
+    def advice(self, advice_id: int) -> PendingAdvice:
+        row = (
+            self._db()
+            .execute(
+                "SELECT id, journal_id, message, attempts, created_at, updated_at FROM advices WHERE id = ?",
+                (advice_id,),
+            )
+            .fetchone()
+        )
+        if row is None:
+            raise StoreError(f"no pending advice {advice_id}")
+        return PendingAdvice(row[0], row[1], _message_from(row[2]), row[3], row[4], row[5])
+
+    def advices(self) -> list[PendingAdvice]:
+        """Pending advices, oldest first."""
+        rows = self._db().execute("SELECT id FROM advices ORDER BY id").fetchall()
+        return [self.advice(row[0]) for row in rows]
+
+    def update_advice(
+        self, advice_id: int, *, now: float, attempts: int, message: Message | None = None
+    ) -> PendingAdvice:
+        current = self.advice(advice_id)
+        with self.transaction():
+            self._db().execute(
+                "UPDATE advices SET attempts = ?, message = ?, updated_at = ? WHERE id = ?",
+                (attempts, _message_json(message or current.message), now, advice_id),
+            )
+        return self.advice(advice_id)
+
+    def delete_advice(self, advice_id: int) -> None:
+        with self.transaction():
+            self._db().execute("DELETE FROM advices WHERE id = ?", (advice_id,))
+
+    # -- pending settlement ---------------------------------------------------------------------
+
+    @property
+    def pending_settlement(self) -> PendingSettlement | None:
+        value = self._meta("pending_settlement")
+        if value is None:
+            return None
+        raw = json.loads(value)
+        return PendingSettlement(raw["batch"], _message_from(raw["message"]), raw["attempts"])
+
+    def set_pending_settlement(self, pending: PendingSettlement) -> None:
+        self._set_meta(
+            "pending_settlement",
+            json.dumps(
+                {
+                    "batch": pending.batch,
+                    "message": _message_json(pending.message),
+                    "attempts": pending.attempts,
+                }
+            ),
+        )
+
+    def clear_pending_settlement(self) -> None:
+        self._set_meta("pending_settlement", None)
+
+    # -- overview -------------------------------------------------------------------------------
+
+    def summary(self) -> dict[str, Any]:
+        """What ``iso-terminal status`` shows: counters, queues and the open batch's journal states."""
+        open_batch = self.entries(batch=self.batch)
+        states: dict[str, int] = {}
+        for entry in open_batch:
+            states[entry.state] = states.get(entry.state, 0) + 1
+        pending = self.pending_settlement
+        return {
+            "terminal_id": self.terminal_id,
+            "last_stan": self.last_stan,
+            "batch": self.batch,
+            "signed_on_at": self.signed_on_at,
+            "pending_reversals": len(self.reversals()),
+            "pending_advices": len(self.advices()),
+            "pending_settlement": None if pending is None else pending.message.get(11),
+            "open_batch_entries": len(open_batch),
+            "open_batch_states": states,
+        }
