@@ -24,6 +24,7 @@ _HEX_DIGITS = b"0123456789ABCDEF"
 # Track 2/3 characters (ISO/IEC 7813 code points 0x30-0x3F) plus 'D', the field separator as
 # hex-expanded BCD track data shows it.
 _TRACK_CHARS = b"0123456789:;<=>?D"
+_BCD_TRACK_CHARS = b"0123456789D"
 _PLAN_CACHE_SIZE = 512  # distinct field sets remembered per codec; real traffic has a few dozen
 
 
@@ -42,6 +43,10 @@ def _digits_fault(value: str) -> str | None:
 
 def _track_fault(value: str) -> str | None:
     return None if _only(value, _TRACK_CHARS) else "must hold track characters only (0-9 : ; < = > ? D)"
+
+
+def _bcd_track_fault(value: str) -> str | None:
+    return None if _only(value, _BCD_TRACK_CHARS) else "must hold track digits and the D separator only"
 
 
 def _signed_amount_fault(value: str) -> str | None:
@@ -157,9 +162,9 @@ class Codec:
             hex_text = self._spec[str(number)]["data_enc"] != "b"  # not BCD nibbles / raw bytes
             if fdef.type == "xn":
                 rules[str(number)] = _signed_amount_fault
-            elif fdef.type == "z" and hex_text:
-                rules[str(number)] = _track_fault
-            elif fdef.type == "b" and hex_text:
+            elif fdef.type == "z":
+                rules[str(number)] = _track_fault if hex_text else _bcd_track_fault
+            elif fdef.type == "b":  # raw or hex text alike, the value is hex digits, whole bytes
                 rules[str(number)] = _hex_fault
         self._rules = rules
         self._rule_keys = frozenset(rules)
