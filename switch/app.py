@@ -98,6 +98,8 @@ class Switch:
                 task_status.started((listeners, admin_port))
             # drained and the ledger closed: the journal writer flushes as it is cancelled
             nursery.cancel_scope.cancel()
+        if self.server.journal is not None:
+            self.server.journal.close()  # anything recorded after the writer stopped, then the file
 
 
 def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> Switch:
