@@ -1,5 +1,13 @@
 """``iso-terminal``: the terminal's command line.
 
+The terminal commands (``signon``, ``echo``, ``purchase``, ``refund``, ``reverse-last``, ``settle``,
+``drain``, ``signoff``) each run one operation of ``terminal.policy`` through ``terminal.client``
+against a host, print its outcome in one line (or ``--json``) and exit with a status scripts can
+branch on: 0 approved/completed, 1 declined/refused, 2 outcome unknown or reversed, 3 usage or
+connection error. Exit 2 must mean "money may have moved" and nothing else, so in these commands
+every usage error (click's included) exits 3, not click's usual 2. ``status`` shows the durable
+store without connecting.
+
 ``build`` is the inverse of ``iso-switch describe``: it encodes a message given field by field and
 prints its hex, so a test message can be crafted and piped
 (``iso-terminal build ... | iso-switch describe -``). Adding a command is one function decorated
@@ -8,12 +16,24 @@ with ``@cli.command()``; shared options come from ``switch.cli_common``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import NoReturn
+import contextlib
+import functools
+import json
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
 
 import click
+import platformdirs
 
 from switch.cli_common import (
+    DISTRIBUTION,
     EXIT_USAGE,
     CliError,
     FramingOverrides,
@@ -25,10 +45,25 @@ from switch.cli_common import (
     version_option,
 )
 from switch.codec.composite import CupHeader
-from switch.codec.dialect import Dialect
-from switch.codec.framing import FramingError
+from switch.codec.dialect import Dialect, DialectError
+from switch.codec.framing import TPDU_LENGTH, Framing, FramingError
 from switch.codec.message import Codec, Message, MessageEncodeError
 from switch.describe import STRUCTURAL_NAMES, parse_hex
+from terminal.policy import (
+    Command,
+    Drain,
+    Echo,
+    Outcome,
+    Purchase,
+    Refund,
+    ReverseLast,
+    Settle,
+    SignOff,
+    SignOn,
+    meaning_of,
+)
+from terminal.profile import ProfileError, TerminalProfile
+from terminal.store import JournalEntry, StoreError, TerminalStore
 
 
 @click.group(cls=ToolGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -183,6 +218,446 @@ def _frame(
         return framing.encode(payload, tpdu=tpdu)
     except FramingError as exc:
         raise CliError(f"framing: {exc}", EXIT_USAGE) from None
+
+
+# ============================================================================================
+# Terminal commands: run one operation against a host
+
+
+EXIT_OUTCOME_UNKNOWN = 2
+EXIT_TERMINAL_USAGE = 3
+OUTCOME_EXIT_CODES = {
+    "approved": 0,
+    "completed": 0,
+    "declined": 1,
+    "refused": 1,
+    "reversed": EXIT_OUTCOME_UNKNOWN,
+    "unknown-queued": EXIT_OUTCOME_UNKNOWN,
+    "unknown": EXIT_OUTCOME_UNKNOWN,
+    "failed": EXIT_TERMINAL_USAGE,
+}
+"""Exit status per ``Outcome.kind``: 0 done, 1 declined/refused, 2 money may have moved, 3 not done."""
+
+DEFAULT_TERMINAL_ID = "TERM0001"
+DEFAULT_MERCHANT_ID = "MERCHANT0000001"
+TEST_PAN = "4761739001010010"  # Luhn-valid, and not in the switch's test-card table: approved
+_AMOUNT = re.compile(r"[0-9]+(?:\.([0-9]+))?")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def default_expiry(today: date) -> str:
+    """A card expiry (YYMM) safely in the future: December, three years from ``today``."""
+    return f"{(today.year + 3) % 100:02d}12"
+
+
+def default_store_path(terminal_id: str) -> Path:
+    """The per-user store file of a terminal, so it survives across runs without any flag."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", terminal_id.strip()) or "terminal"
+    return Path(platformdirs.user_data_dir(DISTRIBUTION)) / "terminals" / f"{safe}.sqlite"
+
+
+def parse_amount(text: str, exponent: int) -> int:
+    """``"12.34"`` in major units → 1234 minor units (``exponent`` 2). ValueError says what is wrong."""
+    value = text.strip()
+    if value.startswith("-"):
+        raise ValueError(f"--amount {text!r}: an amount cannot be negative")
+    match = _AMOUNT.fullmatch(value)
+    if match is None:
+        raise ValueError(f"--amount {text!r}: expected a decimal number of major units, e.g. 12.34")
+    decimals = match.group(1) or ""
+    if len(decimals) > exponent:
+        allowed = f"at most {exponent} decimal places" if exponent else "no decimal places"
+        raise ValueError(f"--amount {text!r}: this currency has {allowed}")
+    whole = value.split(".", 1)[0]
+    return int(whole) * 10**exponent + int(decimals.ljust(exponent, "0") or "0")
+
+
+def format_amount(minor: int, exponent: int) -> str:
+    """1234 → ``"12.34"`` (``exponent`` 2): how amounts are shown back to people."""
+    if not exponent:
+        return str(minor)
+    sign = "-" if minor < 0 else ""
+    whole, fraction = divmod(abs(minor), 10**exponent)
+    return f"{sign}{whole}.{fraction:0{exponent}d}"
+
+
+def _minor_units(amount: str | None, minor: str | None, exponent: int) -> int:
+    if (amount is None) == (minor is None):
+        raise CliError(
+            "give the amount once: --amount 12.34 (major units) or --minor 1234 (minor units)",
+            EXIT_TERMINAL_USAGE,
+        )
+    try:
+        if amount is not None:
+            return parse_amount(amount, exponent)
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_TERMINAL_USAGE) from None
+    assert minor is not None
+    text = minor.strip()
+    if not (text.isascii() and text.isdigit()):
+        reason = "an amount cannot be negative" if text.startswith("-") else "expected whole minor units, e.g. 1234"
+        raise CliError(f"--minor {minor!r}: {reason}", EXIT_TERMINAL_USAGE)
+    return int(text)
+
+
+class TerminalCommand(click.Command):
+    """A terminal command: every usage error exits 3, because 2 means "outcome unknown" here."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            exc.exit_code = EXIT_TERMINAL_USAGE
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (DialectError, ProfileError, StoreError) as exc:
+            raise CliError(str(exc), EXIT_TERMINAL_USAGE) from None
+        except click.ClickException as exc:
+            if exc.exit_code == EXIT_USAGE:
+                exc.exit_code = EXIT_TERMINAL_USAGE
+            raise
+
+
+@dataclass(frozen=True)
+class TerminalSettings:
+    """Everything the shared options decide: where the host is, how to talk, who the terminal is."""
+
+    host: str
+    port: int
+    dialect: Dialect
+    framing: Framing
+    tpdu: bytes | None
+    profile: TerminalProfile
+    store_path: str
+    as_json: bool
+    verbose: bool
+
+
+def terminal_options(func: F) -> F:
+    """The options every terminal command shares → ``settings: TerminalSettings``."""
+
+    @click.option("--host", default="127.0.0.1", show_default=True, help="Host (switch) address.")
+    @click.option("--port", default=8583, show_default=True, type=click.IntRange(1, 65535), help="Host TCP port.")
+    @dialect_options
+    @framing_options
+    @click.option("--tpdu", "tpdu_hex", metavar="HEX",
+                  help="TPDU sent before each message when the framing has one (CUP; default 6000010000).")
+    @click.option("--terminal-id", default=DEFAULT_TERMINAL_ID, show_default=True, metavar="ID",
+                  help="Terminal id (field 41, up to 8 characters); each has its own store.")
+    @click.option("--merchant-id", default=DEFAULT_MERCHANT_ID, show_default=True, metavar="ID",
+                  help="Merchant id (field 42, up to 15 characters).")
+    @click.option("--currency", default="", metavar="CODE",
+                  help="ISO 4217 numeric currency (default: 840, or 156 for CUP dialects).")
+    @click.option("--currency-exponent", type=click.IntRange(0, 4), default=2, show_default=True,
+                  help="Decimal places of the currency: how --amount 12.34 becomes minor units.")
+    @click.option("--timeout", type=click.FloatRange(0, min_open=True), default=30.0, show_default=True,
+                  metavar="SECONDS", help="Response timeout of every exchange; then the terminal reverses.")
+    @click.option("--connect-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+                  metavar="SECONDS", help="Bound on one connection attempt.")
+    @click.option("--connect-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
+                  help="Connection attempts (with backoff) before the command gives up.")
+    @click.option("--store", "store_option", default=None, metavar="PATH",
+                  help="The terminal's SQLite store (default: a per-user data file per terminal id).")
+    @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+    @click.option("-v", "--verbose", is_flag=True,
+                  help="Log what the terminal does (sign-ons, timeouts, reversals, late replies) to stderr.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, host: str, port: int, dialect: Dialect, framing_overrides: FramingOverrides,
+                tpdu_hex: str | None, terminal_id: str, merchant_id: str, currency: str, currency_exponent: int,
+                timeout: float, connect_timeout: float, connect_attempts: int, store_option: str | None,
+                as_json: bool, verbose: bool, **kwargs: Any) -> Any:
+        framing = framing_overrides.framing(dialect)
+        tpdu = None
+        if tpdu_hex is not None:
+            if not framing.tpdu:
+                raise CliError(f"--tpdu: the framing of dialect {dialect.name} carries no TPDU")
+            try:
+                tpdu = parse_hex(tpdu_hex)
+            except ValueError as exc:
+                raise CliError(f"--tpdu: {exc}") from None
+            if len(tpdu) != TPDU_LENGTH:
+                raise CliError(f"--tpdu: a TPDU is {TPDU_LENGTH} bytes, got {len(tpdu)}")
+        profile = TerminalProfile.for_dialect(
+            dialect, terminal_id, merchant_id, currency=currency, currency_exponent=currency_exponent,
+            response_timeout=timeout, connect_timeout=connect_timeout, connect_attempts=connect_attempts,
+        )
+        path = default_store_path(profile.terminal_id) if store_option is None else Path(store_option).expanduser()
+        settings = TerminalSettings(host, port, dialect, framing, tpdu, profile, str(path), as_json, verbose)
+        return func(*args, settings=settings, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def card_options(func: F) -> F:
+    """Amount and card of a purchase or refund."""
+
+    @click.option("--amount", metavar="MAJOR", help="Amount in major units, e.g. 12.34.")
+    @click.option("--minor", metavar="UNITS", help="Amount in minor units instead, e.g. 1234.")
+    @click.option("--pan", default=TEST_PAN, show_default=True, help="Card number (Luhn-checked).")
+    @click.option("--expiry", default=None, metavar="YYMM", help="Card expiry (default: December, 3 years ahead).")
+    @functools.wraps(func)
+    def wrapper(*args: Any, settings: TerminalSettings, amount: str | None, minor: str | None, pan: str,
+                expiry: str | None, **kwargs: Any) -> Any:
+        units = _minor_units(amount, minor, settings.profile.currency_exponent)
+        card = {"amount": units, "pan": pan.strip(), "expiry": expiry or default_expiry(date.today())}
+        return func(*args, settings=settings, card=card, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def outcome_line(outcome: Outcome, exponent: int) -> str:
+    """One readable line: ``purchase 12.34 STAN 000002: approved, RRN 000000000001, auth code 123456``."""
+    head = [outcome.operation]
+    if outcome.amount is not None:
+        head.append(format_amount(outcome.amount, exponent))
+    if outcome.stan:
+        head.append(f"STAN {outcome.stan}")
+    text = outcome.text.removeprefix(f"{outcome.operation} ")
+    return f"{' '.join(head)}: {text}"
+
+
+@contextlib.contextmanager
+def _notes_to_stderr(verbose: bool) -> Iterator[None]:
+    """The client's journal notes on stderr with -v; otherwise nowhere (the outcome line says it all)."""
+    logger = logging.getLogger("terminal")
+    handler: logging.Handler
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    else:
+        handler = logging.NullHandler()  # keeps logging's last-resort handler from printing warnings
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def _open_store(settings: TerminalSettings) -> TerminalStore:
+    if settings.store_path != ":memory:":
+        Path(settings.store_path).parent.mkdir(parents=True, exist_ok=True)
+    return TerminalStore.open(settings.store_path, settings.profile.terminal_id)
+
+
+async def _drive(settings: TerminalSettings, store: TerminalStore, command: Command) -> Outcome:
+    from terminal.client import TerminalClient, TrioClock, tcp_connector
+    from terminal.policy import TerminalPolicy
+
+    clock = TrioClock.wall()
+    policy = TerminalPolicy(settings.profile, store, clock.now())
+    connect = tcp_connector(settings.host, settings.port)
+    async with TerminalClient(policy, Codec(settings.dialect), settings.framing, connect, clock,
+                              tpdu=settings.tpdu) as client:
+        return await client.run_command(command)
+
+
+def run_terminal_command(settings: TerminalSettings, command: Command) -> NoReturn:
+    """Run one command against the host, print its outcome, exit with its status."""
+    import trio
+
+    with _notes_to_stderr(settings.verbose):
+        store = _open_store(settings)
+        try:
+            outcome = trio.run(_drive, settings, store, command)
+        except KeyboardInterrupt:
+            raise CliError(
+                "interrupted: anything owed to the host is stored and goes out before the next transaction",
+                130,
+            ) from None
+        finally:
+            store.close()
+    if settings.as_json:
+        click.echo(json.dumps(outcome.as_dict()))
+    else:
+        click.echo(outcome_line(outcome, settings.profile.currency_exponent))
+    click.get_current_context().exit(OUTCOME_EXIT_CODES[outcome.kind])
+
+
+@cli.command(cls=TerminalCommand, short_help="Sign on to the host (0800, network code 001).")
+@terminal_options
+def signon(settings: TerminalSettings) -> None:
+    """Sign on (0800/001), retried with backoff. Exit 0 signed on, 1 declined, 3 not reached."""
+    run_terminal_command(settings, SignOn())
+
+
+@cli.command(cls=TerminalCommand, short_help="Sign off from the host (0800, network code 002).")
+@terminal_options
+def signoff(settings: TerminalSettings) -> None:
+    """Sign off (0800/002)."""
+    run_terminal_command(settings, SignOff())
+
+
+@cli.command(cls=TerminalCommand, short_help="Network echo test (0800, network code 301).")
+@terminal_options
+def echo(settings: TerminalSettings) -> None:
+    """Echo test (0800/301): is the host there? Works signed on or not."""
+    run_terminal_command(settings, Echo())
+
+
+@cli.command(cls=TerminalCommand, short_help="A card sale (0200), reversed by itself if the answer is lost.")
+@terminal_options
+@card_options
+def purchase(settings: TerminalSettings, card: dict[str, Any]) -> None:
+    """A sale (0200). Stored reversals and other items owed to the host go out first.
+
+    \b
+    Exit: 0 approved; 1 declined by the host, or refused locally (amount 0, bad card, expired);
+    2 no trustworthy answer: the reversal was acknowledged (reversed) or is stored and goes out
+    before the next transaction (unknown-queued); 3 usage error or host not reached.
+
+    \b
+    Example:
+      iso-terminal purchase --amount 12.34
+    """
+    run_terminal_command(settings, Purchase(**card))
+
+
+@cli.command(cls=TerminalCommand, short_help="A refund to the card (0200, processing code 20).")
+@terminal_options
+@card_options
+def refund(settings: TerminalSettings, card: dict[str, Any]) -> None:
+    """A refund (0200, processing code 20): a credit in settlement. Exit codes as for purchase."""
+    run_terminal_command(settings, Refund(**card))
+
+
+@cli.command("reverse-last", cls=TerminalCommand, short_help="Void the last approved transaction (0400).")
+@terminal_options
+def reverse_last(settings: TerminalSettings) -> None:
+    """Void: reverse the last approved transaction of the open batch (0400, reason 17).
+
+    Exit 2 when the host acknowledged the reversal (money returned), 1 when it refused it or there
+    is nothing to void.
+    """
+    run_terminal_command(settings, ReverseLast())
+
+
+@cli.command(cls=TerminalCommand, short_help="Settle the open batch (0500; on 95 upload and settle again).")
+@terminal_options
+def settle(settings: TerminalSettings) -> None:
+    """Settle the open batch with totals from the terminal's journal (0500).
+
+    On 95 (totals differ) the batch is uploaded (0320 per record, then the end marker) and settled
+    again; on 00 the batch closes and the next one opens. Exit 0 closed, 1 declined.
+    """
+    run_terminal_command(settings, Settle())
+
+
+@cli.command(cls=TerminalCommand, short_help="Send only what is owed to the host (reversals, advices, settlement).")
+@terminal_options
+def drain(settings: TerminalSettings) -> None:
+    """Send what is stored and owed to the host, and nothing else. Exit 0 when nothing is left owed."""
+    run_terminal_command(settings, Drain())
+
+
+# -- status ---------------------------------------------------------------------------------------
+
+
+def _utc(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _batch_totals(entries: Iterable[JournalEntry]) -> dict[str, int]:
+    totals = {"debit_count": 0, "debit_amount": 0, "credit_count": 0, "credit_amount": 0}
+    for entry in entries:
+        if entry.captured:
+            totals[f"{entry.direction}_count"] += 1
+            totals[f"{entry.direction}_amount"] += entry.amount
+    totals["net_amount"] = totals["debit_amount"] - totals["credit_amount"]
+    return totals
+
+
+def store_status(store: TerminalStore) -> dict[str, Any]:
+    """What ``status --json`` prints: counters, queues with reasons and attempts, the open batch."""
+    entries = store.entries(batch=store.batch)
+    reversals = []
+    for reversal in store.reversals():
+        entry = store.entry(reversal.journal_id)
+        reversals.append({
+            "journal_id": entry.id, "kind": entry.kind, "stan": entry.stan, "amount": entry.amount,
+            "reason": reversal.reason, "meaning": meaning_of(reversal.reason), "attempts": reversal.attempts,
+            "created_at": reversal.created_at, "updated_at": reversal.updated_at,
+        })
+    advices = []
+    for advice in store.advices():
+        entry = store.entry(advice.journal_id)
+        advices.append({
+            "journal_id": entry.id, "stan": entry.stan, "amount": entry.amount, "attempts": advice.attempts,
+            "created_at": advice.created_at, "updated_at": advice.updated_at,
+        })
+    pending = store.pending_settlement
+    return {
+        "store": store.path,
+        "summary": store.summary(),
+        "signed_on_trusted": False,  # sessions do not survive restarts: the next command signs on again
+        "open_batch_totals": _batch_totals(entries),
+        "pending_reversals": reversals,
+        "pending_advices": advices,
+        "pending_settlement": None if pending is None else {
+            "batch": pending.batch, "stan": pending.message.get(11), "attempts": pending.attempts,
+        },
+        "open_batch_entries": [entry.as_dict() for entry in entries],
+    }
+
+
+def status_lines(status: dict[str, Any], exponent: int) -> list[str]:
+    """``status_json`` for people."""
+    summary = status["summary"]
+    money = functools.partial(format_amount, exponent=exponent)
+    states = ", ".join(f"{state} {count}" for state, count in sorted(summary["open_batch_states"].items()))
+    totals = status["open_batch_totals"]
+    signed = summary["signed_on_at"]
+    lines = [
+        f"terminal {summary['terminal_id']} (store {status['store']})",
+        f"last STAN {summary['last_stan']}; open batch {summary['batch']}: "
+        f"{summary['open_batch_entries']} entries{f' ({states})' if states else ''}",
+        f"open batch totals: {totals['debit_count']} debits {money(totals['debit_amount'])}, "
+        f"{totals['credit_count']} credits {money(totals['credit_amount'])}, net {money(totals['net_amount'])}",
+        ("signed on: never, or signed off" if signed is None else f"last signed on {_utc(signed)}")
+        + " (not trusted across runs: the next command signs on first)",
+        f"pending reversals: {len(status['pending_reversals']) or 'none'}",
+    ]
+    for item in status["pending_reversals"]:
+        lines.append(f"  {item['kind']} STAN {item['stan']} {money(item['amount'])}: reason {item['reason']} "
+                     f"({item['meaning']}), {item['attempts']} attempts, queued {_utc(item['created_at'])}")
+    lines.append(f"pending advices: {len(status['pending_advices']) or 'none'}")
+    for item in status["pending_advices"]:
+        lines.append(f"  advice STAN {item['stan']} {money(item['amount'])}: {item['attempts']} attempts")
+    pending = status["pending_settlement"]
+    lines.append("pending settlement: " + ("none" if pending is None else
+                 f"batch {pending['batch']} STAN {pending['stan']}, {pending['attempts']} attempts, "
+                 "repeated before anything else"))
+    return lines
+
+
+@cli.command(cls=TerminalCommand, short_help="Show the terminal's store: STAN, batch, what is owed. No network.")
+@terminal_options
+def status(settings: TerminalSettings) -> None:
+    """Show the terminal's durable state without connecting: last STAN, open batch and its totals,
+    pending reversals and advices (with reasons and attempts), an unanswered settlement."""
+    path = settings.store_path
+    if path != ":memory:" and not os.path.exists(path):
+        terminal = settings.profile.terminal_id.rstrip()
+        if settings.as_json:
+            click.echo(json.dumps({"store": path, "exists": False, "terminal_id": terminal}))
+        else:
+            click.echo(f"terminal {terminal}: no store at {path} yet (nothing done with this terminal)")
+        return
+    with TerminalStore.open(path, settings.profile.terminal_id) as store:
+        report = store_status(store)
+    if settings.as_json:
+        click.echo(json.dumps({**report, "exists": True}))
+    else:
+        click.echo("\n".join(status_lines(report, settings.profile.currency_exponent)))
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -1,0 +1,468 @@
+"""The terminal's thin Trio driver: runs ``TerminalPolicy`` over a real connection.
+
+The policy (``terminal.policy``) decides everything: what to send, when an exchange has timed out,
+when to reverse, retry, back off, sign on or give up. This module only does what the policy's
+actions say — connect, write a frame, read frames until a deadline, sleep — and reports every event
+back (``connection_made``, ``receive``, ``connection_lost``, ...), calling ``next_action`` after each
+one. It never resends, reorders or times anything on its own.
+
+Choices, and why:
+
+* **One clock.** The policy works in Unix seconds; Trio sleeps on its own clock. ``TrioClock``
+  links them with one offset captured once, so under pytest-trio's ``autojump_clock`` every
+  response timeout, backoff and deadline in the policy is virtual. After a wait that ended at a
+  deadline the driver reports at least that deadline as ``now``, so float rounding in the
+  conversion can never make the policy see "not yet" and spin.
+* **A reader task per connection** feeds frames into a small channel, so a host that closes an idle
+  connection *between* commands is noticed before the next command starts (rather than costing
+  that command's purchase an unknown outcome), and late replies that arrive between commands are
+  fed to the policy — which logs and discards them — when the next command starts.
+* **Persist, then send.** The policy has committed everything a ``Send`` depends on before
+  returning it, so the frame is written at once; a write that fails or cannot finish by the
+  exchange's deadline is ``connection_lost`` (a partial frame may be on the wire). An encoding error
+  is ``send_failed``. Every ``Send`` therefore ends in exactly one policy event.
+* **MAC**: no MAC keys exist yet (key management is a later issue), so every reply is fed with
+  ``mac_ok=True``. When keys arrive, verification belongs here: ``mac_ok=False`` makes the policy
+  reverse with reason A0 and sign on again.
+* **Cancellation.** Cancelling ``run_command`` (Ctrl-C, a load generator's deadline) abandons the
+  operation: the connection is closed and the client refuses further commands, because the policy is
+  left mid-operation. Nothing is lost — whatever was sent is already on disk — and a new
+  ``TerminalPolicy`` over the same store recovers it exactly like a process restart.
+* **Blocking store calls**: the policy's calls commit to SQLite with fsync. A CLI runs them on the
+  event loop; with many terminals on one loop pass ``offload_store=True`` to run each call in a
+  worker thread (one call at a time per client, as the store requires).
+
+Notes from the policy are logged on the ``terminal`` logger (and handed to ``on_note`` if given).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import trio
+
+from switch.codec.framing import TPDU_LENGTH, Frame, Framing, FramingError
+from switch.codec.message import Codec, MessageDecodeError, MessageEncodeError
+from switch.codec.stream import FrameStream
+from terminal.policy import (
+    AwaitReply,
+    Command,
+    Connect,
+    Finished,
+    Idle,
+    Note,
+    Outcome,
+    Send,
+    Sleep,
+    TerminalPolicy,
+)
+
+__all__ = [
+    "DEFAULT_TPDU",
+    "ClientError",
+    "ConnectFactory",
+    "TerminalClient",
+    "TrioClock",
+    "tcp_connector",
+]
+
+log = logging.getLogger("terminal")
+
+DEFAULT_TPDU = bytes.fromhex("6000010000")
+"""TPDU on every frame when the framing carries one (CUP): id 60, destination 0001, source 0000."""
+
+ConnectFactory = Callable[[], Awaitable[trio.abc.Stream]]
+"""Opens one connection to the host; raises OSError when it cannot."""
+
+_INBOX_SIZE = 16  # frames read ahead of the driver; a full inbox stops the reader (backpressure)
+_MAX_ACTIONS = 100_000  # one operation never needs this many; reaching it is a policy bug, not a slow host
+
+_WARNING_NOTES = frozenset(
+    {
+        "signon-failed",
+        "signon-demanded",
+        "connect-failed",
+        "connection-lost",
+        "exchange-failed",
+        "reversal-queued",
+        "reversal-refused",
+        "advice-declined",
+        "item-retry",
+        "late-reply-discarded",
+        "unexpected-message-discarded",
+        "recovered",
+    }
+)
+
+T = TypeVar("T")
+
+
+class ClientError(RuntimeError):
+    """The client cannot run a command (not entered, closed, or left mid-operation by a cancellation)."""
+
+
+def tcp_connector(host: str, port: int) -> ConnectFactory:
+    """The default ``ConnectFactory``: a TCP connection to ``host:port``.
+
+    A failure is re-raised as one OSError reading "127.0.0.1:8583: Connection refused", because
+    Trio reports "all attempts to connect ... failed" and keeps the reasons in an exception group.
+    """
+
+    async def connect() -> trio.abc.Stream:
+        try:
+            return await trio.open_tcp_stream(host, port)
+        except OSError as exc:
+            raise OSError(f"{host}:{port}: {_connect_failure(exc)}") from exc
+
+    return connect
+
+
+def _connect_failure(exc: OSError) -> str:
+    failures: list[BaseException] = [exc]
+    if isinstance(exc.__cause__, BaseExceptionGroup):
+        failures = list(exc.__cause__.exceptions)
+    reasons = dict.fromkeys(_reason(failure) for failure in failures)
+    return "; ".join(reasons)
+
+
+def _reason(failure: BaseException) -> str:
+    if isinstance(failure, OSError):
+        if failure.errno and failure.errno > 0:  # trio's text repeats the address: the system's is enough
+            return os.strerror(failure.errno)
+        if failure.strerror:  # name resolution (negative errno)
+            return failure.strerror
+    return str(failure) or type(failure).__name__
+
+
+class TrioClock:
+    """The policy's clock (Unix seconds) on Trio's clock: ``now() = trio.current_time() + offset``.
+
+    Build it inside ``trio.run``: ``TrioClock.wall()`` for real time, ``TrioClock.starting_at(t)``
+    to make the current moment read as Unix time ``t`` (tests: fixed field 7 values).
+    """
+
+    def __init__(self, offset: float) -> None:
+        if isinstance(offset, bool) or not isinstance(offset, int | float) or not math.isfinite(offset):
+            raise ValueError(f"offset must be a finite number of seconds, got {offset!r}")
+        self.offset = float(offset)
+
+    @classmethod
+    def wall(cls) -> TrioClock:
+        return cls(time.time() - trio.current_time())
+
+    @classmethod
+    def starting_at(cls, unix_seconds: float) -> TrioClock:
+        return cls(unix_seconds - trio.current_time())
+
+    def now(self) -> float:
+        return trio.current_time() + self.offset
+
+    def to_trio(self, unix_seconds: float) -> float:
+        return unix_seconds - self.offset
+
+
+@dataclass(frozen=True)
+class _Ended:
+    """The reader's last word: the connection ended (peer closed, reset, framing error)."""
+
+    reason: str
+
+
+class _Link:
+    """One open connection: its frame stream, the reader task's scope and its inbox."""
+
+    def __init__(self, frames: FrameStream) -> None:
+        self.frames = frames
+        self.reader_scope = trio.CancelScope()
+        self.send_inbox, self.inbox = trio.open_memory_channel[Frame | _Ended](_INBOX_SIZE)
+
+    async def read(self) -> None:
+        """Reader task: every non-keep-alive frame into the inbox, then one ``_Ended``."""
+        with self.reader_scope:
+            try:
+                while True:
+                    try:
+                        frame = await self.frames.receive_frame()
+                    except FramingError as exc:
+                        await self.send_inbox.send(_Ended(f"framing error: {exc}"))
+                        return
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                        await self.send_inbox.send(_Ended(_describe(exc, "connection broken")))
+                        return
+                    if frame is None:
+                        await self.send_inbox.send(_Ended("connection closed by the host"))
+                        return
+                    if not frame.is_keepalive:
+                        await self.send_inbox.send(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return  # the driver dropped this link: nobody is listening any more
+
+    async def close(self) -> None:
+        self.reader_scope.cancel()
+        self.inbox.close()
+        await trio.aclose_forcefully(self.frames)
+
+
+def _describe(exc: BaseException, fallback: str) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or f"{fallback} ({type(exc).__name__})"
+
+
+class TerminalClient:
+    """Drives one terminal's ``TerminalPolicy`` over connections opened by ``connect``.
+
+    Use as an async context manager (it owns the connection's reader task)::
+
+        async with TerminalClient(policy, Codec(dialect), framing, tcp_connector(host, port)) as client:
+            outcome = await client.run_command(Purchase(1234, pan, expiry))
+
+    The connection stays open across commands (the policy reconnects when it needs to);
+    ``aclose()`` closes it. The store belongs to the caller and is not closed here.
+    """
+
+    def __init__(
+        self,
+        policy: TerminalPolicy,
+        codec: Codec,
+        framing: Framing,
+        connect: ConnectFactory,
+        clock: TrioClock | None = None,
+        *,
+        tpdu: bytes | None = None,
+        offload_store: bool = False,
+        on_note: Callable[[Note], None] | None = None,
+    ) -> None:
+        if tpdu is not None and not framing.tpdu:
+            raise ValueError("a TPDU was given but the framing carries none")
+        if tpdu is not None and len(tpdu) != TPDU_LENGTH:
+            raise ValueError(f"a TPDU is {TPDU_LENGTH} bytes, got {len(tpdu)}")
+        self.policy = policy
+        self.codec = codec
+        self.framing = framing
+        self.tpdu = (tpdu or DEFAULT_TPDU) if framing.tpdu else None
+        self._connect = connect
+        self._clock = clock
+        self._offload = offload_store
+        self._on_note = on_note
+        self._exit_stack: AsyncExitStack | None = None
+        self._nursery: trio.Nursery | None = None
+        self._link: _Link | None = None
+        self._broken = ""
+        self._time_floor = -math.inf  # the latest deadline a wait has reached (see _now)
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._exit_stack is not None:
+            raise ClientError("this TerminalClient is already in use")
+        stack = AsyncExitStack()
+        self._nursery = await stack.enter_async_context(trio.open_nursery())
+        stack.push_async_callback(self._shutdown)  # runs first on exit, inside the nursery
+        self._exit_stack = stack
+        if self._clock is None:
+            self._clock = TrioClock.wall()
+        self._log_notes()  # e.g. "recovered": in-flight entries a previous run left behind
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        stack, self._exit_stack = self._exit_stack, None
+        assert stack is not None, "__aexit__ without __aenter__"
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    async def _shutdown(self) -> None:
+        try:
+            await self.aclose()
+        finally:
+            nursery, self._nursery = self._nursery, None
+            if nursery is not None:
+                nursery.cancel_scope.cancel()
+
+    async def aclose(self) -> None:
+        """Close the connection (if any). The policy notices at its next command and reconnects."""
+        link, self._link = self._link, None
+        if link is not None:
+            with trio.CancelScope(shield=True):
+                await link.close()
+            if not self._broken:
+                self.policy.connection_lost(self._now(), "closed by the terminal")
+                self._log_notes(logging.INFO)  # our own doing: not a warning
+
+    @property
+    def connected(self) -> bool:
+        return self._link is not None
+
+    @property
+    def clock(self) -> TrioClock:
+        if self._clock is None:
+            raise ClientError("the clock is set when the client is entered (async with)")
+        return self._clock
+
+    # -- running ---------------------------------------------------------------------------------
+
+    async def run_command(self, command: Command) -> Outcome:
+        """Run one terminal command to its outcome (what is owed to the host goes first)."""
+        if self._nursery is None:
+            raise ClientError("enter the client first: async with TerminalClient(...) as client")
+        if self._broken:
+            raise ClientError(self._broken)
+        await self._take_arrivals()  # an idle close or late replies since the last command
+        started = finished = False
+        try:
+            await self._call(self.policy.start, command, self._now())
+            started = True
+            self._log_notes()
+            for _ in range(_MAX_ACTIONS):
+                action = await self._call(self.policy.next_action, self._now())
+                self._log_notes()
+                if isinstance(action, Finished):
+                    finished = True
+                    return action.outcome
+                if isinstance(action, Connect):
+                    await self._open()
+                elif isinstance(action, Send):
+                    await self._send(action)
+                elif isinstance(action, AwaitReply):
+                    await self._wait(action.deadline)
+                elif isinstance(action, Sleep):
+                    await self._wait(action.until)
+                elif isinstance(action, Idle):
+                    raise ClientError(f"the policy went idle during {command.name} without an outcome")
+                self._log_notes()
+            raise ClientError(f"{command.name} did not finish in {_MAX_ACTIONS} actions (a policy bug)")
+        finally:
+            if started and not finished:
+                self._abandon(command)
+
+    def _abandon(self, command: Command) -> None:
+        """A cancellation (or bug) left the policy mid-operation: drop the connection, refuse more."""
+        self._broken = (
+            f"{command.name} was interrupted; what it sent is stored and a new TerminalPolicy on the "
+            "same store recovers it (as after a restart)"
+        )
+        link, self._link = self._link, None
+        if link is not None:
+            link.reader_scope.cancel()
+            link.inbox.close()
+            assert self._nursery is not None
+            self._nursery.start_soon(trio.aclose_forcefully, link.frames)
+
+    # -- performing actions ----------------------------------------------------------------------
+
+    async def _open(self) -> None:
+        if self._link is not None:  # the policy believes it is disconnected: believe it
+            await self._drop_link()
+        timeout = self.policy.profile.connect_timeout
+        stream: trio.abc.Stream | None = None
+        failure = ""
+        with trio.move_on_after(timeout):
+            try:
+                stream = await self._connect()
+            except OSError as exc:
+                failure = _describe(exc, "connection failed")
+        if stream is None:
+            reason = failure or f"connect timed out after {timeout:g}s"
+            await self._call(self.policy.connect_failed, self._now(), reason)
+            return
+        link = _Link(FrameStream(stream, self.framing))
+        assert self._nursery is not None
+        self._nursery.start_soon(link.read)
+        self._link = link
+        await self._call(self.policy.connection_made, self._now())
+
+    async def _send(self, action: Send) -> None:
+        link = self._link
+        if link is None:  # cannot happen while the policy and the driver agree; never leave a Send dangling
+            await self._call(self.policy.connection_lost, self._now(), "no connection to send on")
+            return
+        try:
+            payload = self.codec.encode(action.message)
+            frame = self.framing.encode(payload, self.tpdu)
+        except (MessageEncodeError, FramingError) as exc:
+            await self._call(self.policy.send_failed, self._now(), str(exc))
+            return
+        problem = ""
+        with trio.move_on_at(self.clock.to_trio(action.deadline)) as scope:
+            try:
+                await link.frames.send_raw(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                problem = _describe(exc, "write failed")
+        if scope.cancelled_caught:
+            problem = "the host did not take the request before its deadline"
+            self._time_floor = max(self._time_floor, action.deadline)
+        if problem:
+            await self._drop_link()
+            await self._call(self.policy.connection_lost, self._now(), problem)
+
+    async def _wait(self, until: float) -> None:
+        """Wait until ``until`` for one arrival and feed it; the caller asks ``next_action`` again."""
+        link = self._link
+        with trio.move_on_at(self.clock.to_trio(until)) as scope:
+            if link is None:
+                await trio.sleep_forever()
+            else:
+                item = await link.inbox.receive()
+        if scope.cancelled_caught:
+            self._time_floor = max(self._time_floor, until)
+            return
+        await self._feed(item)
+
+    async def _take_arrivals(self) -> None:
+        """Feed whatever arrived while no command ran (late replies, the host closing the connection)."""
+        while self._link is not None:
+            try:
+                item = self._link.inbox.receive_nowait()
+            except trio.WouldBlock:
+                return
+            await self._feed(item)
+            self._log_notes()
+
+    async def _feed(self, item: Frame | _Ended) -> None:
+        if isinstance(item, _Ended):
+            await self._drop_link()
+            await self._call(self.policy.connection_lost, self._now(), item.reason)
+            return
+        try:
+            message = self.codec.decode(item.payload)
+        except MessageDecodeError as exc:
+            await self._call(self.policy.receive_undecodable, self._now(), str(exc))
+            return
+        await self._call(self.policy.receive, message, self._now(), mac_ok=True)  # no MAC keys yet
+
+    async def _drop_link(self) -> None:
+        link, self._link = self._link, None
+        if link is not None:
+            with trio.CancelScope(shield=True):
+                await link.close()
+
+    # -- plumbing --------------------------------------------------------------------------------
+
+    def _now(self) -> float:
+        """Unix seconds for the policy: never earlier than a deadline a wait has already reached."""
+        now = max(self.clock.now(), self._time_floor)
+        self._time_floor = now
+        return now
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if self._offload:
+            return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        return fn(*args, **kwargs)
+
+    def _log_notes(self, level_override: int | None = None) -> None:
+        for note in self.policy.take_notes():
+            level = level_override or (logging.WARNING if note.kind in _WARNING_NOTES else logging.INFO)
+            terminal = self.policy.profile.terminal_id.rstrip()
+            log.log(level, "%s %s: %s", terminal, note.kind, note.text)
+            if self._on_note is not None:
+                self._on_note(note)
