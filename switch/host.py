@@ -118,6 +118,10 @@ _SIGN_OFF, _ECHO = "002", "301"
 _NO_TIME = ""
 _ZERO_TIME = "0000000000"
 _HALF_YEAR = timedelta(days=183)
+_SENT_CACHE_SIZE = 1024  # field 7 values remembered (Host._sent_at)
+_APPROVED = "approved"
+"""The reason of a plain approval: built on every approved request, and its details (RRN, auth
+code) are in the response anyway; the rarer outcomes spell out why in their reasons."""
 _CUP_FLAG = {"00": "1", "95": "2"}  # settlement result → CUP field 48 flag
 _ISO_TOTAL_FIELDS = (74, 75, 76, 77, 86, 87, 88, 89)
 
@@ -195,7 +199,9 @@ class Decision:
 
     ``response`` None means log and drop. ``commit_seq`` is the ledger sequence that must be durable
     before the response is sent (None: the answer depends on nothing durable). ``outcome`` is a short
-    machine word for metrics and tests, ``reason`` a sentence for the journal saying why.
+    machine word for metrics and tests, ``reason`` a sentence for the journal saying why; a plain
+    approval's is just "approved" (the common case, so it is not formatted per request: its RRN and
+    auth code are in the response).
     """
 
     response: Message | None
@@ -206,6 +212,11 @@ class Decision:
 
 # ---------------------------------------------------------------------------------------------
 # Field checks: each returns None when the value is fine, else what is wrong.
+
+
+# Each check runs on every request that carries its field, so they avoid int() and helper calls:
+# once a value is known to be ASCII digits, comparing 2-digit slices as strings ("01" <= mm <= "12")
+# orders them exactly as comparing the numbers would.
 
 
 def _is_digits(value: str, width: int) -> bool:
@@ -219,8 +230,10 @@ def _check_pan(value: str) -> str | None:
 
 
 def _check_n(width: int) -> Callable[[str], str | None]:
+    problem = f"must be {width} digits"
+
     def check(value: str) -> str | None:
-        return None if _is_digits(value, width) else f"must be {width} digits"
+        return None if len(value) == width and value.isascii() and value.isdigit() else problem
     return check
 
 
@@ -230,22 +243,24 @@ def _check_amount(value: str) -> str | None:
     return "must be 1 to 12 digits"
 
 
-_DAYS_IN_MONTH = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # leap year: 02-29 can be valid
+_LAST_DAY = {"01": "31", "02": "29", "03": "31", "04": "30", "05": "31", "06": "30",
+             "07": "31", "08": "31", "09": "30", "10": "31", "11": "30", "12": "31"}
+"""Month → its last day, as text; 29 for February because 02-29 is valid in a leap year."""
 
 
 def _check_transmission_time(value: str) -> str | None:
-    if not _is_digits(value, 10):
+    if not (len(value) == 10 and value.isascii() and value.isdigit()):
         return "must be 10 digits MMDDhhmmss"
-    month, day = int(value[0:2]), int(value[2:4])
-    if not (1 <= month <= 12 and 1 <= day <= _DAYS_IN_MONTH[month - 1]):
+    last_day = _LAST_DAY.get(value[0:2])
+    if last_day is None or not "01" <= value[2:4] <= last_day:
         return "is not a valid date MMDD"
-    if int(value[4:6]) > 23 or int(value[6:8]) > 59 or int(value[8:10]) > 59:
+    if value[4:6] > "23" or value[6:8] > "59" or value[8:10] > "59":
         return "is not a valid time hhmmss"
     return None
 
 
 def _check_stan(value: str) -> str | None:
-    if not _is_digits(value, 6):
+    if not (len(value) == 6 and value.isascii() and value.isdigit()):
         return "must be 6 digits"
     return "must not be 000000 (STANs run 000001-999999)" if value == "000000" else None
 
@@ -255,9 +270,9 @@ def _check_terminal(value: str) -> str | None:
 
 
 def _check_expiry(value: str) -> str | None:
-    if not _is_digits(value, 4):
+    if not (len(value) == 4 and value.isascii() and value.isdigit()):
         return "must be 4 digits YYMM"
-    return None if 1 <= int(value[2:4]) <= 12 else "month must be 01-12"
+    return None if "01" <= value[2:4] <= "12" else "month must be 01-12"
 
 
 def _check_cup60(value: str) -> str | None:
@@ -378,6 +393,7 @@ class Host:
         self._sign_on_codes = _SIGN_ON_CODES[family]
         self._signon_code = config.signon_code
         self._header_cache: dict[tuple[str, str], str] = {}
+        self._sent_cache: dict[str, datetime] = {}  # field 7 -> its instant, see _sent_at
         self._handlers: dict[str, Callable[[Message, datetime, float], Decision]] = {
             "0100": self._financial, "0101": self._financial,
             "0200": self._financial, "0201": self._financial,
@@ -387,6 +403,7 @@ class Host:
             "0500": self._settlement, "0501": self._settlement,
             "0800": self._network, "0801": self._network,
         }
+        self._response_mtis = {mti: f"{mti[:2]}{int(mti[2]) + 1}0" for mti in self._handlers}
 
     def reset_sessions(self) -> None:
         """Forget every sign-on (what a restart does; also a fault-scenario action)."""
@@ -487,8 +504,10 @@ class Host:
             fields.update(extra)
         if rule is not None and rule.fields:
             fields.update(rule.fields)
-        return Message(f"{request.mti[:2]}{int(request.mti[2]) + 1}0", fields,
-                       self._reply_header(request.header, requirement))
+        mti = request.mti
+        response_mti = self._response_mtis.get(mti) or f"{mti[:2]}{int(mti[2]) + 1}0"
+        header = self._reply_header(request.header, requirement) if self._cup else request.header
+        return Message(response_mti, fields, header)
 
     def _format_problem(self, fields: Mapping[int, str], required: tuple[int, ...]) -> _Problem | None:
         for number in required:
@@ -569,31 +588,31 @@ class Host:
         return terminal, fields[11]
 
     def _post(self, request: Message, ts: float, terminal: str, stan: str, code: str, approved: bool,
-              batch: str, amount: int, auth_code: str | None = None) -> Posting:
+              batch: str, amount: int, auth_code: str | None = None) -> tuple[int, dict[int, str]]:
+        """Record the request's posting; (its ledger seq, the fields the response carries for it)."""
         fields = request.fields
+        mti = request.mti
         seq = self.ledger.next_sequence()
-        pan = pan_of(request) or ""
-        posting = Posting(  # positional: this is on every request's path
-            seq, ts, terminal, stan, _time_key(fields.get(7)), request.mti, _KINDS[request.mti],
+        rrn = rrn_for(seq)
+        auth_code = (auth_code or auth_code_for(seq)) if approved else ""
+        pan = pan_of(request)
+        self.ledger.append_posting(
+            seq, ts, terminal, stan, _time_key(fields.get(7)), mti, _KINDS[mti],
             "credit" if fields[3][0] == "2" else "debit", amount, fields.get(49, ""),
-            mask_pan(pan) if pan else "", batch, code, approved, rrn_for(seq),
-            (auth_code or auth_code_for(seq)) if approved else "")
-        self.ledger.record_posting(posting)
-        return posting
+            mask_pan(pan) if pan else "", batch, code, approved, rrn, auth_code)
+        return seq, self._posting_fields(request, rrn, approved, auth_code)
 
-    def _posting_fields(self, request: Message, posting: Posting) -> dict[int, str]:
-        extra = {37: posting.rrn}
-        if posting.approved:
-            extra[38] = posting.auth_code
+    def _posting_fields(self, request: Message, rrn: str, approved: bool, auth_code: str) -> dict[int, str]:
+        """37 (host RRN), 38 (auth code) when approved, and 32 unless the request carried one."""
+        extra = {37: rrn, 38: auth_code} if approved else {37: rrn}
         if 32 not in request.fields:
-            extra[32] = self.config.institution_id
+            extra[32] = self.config.institution_id  # read per message: the admin API may replace config
         return extra
 
     def _decline(self, request: Message, ts: float, terminal: str, stan: str, code: str, batch: str,
                  outcome: str, reason: str, rule: ResponseRule | None = None) -> Decision:
-        posting = self._post(request, ts, terminal, stan, code, False, batch, int(request.fields[4]))
-        response = self._reply(request, code, self._posting_fields(request, posting), rule)
-        return Decision(response, posting.seq, outcome, f"{reason}; answered {code}")
+        seq, extra = self._post(request, ts, terminal, stan, code, False, batch, int(request.fields[4]))
+        return Decision(self._reply(request, code, extra, rule), seq, outcome, f"{reason}; answered {code}")
 
     # -- 0100 / 0200 --------------------------------------------------------------------------
 
@@ -618,17 +637,21 @@ class Host:
                                  "reversed-before-arrival",
                                  f"its reversal (seq {early.seq}) arrived first: the terminal gave it up")
         if f7:
-            sent = transmission_datetime(f7, now)
-            if sent is None or abs((now - sent).total_seconds()) > cfg.stale_window:
-                age = ("an impossible date" if sent is None
-                       else f"{(now - sent).total_seconds():+.0f}s off host time")
+            sent = self._sent_at(f7, now)
+            if sent is None:
                 return self._decline(request, ts, terminal, stan, cfg.stale_code, batch, "stale",
-                                     f"field 7 {f7} is {age} (window {cfg.stale_window:g}s)")
+                                     f"field 7 {f7} is an impossible date (window {cfg.stale_window:g}s)")
+            offset = (now - sent).total_seconds()
+            if abs(offset) > cfg.stale_window:
+                return self._decline(request, ts, terminal, stan, cfg.stale_code, batch, "stale",
+                                     f"field 7 {f7} is {offset:+.0f}s off host time "
+                                     f"(window {cfg.stale_window:g}s)")
         amount = int(fields[4])
         if amount == 0:
             return self._decline(request, ts, terminal, stan, "13", batch, "declined", "amount is zero")
         expiry = card_expiry(fields)
-        if expiry is not None and (2000 + int(expiry[:2]), int(expiry[2:])) < (now.year, now.month):
+        # YYMM (month checked to be 01-12) against the host's month, both compared as YYYYMM numbers
+        if expiry is not None and 200000 + int(expiry) < now.year * 100 + now.month:
             return self._decline(request, ts, terminal, stan, "54", batch, "declined",
                                  f"card expired (YYMM {expiry}, host date {now:%y%m})")
         rule = None
@@ -639,14 +662,35 @@ class Host:
                                      f"response rule {rule.name!r}", rule)
         if _KINDS[request.mti] != "authorization" and ledger.batch_is_closed(terminal, batch):
             return self._closed_batch(request, terminal, batch)
-        code = "00" if rule is None else rule.response_code
-        if rule is not None and 4 in rule.fields and _check_amount(rule.fields[4]) is None:
+        if rule is None:
+            seq, extra = self._post(request, ts, terminal, stan, "00", True, batch, amount)
+            return Decision(self._reply(request, "00", extra), seq, "approved", _APPROVED)
+        code = rule.response_code
+        if 4 in rule.fields and _check_amount(rule.fields[4]) is None:
             amount = int(rule.fields[4])  # e.g. a partial approval (10) of a smaller amount
-        posting = self._post(request, ts, terminal, stan, code, True, batch, amount)
-        reason = "approved" if rule is None else f"approved by response rule {rule.name!r}"
-        return Decision(self._reply(request, code, self._posting_fields(request, posting), rule), posting.seq,
-                        "approved",
-                        f"{reason}: RRN {posting.rrn}, auth code {posting.auth_code}, batch {batch}")
+        seq, extra = self._post(request, ts, terminal, stan, code, True, batch, amount)
+        return Decision(self._reply(request, code, extra, rule), seq, "approved",
+                        f"approved by response rule {rule.name!r}: RRN {extra[37]}, auth code {extra[38]}, "
+                        f"batch {batch}")
+
+    def _sent_at(self, f7: str, now: datetime) -> datetime | None:
+        """``transmission_datetime(f7, now)``, remembering each field 7's answer.
+
+        Parsing field 7 into a datetime is the dearest part of a purchase's checks, and at any moment
+        most requests carry one of a few recent values. A remembered instant is reused exactly when
+        ``transmission_datetime`` would pick it again: it lies in ``now``'s year, within half a year
+        of ``now`` (the first candidate that function tries, and then accepts).
+        """
+        cache = self._sent_cache
+        sent = cache.get(f7)
+        if sent is not None and sent.year == now.year and abs(sent - now) <= _HALF_YEAR:
+            return sent
+        sent = transmission_datetime(f7, now)
+        if sent is not None:
+            if len(cache) >= _SENT_CACHE_SIZE:  # values come from clients: keep the memory bounded
+                cache.clear()
+            cache[f7] = sent
+        return sent
 
     def _reversed_before_arrival(self, terminal: str, stan: str, f7: str, ts: float) -> Reversal | None:
         """A reversal of an unknown original that names this request (it overtook its original)."""
@@ -668,7 +712,8 @@ class Host:
         fields = request.fields
         first = self.ledger.latest_advice(terminal, stan)
         if first is not None and self._within_window(first.received_at, ts):
-            return Decision(self._reply(request, "00", self._posting_fields(request, first)), first.seq,
+            extra = self._posting_fields(request, first.rrn, first.approved, first.auth_code)
+            return Decision(self._reply(request, "00", extra), first.seq,
                             "duplicate-advice",
                             f"advice {terminal} STAN {stan} already posted (RRN {first.rrn}); "
                             "answered 00 again, nothing posted")
@@ -683,10 +728,10 @@ class Host:
         if self.ledger.batch_is_closed(terminal, batch):
             return self._closed_batch(request, terminal, batch)
         offline_code = fields.get(38)
-        posting = self._post(request, ts, terminal, stan, "00", True, batch, amount,
-                             offline_code if offline_code and offline_code.strip() else None)
-        return Decision(self._reply(request, "00", self._posting_fields(request, posting), rule), posting.seq,
-                        "advice-posted", f"advice posted: RRN {posting.rrn}, batch {batch}")
+        seq, extra = self._post(request, ts, terminal, stan, "00", True, batch, amount,
+                                offline_code if offline_code and offline_code.strip() else None)
+        return Decision(self._reply(request, "00", extra, rule), seq,
+                        "advice-posted", f"advice posted: RRN {extra[37]}, batch {batch}")
 
     # -- 0400 / 0401 / 0420 / 0421 ------------------------------------------------------------
 

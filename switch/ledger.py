@@ -5,6 +5,9 @@ Two layers with one rule between them:
 * **In memory**, a set of indexes answers every question the host asks on the hot path (is this
   terminal + STAN + field 7 known? which reversal answered this original? what are this batch's
   totals?) in O(1). A mutation is applied to the indexes *at once*, so the very next decision sees it.
+  Postings, one per financial request, are kept as their table rows (plain tuples, the very tuple
+  the INSERT binds) and become ``Posting`` objects only when read: building a frozen dataclass costs
+  more than the rest of recording one, and most postings are never read back.
 * **On disk**, SQLite (stdlib ``sqlite3``; WAL and ``synchronous=FULL`` for files) holds an
   append-only log of typed rows: every mutation is also queued as one ``INSERT``, and ``flush()``
   writes everything queued in ONE transaction. That is the group commit: a burst of approvals costs
@@ -17,7 +20,8 @@ order, so ``Ledger.open`` on an existing file replays them into the same indexes
 SIGKILL restarts with every approval it flushed (and therefore every approval it sent).
 
 Threading: the Trio thread reads and mutates; ``flush`` may run in a worker thread at the same time.
-Only ``flush`` (and ``close``) touch the sqlite connection, and the queue is swapped atomically, so
+Only ``flush`` (and ``close``) touch the sqlite connection, and the queue of rows is a deque that
+the owner only appends to and ``flush`` only takes from the front of (each operation atomic), so
 the two never need a lock on the hot path.
 
 One process per ledger file: a second writer would not see the first one's in-memory indexes.
@@ -31,8 +35,9 @@ import heapq
 import os
 import sqlite3
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
@@ -332,6 +337,7 @@ def _insert_sql(table: str) -> str:
 
 
 _INSERT = {table: _insert_sql(table) for table in _TABLES}
+_SQL, _PARAMS = itemgetter(1), itemgetter(2)  # of a queued (seq, sql, params)
 _INSERT_POSTING = _INSERT["postings"]
 _INSERT_REVERSAL = _INSERT["reversals"]
 _INSERT_UPLOAD = _INSERT["uploads"]
@@ -340,7 +346,18 @@ _INSERT_SETTLEMENT = _INSERT["settlements"]
 _INSERT_DISCREPANCY = _INSERT["discrepancies"]
 
 
-def _posting_row(p: Posting) -> tuple[Any, ...]:
+_PostingRow = tuple[Any, ...]
+"""A posting as the postings table stores it: ``Posting``'s fields but ``reversal_seq``, in order, with
+``approved`` as 0/1 (what SQLite stores; a bool would go through sqlite3's adapter lookup)."""
+
+_POSTING_COLUMNS = tuple(column.split()[0] for column in _TABLES["postings"][1])
+assert tuple(Posting.__dataclass_fields__)[:-1] == _POSTING_COLUMNS, "posting rows are Posting minus reversal_seq"
+_P_TERMINAL, _P_STAN, _P_TIME, _P_KIND, _P_DIRECTION, _P_AMOUNT, _P_BATCH, _P_APPROVED = (
+    _POSTING_COLUMNS.index(name)
+    for name in ("terminal", "stan", "transmission_time", "kind", "direction", "amount", "batch", "approved"))
+
+
+def _posting_row(p: Posting) -> _PostingRow:
     return (p.seq, p.received_at, p.terminal, p.stan, p.transmission_time, p.mti, p.kind, p.direction,
             p.amount, p.currency, p.pan, p.batch, p.response_code, int(p.approved), p.rrn, p.auth_code)
 
@@ -352,12 +369,13 @@ class Ledger:
         self.path = path
         self._conn: sqlite3.Connection | None = connection
         self._flush_lock = threading.Lock()  # flush() vs close() from different threads
-        self._pending: list[tuple[int, str, tuple[Any, ...]]] = []  # (seq, sql, params), seq ascending
+        self._pending: deque[tuple[int, str, tuple[Any, ...]]] = deque()  # (seq, sql, params), seq ascending
         self._sequence = 0
         self._pending_seq = 0
         self._committed_seq = 0
         # indexes
-        self._postings: dict[int, Posting] = {}
+        self._postings: dict[int, _PostingRow] = {}  # seq -> row, see _PostingRow
+        self._reversed_by: dict[int, int] = {}  # posting seq -> the reversal that undid it ("reversed")
         self._posting_by_key: dict[tuple[str, str, str], int] = {}  # (terminal, stan, field 7) -> seq
         self._posting_by_stan: dict[tuple[str, str], int] = {}  # (terminal, stan) -> latest seq
         self._advice_by_stan: dict[tuple[str, str], int] = {}  # (terminal, stan) -> latest advice seq
@@ -432,7 +450,7 @@ class Ledger:
                 yield row[0], apply, build(row)
 
         streams = [
-            rows("postings", lambda r: Posting(*r[:13], bool(r[13]), *r[14:]), self._apply_posting),
+            rows("postings", tuple, self._apply_posting),
             rows("reversals", lambda r: Reversal(*r), self._apply_reversal),
             rows("uploads", lambda r: UploadRecord(*r), self._apply_upload),
             rows("upload_ends", tuple, self._apply_upload_end),
@@ -489,8 +507,8 @@ class Ledger:
     def flush(self) -> int:
         """Write everything appended so far in ONE transaction; return ``committed_seq``.
 
-        Safe from a worker thread while the owning thread keeps appending: the pending list is
-        swapped in one step, so an append lands either in this transaction or in the next. If the
+        Safe from a worker thread while the owning thread keeps appending: an append lands either in
+        this transaction or in the next (see ``_flush_locked``). If the
         write fails, the rows go back to the front of the queue and the error propagates.
         """
         with self._flush_lock:
@@ -500,19 +518,24 @@ class Ledger:
 
     def _flush_locked(self) -> int:
         assert self._conn is not None
-        batch, self._pending = self._pending, []
+        # Take the rows queued right now, oldest first. Each popleft and each of the owner's appends is
+        # atomic, so a row appended meanwhile simply waits for the next flush. (Swapping the queue for
+        # a new list is not enough: an append that had already fetched the old list would land in it
+        # after this flush copied it, and be lost while committed_seq claimed it.)
+        pending = self._pending
+        batch = [pending.popleft() for _ in range(len(pending))]
         if not batch:
             return self._committed_seq
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for sql, group in groupby(batch, key=itemgetter(1)):
-                conn.executemany(sql, [params for _, _, params in group])
+            for sql, group in groupby(batch, key=_SQL):
+                conn.executemany(sql, map(_PARAMS, group))  # no per-row Python code: this holds the GIL
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            self._pending[:0] = batch  # one slice assignment: atomic against concurrent appends
+            pending.extendleft(reversed(batch))  # back to the front, in order, ahead of later appends
             raise
         self._committed_seq = batch[-1][0]
         return self._committed_seq
@@ -521,37 +544,57 @@ class Ledger:
 
     def record_posting(self, posting: Posting) -> None:
         """Record a decided 0100/0200/0220 (its ``seq`` from ``next_sequence``)."""
-        self._apply_posting(posting)
-        self._append(posting.seq, _INSERT_POSTING, _posting_row(posting))
+        if posting.reversal_seq is not None:  # recorded as already reversed: in memory only, as ever
+            self._reversed_by[posting.seq] = posting.reversal_seq
+        row = _posting_row(posting)
+        self._apply_posting(row)
+        self._append(posting.seq, _INSERT_POSTING, row)
 
-    def _apply_posting(self, posting: Posting) -> None:
-        seq, terminal, stan = posting.seq, posting.terminal, posting.stan
-        self._postings[seq] = posting
-        self._posting_by_key[(terminal, stan, posting.transmission_time)] = seq
+    def append_posting(self, seq: int, received_at: float, terminal: str, stan: str, transmission_time: str,
+                       mti: str, kind: str, direction: str, amount: int, currency: str, pan: str, batch: str,
+                       response_code: str, approved: bool, rrn: str, auth_code: str) -> None:
+        """``record_posting`` from the values themselves: the host's per-request path, which has no
+        use for a ``Posting`` object (arguments as ``Posting``'s fields, in order)."""
+        row = (seq, received_at, terminal, stan, transmission_time, mti, kind, direction, amount, currency,
+               pan, batch, response_code, 1 if approved else 0, rrn, auth_code)
+        self._apply_posting(row)
+        self._append(seq, _INSERT_POSTING, row)
+
+    def _apply_posting(self, row: _PostingRow) -> None:
+        seq, terminal, stan = row[0], row[_P_TERMINAL], row[_P_STAN]
+        self._postings[seq] = row
+        self._posting_by_key[(terminal, stan, row[_P_TIME])] = seq
         self._posting_by_stan[(terminal, stan)] = seq
-        if posting.kind == "advice":
+        kind = row[_P_KIND]
+        if kind == "advice":
             self._advice_by_stan[(terminal, stan)] = seq
-        batch = self._batch(terminal, posting.batch)
+        batch = self._batch(terminal, row[_P_BATCH])
         batch.posting_seqs.append(seq)
-        if posting.captured:
-            batch.add(posting.direction, posting.amount, 1)
+        if row[_P_APPROVED] and kind != "authorization" and seq not in self._reversed_by:  # captured
+            batch.add(row[_P_DIRECTION], row[_P_AMOUNT], 1)
+
+    def _as_posting(self, row: _PostingRow) -> Posting:
+        """The ``Posting`` a stored row stands for (a new object each time; postings compare by value)."""
+        return Posting(*row[:_P_APPROVED], bool(row[_P_APPROVED]), *row[_P_APPROVED + 1:],
+                       self._reversed_by.get(row[0]))
 
     def posting(self, seq: int) -> Posting | None:
-        return self._postings.get(seq)
+        row = self._postings.get(seq)
+        return None if row is None else self._as_posting(row)
 
     def find_posting(self, terminal: str, stan: str, transmission_time: str) -> Posting | None:
         """The posting with exactly this terminal + STAN + field 7 (the duplicate key)."""
         seq = self._posting_by_key.get((terminal, stan, transmission_time))
-        return None if seq is None else self._postings[seq]
+        return None if seq is None else self._as_posting(self._postings[seq])
 
     def latest_posting(self, terminal: str, stan: str) -> Posting | None:
         """The most recent posting of this terminal with this STAN (reversal fallback match)."""
         seq = self._posting_by_stan.get((terminal, stan))
-        return None if seq is None else self._postings[seq]
+        return None if seq is None else self._as_posting(self._postings[seq])
 
     def latest_advice(self, terminal: str, stan: str) -> Posting | None:
         seq = self._advice_by_stan.get((terminal, stan))
-        return None if seq is None else self._postings[seq]
+        return None if seq is None else self._as_posting(self._postings[seq])
 
     # -- reversals ----------------------------------------------------------------------------
 
@@ -560,7 +603,7 @@ class Ledger:
         if reversal.effect not in REVERSAL_EFFECTS:
             raise ValueError(f"unknown reversal effect {reversal.effect!r}")
         if reversal.effect == "reversed":
-            original = None if reversal.original_seq is None else self._postings.get(reversal.original_seq)
+            original = None if reversal.original_seq is None else self.posting(reversal.original_seq)
             if original is None or not original.approved or original.reversal_seq is not None:
                 raise ValueError(f"reversal {reversal.seq}: original {reversal.original_seq} is not an "
                                  "approved, unreversed posting")
@@ -576,9 +619,9 @@ class Ledger:
         self._reversal_by_original.setdefault(reversal.original_seq, seq)
         if reversal.effect != "reversed":
             return
-        original = self._postings[reversal.original_seq]
+        original = self._as_posting(self._postings[reversal.original_seq])
         was_captured = original.captured
-        self._postings[original.seq] = replace(original, reversal_seq=seq)
+        self._reversed_by[original.seq] = seq
         if was_captured:
             batch = self._batch(original.terminal, original.batch)
             batch.add(original.direction, original.amount, -1)
@@ -628,7 +671,7 @@ class Ledger:
 
     def batch_postings(self, terminal: str, batch: str) -> list[Posting]:
         state = self._batches.get((terminal, batch))
-        return [] if state is None else [self._postings[seq] for seq in state.posting_seqs]
+        return [] if state is None else [self._as_posting(self._postings[seq]) for seq in state.posting_seqs]
 
     def record_upload(self, record: UploadRecord) -> None:
         """Store one uploaded record; a record for a STAN already uploaded replaces it."""
@@ -696,8 +739,8 @@ class Ledger:
 
     def postings(self, terminal: str | None = None, batch: str | None = None) -> list[Posting]:
         """Every decided 0100/0200/0220 in sequence order, optionally for one terminal / batch."""
-        return [p for p in self._postings.values()
-                if (terminal is None or p.terminal == terminal) and (batch is None or p.batch == batch)]
+        return [self._as_posting(row) for row in self._postings.values()
+                if (terminal is None or row[_P_TERMINAL] == terminal) and (batch is None or row[_P_BATCH] == batch)]
 
     def reversals(self, terminal: str | None = None) -> list[Reversal]:
         return [r for r in self._reversals.values() if terminal is None or r.terminal == terminal]

@@ -8,12 +8,17 @@ naming the offending attribute, so a rule built in code is as safe as one loaded
 ``Match.matches`` never raises, whatever the message holds: a request with a missing or
 malformed field simply does not match a predicate on that field, and the host's own format checks
 (not a rule) decide what a malformed request deserves.
+
+Rules are consulted on every request, so the table is built for speed once and evaluated cheaply:
+what the criteria look at (MTI, field 3, the PAN, the amount, the terminal) is read from a request
+once into ``RequestFacts``, each ``Match`` is compiled into the few predicates it actually has, and
+``ResponseRules`` only tries the rules whose MTI list admits the request's MTI.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -109,6 +114,77 @@ def pan_of(message: Message) -> str | None:
     return track2[:cut] or None
 
 
+class RequestFacts:
+    """What rule criteria test, read from one request once: a table of rules then costs one read of
+    each, not one per rule (the default test-card table alone has eleven PAN rules).
+
+    Every value is normalised so a predicate needs no further checks: ``processing_code`` is field 3
+    (None unless a string), ``pan`` as ``pan_of`` finds it, ``amount`` field 4 as an int (None
+    unless plain ASCII digits), ``terminal`` field 41 without trailing spaces (None unless a
+    string). ``fields`` is the request's own dict, for ``fields`` criteria.
+    """
+
+    __slots__ = ("amount", "fields", "mti", "pan", "processing_code", "terminal")
+
+    def __init__(self, message: Message) -> None:
+        fields = message.fields
+        self.mti: object = message.mti
+        self.fields: Mapping[int, object] = fields
+        code = fields.get(3)
+        self.processing_code: str | None = code if isinstance(code, str) else None
+        self.pan: str | None = pan_of(message)
+        self.amount: int | None = _ascii_int(fields.get(4))
+        terminal = fields.get(41)
+        self.terminal: str | None = terminal.rstrip(" ") if isinstance(terminal, str) else None
+
+
+_Predicate = Callable[[RequestFacts], bool]
+"""One criterion of a ``Match``, compiled: True when the request's facts satisfy it."""
+
+
+def _processing_code_in(prefixes: tuple[str, ...]) -> _Predicate:
+    def test(facts: RequestFacts) -> bool:
+        code = facts.processing_code
+        return code is not None and code.startswith(prefixes)
+    return test
+
+
+def _pan_in(prefixes: tuple[str, ...]) -> _Predicate:
+    def test(facts: RequestFacts) -> bool:
+        pan = facts.pan
+        return pan is not None and pan.startswith(prefixes)
+    return test
+
+
+def _amount_within(low: int | None, high: int | None) -> _Predicate:
+    def test(facts: RequestFacts) -> bool:
+        amount = facts.amount
+        return (amount is not None and (low is None or amount >= low)
+                and (high is None or amount <= high))
+    return test
+
+
+def _terminal_in(terminals: tuple[str, ...]) -> _Predicate:
+    def test(facts: RequestFacts) -> bool:
+        terminal = facts.terminal
+        return terminal is not None and terminal in terminals
+    return test
+
+
+def _field_is(number: int, expected: str) -> _Predicate:
+    def test(facts: RequestFacts) -> bool:
+        actual = facts.fields.get(number)
+        return isinstance(actual, str) and actual == expected
+    return test
+
+
+def _field_fullmatches(number: int, pattern: re.Pattern[str]) -> _Predicate:
+    def test(facts: RequestFacts) -> bool:
+        actual = facts.fields.get(number)
+        return isinstance(actual, str) and pattern.fullmatch(actual) is not None
+    return test
+
+
 @dataclass(frozen=True)
 class Match:
     """A predicate over a request. Every given criterion must hold; an empty criterion matches anything.
@@ -128,9 +204,8 @@ class Match:
     amount_max: int | None = None
     terminal: tuple[str, ...] = ()
     fields: Mapping[int, str] = field(default_factory=dict, hash=False)
-    _field_tests: tuple[tuple[int, str | re.Pattern[str]], ...] = field(
-        init=False, repr=False, compare=False, hash=False
-    )
+    _predicates: tuple[_Predicate, ...] = field(init=False, repr=False, compare=False, hash=False)
+    """Every criterion but ``mti``, compiled (``ResponseRules`` sorts rules by MTI itself)."""
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -150,17 +225,27 @@ class Match:
         if self.amount_min is not None and self.amount_max is not None and self.amount_min > self.amount_max:
             raise RuleError("amount_max", f"must be >= amount_min ({self.amount_min}), got {self.amount_max}")
         values = _field_values("fields", self.fields)
-        tests: list[tuple[int, str | re.Pattern[str]]] = []
+        # The MTI is not among them: ResponseRules only tries a rule on the MTIs it names.
+        predicates: list[_Predicate] = []
+        if self.processing_code:
+            predicates.append(_processing_code_in(self.processing_code))
+        if self.pan_prefix:
+            predicates.append(_pan_in(self.pan_prefix))
+        if self.amount_min is not None or self.amount_max is not None:
+            predicates.append(_amount_within(self.amount_min, self.amount_max))
+        if self.terminal:
+            predicates.append(_terminal_in(self.terminal))
         for number, value in values.items():
             if value.startswith(REGEX_PREFIX):
                 try:
-                    tests.append((number, re.compile(value.removeprefix(REGEX_PREFIX))))
+                    pattern = re.compile(value.removeprefix(REGEX_PREFIX))
                 except re.error as exc:
                     raise RuleError(f"fields.{number}", f"invalid regular expression: {exc}") from None
+                predicates.append(_field_fullmatches(number, pattern))
             else:
-                tests.append((number, value))
+                predicates.append(_field_is(number, value))
         set_(self, "fields", MappingProxyType(values))
-        set_(self, "_field_tests", tuple(tests))
+        set_(self, "_predicates", tuple(predicates))
 
     def matches(self, message: Message) -> bool:
         """True when every criterion holds. Never raises: absent or malformed fields just fail to match."""
@@ -170,39 +255,17 @@ class Match:
             return False
 
     def _matches(self, message: Message) -> bool:
-        fields = message.fields
-        if self.mti and message.mti not in self.mti:
+        if self.mti and message.mti not in self.mti:  # before reading the facts: the cheapest refusal
             return False
-        if self.processing_code:
-            code = fields.get(3)
-            if not isinstance(code, str) or not code.startswith(self.processing_code):
-                return False
-        if self.pan_prefix:
-            pan = pan_of(message)
-            if pan is None or not pan.startswith(self.pan_prefix):
-                return False
-        if self.amount_min is not None or self.amount_max is not None:
-            amount = _ascii_int(fields.get(4))
-            if amount is None:
-                return False
-            if self.amount_min is not None and amount < self.amount_min:
-                return False
-            if self.amount_max is not None and amount > self.amount_max:
-                return False
-        if self.terminal:
-            terminal = fields.get(41)
-            if not isinstance(terminal, str) or terminal.rstrip(" ") not in self.terminal:
-                return False
-        for number, expected in self._field_tests:
-            actual = fields.get(number)
-            if not isinstance(actual, str):
-                return False
-            if isinstance(expected, str):
-                if actual != expected:
-                    return False
-            elif expected.fullmatch(actual) is None:
-                return False
-        return True
+        facts = RequestFacts(message)
+        return all(predicate(facts) for predicate in self._predicates)
+
+    def holds(self, facts: RequestFacts) -> bool:
+        """``matches`` for a request whose facts were already read: for callers that test many
+        predicates against one request (read its facts once, then ask each)."""
+        if self.mti and facts.mti not in self.mti:
+            return False
+        return all(predicate(facts) for predicate in self._predicates)
 
 
 @dataclass(frozen=True)
@@ -238,10 +301,51 @@ class ResponseRule:
         return self.match.matches(message)
 
 
-class ResponseRules:
-    """An ordered rule table: the first rule that matches a request decides, as in a firewall."""
+_Candidate = tuple["ResponseRule", tuple[_Predicate, ...]]
+"""A rule with its compiled predicates (all must hold)."""
 
-    __slots__ = ("_rules",)
+_Segment = tuple[_Predicate | None, tuple[_Candidate, ...]]
+"""Consecutive candidates behind a screen: a predicate every one of them needs (None: no screen), so
+when the screen fails, none of them can match and all are skipped with one test."""
+
+
+def _segments(rules: Iterable[ResponseRule]) -> tuple[_Segment, ...]:
+    """The rules, in order, as segments: runs of two or more rules that test only PAN prefixes share
+    one screen (does the PAN start with any of their prefixes?), every other rule stands alone.
+
+    Test-card tables are exactly such runs, and most cards are in none of them: one ``startswith``
+    over all the prefixes then replaces a test per card rule.
+    """
+    segments: list[_Segment] = []
+    run: list[ResponseRule] = []
+
+    def close_run() -> None:
+        if len(run) >= 2:
+            prefixes = tuple(prefix for rule in run for prefix in rule.match.pan_prefix)
+            segments.append((_pan_in(prefixes), tuple((rule, rule.match._predicates) for rule in run)))
+        else:
+            segments.extend((None, ((rule, rule.match._predicates),)) for rule in run)
+        run.clear()
+
+    for rule in rules:
+        if rule.match.pan_prefix and len(rule.match._predicates) == 1:  # PAN prefixes and nothing else
+            run.append(rule)
+        else:
+            close_run()
+            segments.append((None, ((rule, rule.match._predicates),)))
+    close_run()
+    return tuple(segments)
+
+
+class ResponseRules:
+    """An ordered rule table: the first rule that matches a request decides, as in a firewall.
+
+    A request is only tested against the rules its MTI can match: for each MTI some rule names, the
+    rules naming it *and* the rules naming no MTI, merged in table order; for any other MTI, the
+    rules naming none. So the order, and therefore which rule is first, is exactly the table's.
+    """
+
+    __slots__ = ("_any_mti", "_by_mti", "_rules")
 
     def __init__(self, rules: Sequence[ResponseRule] = ()) -> None:
         rules = tuple(rules)
@@ -249,16 +353,39 @@ class ResponseRules:
             if not isinstance(rule, ResponseRule):
                 raise TypeError(f"rule {index} is not a ResponseRule: {rule!r}")
         self._rules = rules
+        self._any_mti = _segments(rule for rule in rules if not rule.match.mti)
+        named = {mti for rule in rules for mti in rule.match.mti}
+        self._by_mti: dict[str, tuple[_Segment, ...]] = {
+            mti: _segments(rule for rule in rules if not rule.match.mti or mti in rule.match.mti)
+            for mti in named
+        }
 
     @property
     def rules(self) -> tuple[ResponseRule, ...]:
         return self._rules
 
     def first_match(self, message: Message) -> ResponseRule | None:
-        """The first rule, in table order, whose predicate holds; None when no rule applies."""
-        for rule in self._rules:
-            if rule.match.matches(message):
-                return rule
+        """The first rule, in table order, whose predicate holds; None when no rule applies.
+
+        Never raises: something that is not a readable message matches no rule.
+        """
+        try:
+            mti = message.mti
+            segments = self._by_mti.get(mti, self._any_mti) if isinstance(mti, str) else self._any_mti
+            if not segments:
+                return None
+            facts = RequestFacts(message)
+        except Exception:  # not a Message at all; a rule must not take the host down
+            return None
+        for screen, candidates in segments:
+            if screen is not None and not screen(facts):
+                continue
+            for rule, predicates in candidates:
+                for predicate in predicates:
+                    if not predicate(facts):
+                        break
+                else:  # every predicate held
+                    return rule
         return None
 
     def __add__(self, other: ResponseRules) -> ResponseRules:
