@@ -76,8 +76,8 @@ class _Connection:
     FrameStream, whose lock keeps frames from interleaving.
     """
 
-    __slots__ = ("frames", "in_flight", "number", "outbox", "peer", "reader_done", "reader_scope", "scope",
-                 "wakeup")
+    __slots__ = ("frames", "in_flight", "last_activity", "number", "outbox", "peer", "reader_done", "reader_scope",
+                 "scope", "wakeup")
 
     def __init__(self, frames: FrameStream, peer: str, number: int):
         self.frames = frames
@@ -87,6 +87,7 @@ class _Connection:
         self.reader_scope = trio.CancelScope()
         self.scope: trio.CancelScope | None = None  # the whole connection (close/reset faults cancel it)
         self.reader_done = False
+        self.last_activity = trio.current_time()  # for the idle watchdog: a stamp per frame is cheap
         self.outbox: list[_Outgoing] = []
         self.wakeup = trio.Event()
 
@@ -104,7 +105,7 @@ class _Outgoing:
 
     __slots__ = ("arrived", "commit_seq", "framed", "payload", "reply", "request_mti", "request_seq")
 
-    def __init__(self, commit_seq: int, framed: bytes, payload: bytes, reply: Message, request_mti: str,
+    def __init__(self, commit_seq: int, framed: bytes, payload: bytes, reply: Message | None, request_mti: str,
                  request_seq: int | None, arrived: float):
         self.commit_seq = commit_seq
         self.framed = framed
@@ -139,6 +140,7 @@ class SwitchServer:
         self.metrics = metrics
         self.stats = ServerStats()
         self._started = time.monotonic()
+        self._debug = log.isEnabledFor(logging.DEBUG)  # once: the per-request check is measurable
         self._connections: set[_Connection] = set()
         self._accepting: trio.CancelScope | None = None
         self._draining = False
@@ -162,11 +164,15 @@ class SwitchServer:
             async with trio.open_nursery() as tasks:
                 conn.scope = tasks.cancel_scope
                 tasks.start_soon(self._write_loop, conn)
+                watchdog = trio.CancelScope()
+                if self.config.idle_timeout:
+                    tasks.start_soon(self._idle_watchdog, conn, self.config.idle_timeout, watchdog)
                 with conn.reader_scope:
                     if self._draining:
                         conn.reader_scope.cancel()
                     await self._read_loop(conn, tasks)
                 # Reader finished (EOF, error, idle or drain): in-flight requests still get answered.
+                watchdog.cancel()
                 conn.reader_done = True
                 conn.wakeup.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -179,28 +185,40 @@ class SwitchServer:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
+    async def _idle_watchdog(self, conn: _Connection, idle: float, scope: trio.CancelScope) -> None:
+        """Close a connection with no frame for ``idle`` seconds and nothing in flight.
+
+        One sleeping task per connection instead of a cancel scope around every read: the reader
+        only stamps ``last_activity``, which keeps the per-frame cost off the hot path.
+        """
+        with scope:
+            while True:
+                await trio.sleep_until(conn.last_activity + idle)
+                if trio.current_time() < conn.last_activity + idle:
+                    continue  # a frame came in meanwhile
+                if conn.in_flight:
+                    conn.last_activity = trio.current_time()  # busy, not idle: look again later
+                    continue
+                log.info("%s: idle for %.0fs, closing", conn.peer, idle)
+                conn.reader_scope.cancel()
+                return
+
     async def _read_loop(self, conn: _Connection, tasks: trio.Nursery) -> None:
-        idle = self.config.idle_timeout or float("inf")
         frames = conn.frames
         journal = self.journal
         faults = self.faults
         while True:
             try:
-                with trio.move_on_after(idle) as idle_scope:
-                    frame = await frames.receive_frame()
+                frame = await frames.receive_frame()
             except FramingError as exc:
                 self.stats.connections_dropped += 1
                 log.warning("%s: closing connection: %s", conn.peer, exc)
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
-            if idle_scope.cancelled_caught:
-                if conn.in_flight:
-                    continue
-                log.info("%s: idle for %.0fs, closing", conn.peer, idle)
-                return
             if frame is None:
                 return
+            conn.last_activity = trio.current_time()
             if frame.is_keepalive:
                 continue
             arrived = time.monotonic()
@@ -216,7 +234,7 @@ class SwitchServer:
             clean = plan is EMPTY_DECISION or plan.is_clean
             applied = () if clean else plan.actions_applied()
             request_seq = journal.record_in(connection=conn.number, peer=conn.peer, raw=payload, message=request,
-                                            error=error, faults=applied) if journal else None
+                                            error=error, faults=applied) if journal is not None else None
             tpdu = reply_tpdu(frame.tpdu) if frame.tpdu else None
             if not clean:
                 if self.metrics:
@@ -254,7 +272,7 @@ class SwitchServer:
         if self.metrics:
             mti = request.mti if request is not None else (error.mti if error is not None else None) or "????"
             self.metrics.message(mti, None)
-        if self.journal and request_seq is not None:
+        if self.journal is not None and request_seq is not None:
             self.journal.record_unsent(request_seq, faults, note)
 
     async def _write_loop(self, conn: _Connection) -> None:
@@ -293,7 +311,9 @@ class SwitchServer:
                 journal.record_out(connection=conn.number, peer=conn.peer, raw=item.payload, message=item.reply,
                                    request_seq=item.request_seq, faults=faults, note=note)
             if metrics is not None:
-                metrics.message(item.request_mti, item.reply.fields.get(39) or item.reply.fields.get(48, "")[30:31])
+                reply = item.reply  # None: the bytes sent were no message (garbage), so no code was sent
+                metrics.message(item.request_mti, None if reply is None else
+                                reply.fields.get(39) or reply.fields.get(48, "")[30:31])
                 metrics.latency(now - item.arrived)
 
     def _decide(self, request: Message | None, error: MessageDecodeError | None, peer: str
@@ -317,7 +337,7 @@ class SwitchServer:
         if decision.response is None:
             log.info("%s: %s not answered: %s", peer, request.mti, decision.reason)
             return None, None
-        if log.isEnabledFor(logging.DEBUG):
+        if self._debug:
             log.debug("%s: %s -> %s (%s)", peer, request.mti, decision.outcome, decision.reason)
         return decision.response, decision.commit_seq
 
@@ -382,7 +402,8 @@ class SwitchServer:
             conn.in_flight -= 1
             self.stats.responses_out += 1
             mti = request.mti if request is not None else "????"
-            self._sent(conn, [_Outgoing(0, frame, payload, reply, mti, request_seq, arrived)], applied,
+            sent = None if plan.garbage is not None else reply  # the journal decodes what was really sent
+            self._sent(conn, [_Outgoing(0, frame, payload, sent, mti, request_seq, arrived)], applied,
                        note="garbage sent" if plan.garbage is not None else "")
             if plan.truncate_at is not None:
                 await self._close(conn, reset=False)
@@ -425,19 +446,28 @@ class SwitchServer:
         return framed
 
     async def _faulted_write(self, conn: _Connection, frame: bytes, plan: FaultDecision) -> None:
-        """Step 8: write whole, in slices with pauses, or under a bandwidth cap."""
+        """Step 8: write whole, in slices with pauses, or under a bandwidth cap.
+
+        The cap paces like a link of that rate: the piece ending at byte k goes out no sooner than
+        k / bandwidth seconds after the write began, so the whole reply takes at least
+        len(frame) / bandwidth (not one piece less), and deadlines rather than relative sleeps keep
+        each timer's overshoot from adding up.
+        """
         if plan.slice is None and plan.bandwidth is None:
             await conn.frames.send_raw(frame)
             return
         chunk, pause = plan.slice if plan.slice is not None else (max(1, (plan.bandwidth or 1) // 20), 0.0)
-        for offset in range(0, len(frame), chunk):
-            piece = frame[offset:offset + chunk]
-            await conn.frames.stream.send_all(piece)  # deliberately unlocked: a slow write is the fault
-            wait = pause
-            if plan.bandwidth:
-                wait = max(wait, len(piece) / plan.bandwidth)
-            if wait and offset + chunk < len(frame):
-                await trio.sleep(wait)
+        # The frame stays whole on the wire: replies decided meanwhile wait behind it, as they would
+        # behind a slow link, instead of landing between its pieces (FrameStream has no public lock).
+        async with conn.frames._send_lock:
+            start = trio.current_time()
+            for offset in range(0, len(frame), chunk):
+                piece = frame[offset:offset + chunk]
+                if pause and offset:
+                    await trio.sleep(pause)
+                if plan.bandwidth:
+                    await trio.sleep_until(start + (offset + len(piece)) / plan.bandwidth)
+                await conn.frames.stream.send_all(piece)
 
     async def _close(self, conn: _Connection, *, reset: bool) -> None:
         """Close the connection now: FIN, or RST when ``reset`` (SO_LINGER 0). Pending replies are lost."""
