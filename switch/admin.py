@@ -95,6 +95,13 @@ class SwitchRuntime:
     started: float = dataclasses.field(default_factory=time.monotonic)
     dialect: Dialect | None = None
     host_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    more_listeners: tuple[tuple[Host, Dialect], ...] = ()
+    """The hosts of ``--also-listen`` listeners with their dialects: a scenario or a reset applies
+    to every listener, as at start-up."""
+
+    @property
+    def hosts(self) -> tuple[Host, ...]:
+        return (self.host, *(host for host, _ in self.more_listeners))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,14 +174,14 @@ def _faults_state(faults: FaultEngine) -> dict[str, Any]:
     }
 
 
-def _host_config_for(runtime: SwitchRuntime, scenario: Scenario) -> tuple[HostConfig, dict[str, Any], dict[str, str]]:
+def _host_config_for(runtime: SwitchRuntime, current: HostConfig, scenario: Scenario
+                     ) -> tuple[HostConfig, dict[str, Any], dict[str, str]]:
     """The host config a scenario asks for, what of it changes now, and what must wait for a restart.
 
     Built as at start-up: the family's defaults, then the scenario's ``[host]``, then the command
     line's settings; so loading "healthy" after "system-timeout" undoes the latter's settings.
     Raises ValueError when the combination is not a valid configuration.
     """
-    current = runtime.host.config
     wanted = HostConfig(family=current.family, **{**scenario.host, **runtime.host_overrides})
     applied: dict[str, Any] = {}
     not_applied: dict[str, str] = {}
@@ -322,21 +329,25 @@ def create_admin_app(runtime: SwitchRuntime) -> FastAPI:
         try:
             # reading and parsing a file is blocking work: keep it off the loop the terminals use
             scenario = await trio.to_thread.run_sync(load_scenario, request.name)
-            if runtime.dialect is not None:
-                scenario.check_dialect(runtime.dialect)
+            for dialect in (runtime.dialect, *(dialect for _, dialect in runtime.more_listeners)):
+                if dialect is not None:
+                    scenario.check_dialect(dialect)
             rules = parse_fault_rules(scenario)
         except ScenarioError as exc:
             raise _scenario_error(exc) from None
         try:
-            config, applied, not_applied = _host_config_for(runtime, scenario)
+            # one config per listener (families differ); the main listener's changes are reported
+            configs = [_host_config_for(runtime, host.config, scenario) for host in runtime.hosts]
         except ValueError as exc:
             raise _unprocessable(["body", "name"], f"{scenario.name}: [host]: {exc}") from None
         seed = next((s for s in (request.seed, runtime.seed, scenario.seed) if s is not None), None)
 
         # parse_fault_rules checked everything load() would (ids unique); nothing below can fail
         runtime.faults.load(rules, seed=seed)
-        runtime.host.rules = scenario.response_rules or None
-        runtime.host.config = config
+        for host, (config, _, _) in zip(runtime.hosts, configs, strict=True):
+            host.rules = scenario.response_rules or None
+            host.config = config
+        _, applied, not_applied = configs[0]
         runtime.scenario = scenario.name
         log.info("admin: scenario %s loaded (%d response rules, %d fault rules, seed %s)",
                  scenario.name, len(scenario.response_rules), len(rules), runtime.faults.seed)
@@ -357,8 +368,9 @@ def create_admin_app(runtime: SwitchRuntime) -> FastAPI:
             runtime.faults.reset()
             result["faults"] = _faults_state(runtime.faults)
         if request.what in ("sessions", "all"):
-            result["sessions_cleared"] = len(runtime.host.sessions)
-            runtime.host.reset_sessions()
+            result["sessions_cleared"] = sum(len(host.sessions) for host in runtime.hosts)
+            for host in runtime.hosts:
+                host.reset_sessions()
         log.info("admin: reset %s", request.what)
         return result
 

@@ -1,7 +1,11 @@
-"""Assembles a switch from command-line choices: dialect, framing, scenario, ledger, server.
+"""Assembles a switch from command-line choices: dialect, framing, scenario, ledger, listeners.
 
 Kept apart from the click layer so tests and the benchmark build exactly what ``iso-switch serve``
 runs, without parsing arguments.
+
+One switch may listen on several addresses (``--also-listen``), each with its own dialect,
+framing and TLS: one ``SwitchServer`` and one ``Host`` per listener over a shared ledger (see
+``switch.server`` for why). A profile file (``--profiles``) is shared by every listener's host.
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ import trio
 
 from switch.admin import SwitchRuntime, serve_admin
 from switch.codec import Codec, Dialect
-from switch.codec.framing import Framing
+from switch.codec.dialect import load_dialect
+from switch.codec.framing import LENGTH_HEADERS, Framing, FramingError
 from switch.commit import GroupCommitter
 from switch.faults import FaultEngine
 from switch.host import Host, HostConfig
 from switch.journal import Journal
 from switch.ledger import Ledger
 from switch.metrics import SwitchMetrics
+from switch.profiles import ProfileSet, load_profiles
 from switch.scenario import Scenario, default_scenario, load_scenario
-from switch.server import ServerConfig, SwitchServer, run_until_signalled
+from switch.security import MacError, MacPlacement
+from switch.server import ServerConfig, SwitchGroup, SwitchServer, run_until_signalled, server_ssl_context
 
 APP_NAME = "iso8583-switch-emulator"
 
@@ -31,6 +38,88 @@ APP_NAME = "iso8583-switch-emulator"
 def default_ledger_path() -> Path:
     """Per-user data directory, so the ledger survives restarts without any flag."""
     return Path(platformdirs.user_data_dir(APP_NAME)) / "ledger.sqlite"
+
+
+LISTEN_KEYS = ("dialect", "length-header", "tpdu", "tls", "tls-cert", "tls-key")
+"""What an ``--also-listen`` spec may set after its address."""
+
+
+@dataclass(frozen=True)
+class ListenerSpec:
+    """One more listener, as ``--also-listen`` describes it (before dialects and files are loaded).
+
+    ``host`` None: the main listener's address. ``dialect`` None: the main listener's dialect.
+    ``tls``: True = TLS with the main listener's certificate and key (``--tls-cert``/``--tls-key``)
+    unless ``tls_cert``/``tls_key`` name this listener's own.
+    """
+
+    port: int
+    host: str | None = None
+    dialect: str | None = None
+    length_header: str | None = None
+    tpdu: bool | None = None
+    tls: bool = False
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+
+def _yes_no(key: str, value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ("yes", "true", "on", "1"):
+        return True
+    if lowered in ("no", "false", "off", "0"):
+        return False
+    raise ValueError(f"{key}={value!r}: expected yes or no")
+
+
+def parse_listener_spec(text: str) -> ListenerSpec:
+    """``[HOST:]PORT[,dialect=NAME|FILE][,length-header=KIND][,tpdu=yes|no][,tls=yes|no]
+    [,tls-cert=FILE,tls-key=FILE]`` → a ``ListenerSpec``; ValueError saying what is wrong.
+
+    An IPv6 host is written in brackets: ``[::1]:9583``. Examples: ``9583,dialect=cup-pos``,
+    ``0.0.0.0:9583,dialect=cup-pos,tls=yes``.
+    """
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("empty listener: expected [HOST:]PORT[,dialect=NAME,...], e.g. 9583,dialect=cup-pos")
+    address, *options = (part.strip() for part in text.split(","))
+    host: str | None = None
+    port_text = address
+    if address.startswith("["):
+        closing = address.find("]")
+        if closing < 0 or address[closing + 1:closing + 2] != ":":
+            raise ValueError(f"{address!r}: write an IPv6 address as [ADDRESS]:PORT, e.g. [::1]:9583")
+        host, port_text = address[1:closing], address[closing + 2:]
+    elif ":" in address:
+        host, port_text = address.rsplit(":", 1)
+    if host is not None and not host:
+        raise ValueError(f"{address!r}: the host before ':' is empty")
+    if not (port_text.isascii() and port_text.isdigit() and 0 <= int(port_text) <= 65535):
+        raise ValueError(f"{address!r}: the port must be a number 0-65535, got {port_text!r}")
+    values: dict[str, str] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or not value:
+            raise ValueError(f"{option!r}: expected KEY=VALUE with KEY one of {', '.join(LISTEN_KEYS)}")
+        if key not in LISTEN_KEYS:
+            raise ValueError(f"{key!r} is not a listener setting (known: {', '.join(LISTEN_KEYS)})")
+        if key in values:
+            raise ValueError(f"{key} is given twice")
+        values[key] = value
+    length_header = values.get("length-header")
+    if length_header is not None and length_header not in LENGTH_HEADERS:
+        raise ValueError(f"length-header={length_header!r}: expected one of {', '.join(LENGTH_HEADERS)}")
+    if ("tls-cert" in values) != ("tls-key" in values):
+        missing = "tls-key" if "tls-cert" in values else "tls-cert"
+        raise ValueError(f"{missing} is missing: a listener's own certificate needs both tls-cert and tls-key")
+    tls = _yes_no("tls", values["tls"]) if "tls" in values else "tls-cert" in values
+    if not tls and "tls-cert" in values:
+        raise ValueError("tls=no contradicts tls-cert/tls-key")
+    return ListenerSpec(
+        port=int(port_text), host=host, dialect=values.get("dialect"), length_header=length_header,
+        tpdu=_yes_no("tpdu", values["tpdu"]) if "tpdu" in values else None, tls=tls,
+        tls_cert=values.get("tls-cert"), tls_key=values.get("tls-key"),
+    )
 
 
 @dataclass
@@ -48,6 +137,11 @@ class SwitchOptions:
     admin_host: str = "127.0.0.1"
     admin_port: int | None = 8584  # None: no admin API
     admin_token: str | None = None
+    profiles: str | os.PathLike[str] | None = None  # terminal profile file; None: no profiles (as before)
+    dialect_paths: tuple[str | os.PathLike[str], ...] = ()  # for profile and --also-listen dialect names
+    tls_cert: str | None = None  # TLS on the main listener: PEM certificate (chain) ...
+    tls_key: str | None = None  # ... and its private key
+    also_listen: tuple[ListenerSpec, ...] = ()
 
 
 def resolve_ledger_path(option: str | os.PathLike[str] | None) -> str:
@@ -71,13 +165,23 @@ def resolve_journal_path(option: str | os.PathLike[str] | None, ledger_path: str
 
 @dataclass
 class Switch:
-    """A configured switch: the TCP server plus what the admin API drives."""
+    """A configured switch: its listeners (``server`` is the main one) plus what the admin API drives.
+
+    The admin API drives the main listener's host (``runtime.host``); fault rules, the ledger, the
+    journal and the metrics are shared by every listener.
+    """
 
     server: SwitchServer
     runtime: SwitchRuntime
     scenario: Scenario
     options: SwitchOptions
     journal_path: str | None
+    group: SwitchGroup | None = None  # None: the main listener alone
+    profiles: ProfileSet | None = None
+
+    @property
+    def servers(self) -> tuple[SwitchServer, ...]:
+        return self.group.servers if self.group is not None else (self.server,)
 
     async def run(self, *, task_status: trio.TaskStatus[tuple[list[trio.SocketListener], int | None]]
                   = trio.TASK_STATUS_IGNORED) -> None:
@@ -94,7 +198,7 @@ class Switch:
                 admin_port = await nursery.start(serve_admin, self.runtime, self.options.admin_host,
                                                  self.options.admin_port)
             async with trio.open_nursery() as serving:
-                listeners = await serving.start(run_until_signalled, self.server)
+                listeners = await serving.start(run_until_signalled, self.group or self.server)
                 task_status.started((listeners, admin_port))
             # drained and the ledger closed: the journal writer flushes as it is cancelled
             nursery.cancel_scope.cancel()
@@ -102,29 +206,98 @@ class Switch:
             self.server.journal.close()  # anything recorded after the writer stopped, then the file
 
 
+@dataclass(frozen=True)
+class _Listener:
+    """A listener with everything loaded: what one ``SwitchServer`` is built from."""
+
+    host: str
+    port: int
+    dialect: Dialect
+    framing: Framing
+    tls_cert: str | None
+    tls_key: str | None
+
+
+def resolve_listeners(dialect: Dialect, framing: Framing, options: SwitchOptions) -> list[_Listener]:
+    """The main listener and every ``--also-listen`` one, dialects loaded and TLS files paired.
+
+    Raises ValueError (bad TLS options, two listeners on one address) or DialectError.
+    """
+    if (options.tls_cert is None) != (options.tls_key is None):
+        raise ValueError("TLS needs both --tls-cert and --tls-key")
+    listeners = [_Listener(options.host, options.port, dialect, framing, options.tls_cert, options.tls_key)]
+    for spec in options.also_listen:
+        extra = load_dialect(spec.dialect, options.dialect_paths) if spec.dialect else dialect
+        try:
+            extra_framing = Framing.from_dialect(extra, length_header=spec.length_header, tpdu=spec.tpdu)
+        except FramingError as exc:
+            raise ValueError(f"--also-listen {spec.port}: framing: {exc}") from None
+        cert, key = spec.tls_cert, spec.tls_key
+        if spec.tls and cert is None:
+            if options.tls_cert is None:
+                raise ValueError(f"--also-listen {spec.port}: tls=yes needs --tls-cert and --tls-key "
+                                 "(or tls-cert=FILE,tls-key=FILE in the listener)")
+            cert, key = options.tls_cert, options.tls_key
+        listeners.append(_Listener(spec.host or options.host, spec.port, extra, extra_framing, cert, key))
+    seen: dict[tuple[str, int], int] = {}
+    for index, listener in enumerate(listeners):
+        where = (listener.host, listener.port)
+        if listener.port and where in seen:
+            raise ValueError(f"two listeners on {listener.host}:{listener.port}; give each its own port")
+        seen[where] = index
+    return listeners
+
+
+def _mac_placement(dialect: Dialect, profiles: ProfileSet | None, port: int) -> MacPlacement | None:
+    try:
+        return MacPlacement.for_dialect(dialect)
+    except MacError as exc:
+        if profiles is not None and any(profile.macs for profile in profiles):
+            raise ValueError(f"listener on port {port}: terminals in {profiles.path} MAC their messages, "
+                             f"but {exc}") from None
+        return None
+
+
 def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> Switch:
-    """Everything ``serve`` needs, wired together; raises the loaders' typed errors on bad input."""
+    """Everything ``serve`` needs, wired together; raises the loaders' typed errors on bad input
+    (ScenarioError, ProfileError, DialectError, LedgerError, ValueError)."""
     scenario = load_scenario(options.scenario) if options.scenario else default_scenario()
-    scenario.check_dialect(dialect)
+    listeners = resolve_listeners(dialect, framing, options)
+    for listener in listeners:
+        scenario.check_dialect(listener.dialect)
     cli_overrides = dict(options.host_overrides)
     if options.require_signon is not None:
         cli_overrides["require_signon"] = options.require_signon
-    config = HostConfig.for_dialect(dialect, **{**scenario.host, **cli_overrides})
+    profiles = load_profiles(options.profiles, dialect_path=options.dialect_paths) if options.profiles else None
+    contexts = [server_ssl_context(item.tls_cert, item.tls_key) if item.tls_cert and item.tls_key else None
+                for item in listeners]
     faults = FaultEngine.from_scenario(scenario, seed=options.seed)
+    configs = [HostConfig.for_dialect(item.dialect, **{**scenario.host, **cli_overrides}) for item in listeners]
+    placements = [_mac_placement(item.dialect, profiles, item.port) for item in listeners]
     ledger_path = resolve_ledger_path(options.ledger)
     ledger = Ledger.open(ledger_path)
-    host = Host(config, ledger, scenario.response_rules)
+    committer = GroupCommitter(ledger)
     codec = Codec(dialect)
     journal_path = resolve_journal_path(options.journal, ledger_path)
-    journal = Journal(codec, path=journal_path)
+    journal = Journal(codec, path=journal_path)  # one file; masked by the main dialect (others: PAN-safe)
     metrics = SwitchMetrics()
-    server = SwitchServer(
-        codec=codec, framing=framing, host=host, ledger=ledger, committer=GroupCommitter(ledger),
-        config=ServerConfig(host=options.host, port=options.port, idle_timeout=options.idle_timeout,
-                            grace_period=options.grace_period),
-        faults=faults, journal=journal, metrics=metrics,
-    )
-    runtime = SwitchRuntime(faults=faults, host=host, ledger=ledger, journal=journal, metrics=metrics,
+    servers = []
+    for item, config, placement, context in zip(listeners, configs, placements, contexts, strict=True):
+        host = Host(config, ledger, scenario.response_rules, profiles=profiles, key_seed=faults.seed,
+                    mac_placement=placement)
+        servers.append(SwitchServer(
+            codec=codec if item.dialect is dialect else Codec(item.dialect), framing=item.framing, host=host,
+            ledger=ledger, committer=committer,
+            config=ServerConfig(host=item.host, port=item.port, idle_timeout=options.idle_timeout,
+                                grace_period=options.grace_period, ssl_context=context),
+            faults=faults, journal=journal, metrics=metrics,
+        ))
+    server = servers[0]
+    runtime = SwitchRuntime(faults=faults, host=server.host, ledger=ledger, journal=journal, metrics=metrics,
                             dialect_name=dialect.name, scenario=scenario.name, seed=options.seed,
-                            token=options.admin_token, dialect=dialect, host_overrides=cli_overrides)
-    return Switch(server, runtime, scenario, options, journal_path)
+                            token=options.admin_token, dialect=dialect, host_overrides=cli_overrides,
+                            more_listeners=tuple((extra.host, item.dialect)
+                                                 for extra, item in zip(servers[1:], listeners[1:], strict=True)))
+    group = SwitchGroup(servers) if len(servers) > 1 else None
+    return Switch(server, runtime, scenario, options, journal_path, group, profiles)
+

@@ -255,27 +255,60 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
 @click.option("--no-admin", is_flag=True, help="Do not serve the admin HTTP API.")
 @click.option("--admin-token", envvar="ISO_SWITCH_ADMIN_TOKEN", default=None, metavar="TOKEN",
               help="Require 'Authorization: Bearer TOKEN' on the admin API (env ISO_SWITCH_ADMIN_TOKEN).")
+@click.option("--profiles", "profiles_path", default=None, metavar="FILE",
+              type=click.Path(exists=True, dir_okay=False),
+              help="Terminal profile file (TOML): the terminals the switch knows, their master keys, MAC "
+                   "algorithm and test PINs. Then CUP sign-ons get working keys, MACs are checked and "
+                   "added, and unknown terminals are refused (97 CUP, 58 ISO). TEST KEYS ONLY.")
+@click.option("--tls-cert", default=None, metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+              help="Serve the main listener over TLS with this PEM certificate (chain); needs --tls-key.")
+@click.option("--tls-key", default=None, metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+              help="The PEM private key of --tls-cert.")
+@click.option("--also-listen", "also_listen", multiple=True, metavar="SPEC",
+              help="Another listener with its own dialect, framing and TLS, sharing the ledger: "
+                   "[HOST:]PORT[,dialect=NAME|FILE][,length-header=KIND][,tpdu=yes|no][,tls=yes|no]"
+                   "[,tls-cert=FILE,tls-key=FILE]. tls=yes reuses --tls-cert/--tls-key. Repeatable, "
+                   "e.g. --also-listen 9583,dialect=cup-pos")
 @click.option("-v", "--verbose", count=True, help="Log connections (-v) and every decision (-vv) to stderr.")
 def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: FramingOverrides, tpdu: bool | None,
           keepalive: str | None, ledger_path: str | None, scenario: str | None, seed: int | None,
           require_signon: bool | None, idle_timeout: float, grace_period: float, journal_path: str | None,
-          admin_host: str, admin_port: int, no_admin: bool, admin_token: str | None, verbose: int) -> None:
-    """Run the switch until SIGINT/SIGTERM, then drain in-flight requests and close the ledger."""
+          admin_host: str, admin_port: int, no_admin: bool, admin_token: str | None, profiles_path: str | None,
+          tls_cert: str | None, tls_key: str | None, also_listen: tuple[str, ...], verbose: int) -> None:
+    """Run the switch until SIGINT/SIGTERM, then drain in-flight requests and close the ledger.
+
+    \b
+    Example: plain ISO 8583 on 8583 and CUP POS terminals over TLS on 9583, one ledger:
+      iso-switch serve --profiles specs/profiles/example.toml \\
+          --also-listen 9583,dialect=cup-pos,tls-cert=cert.pem,tls-key=key.pem
+    """
     import logging
 
     import trio
 
-    from switch.app import SwitchOptions, build_switch
+    from switch.app import SwitchOptions, build_switch, parse_listener_spec
+    from switch.server import listener_address
 
     logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(verbose, 2)],
                         format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     framing = framing_overrides.framing(dialect, tpdu=tpdu)
     if keepalive is not None:
         framing = dataclasses.replace(framing, keepalive=keepalive)
+    if (tls_cert is None) != (tls_key is None):
+        raise CliError("TLS needs both --tls-cert and --tls-key")
+    specs = []
+    for text in also_listen:
+        try:
+            specs.append(parse_listener_spec(text))
+        except ValueError as exc:
+            raise CliError(f"--also-listen {text!r}: {exc}") from None
+    dialect_paths = tuple(str(path) for path in click.get_current_context().params.get("dialect_paths", ()))
     options = SwitchOptions(host=bind_host, port=port, ledger=ledger_path, scenario=scenario, seed=seed,
                             require_signon=require_signon, idle_timeout=idle_timeout or None,
                             grace_period=grace_period, journal=journal_path, admin_host=admin_host,
-                            admin_port=None if no_admin else admin_port, admin_token=admin_token)
+                            admin_port=None if no_admin else admin_port, admin_token=admin_token,
+                            profiles=profiles_path, dialect_paths=dialect_paths, tls_cert=tls_cert,
+                            tls_key=tls_key, also_listen=tuple(specs))
     try:
         switch = build_switch(dialect, framing, options)
     except (ScenarioError, LedgerError, ValueError) as exc:
@@ -283,10 +316,18 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
     server = switch.server
 
     def announce(listeners: list[Any], admin: int | None) -> None:
-        where = ", ".join("{}:{}".format(*listener.socket.getsockname()[:2]) for listener in listeners)
-        click.echo(f"iso-switch: listening on {where} (dialect {dialect.name}, framing {framing.length_header}"
-                   f"{' + TPDU' if framing.tpdu else ''}, scenario {switch.scenario.name}, seed {server.faults.seed}, "
-                   f"sign-on {'required' if server.host.config.require_signon else 'not required'})")
+        for number, each in enumerate(switch.servers):
+            where = ", ".join("{}:{}".format(*listener_address(listener)) for listener in each.listeners)
+            each_framing = each.framing
+            details = (f"dialect {each.codec.dialect.name}, framing {each_framing.length_header}"
+                       f"{' + TPDU' if each_framing.tpdu else ''}{', TLS' if each.config.ssl_context else ''}")
+            if number == 0:
+                details += (f", scenario {switch.scenario.name}, seed {server.faults.seed}, "
+                            f"sign-on {'required' if server.host.config.require_signon else 'not required'}")
+            click.echo(f"iso-switch: {'listening' if number == 0 else 'also listening'} on {where} ({details})")
+        if switch.profiles is not None:
+            click.echo(f"iso-switch: {len(switch.profiles)} terminal profiles from {switch.profiles.path} "
+                       "(unknown terminals refused; TEST KEYS ONLY)")
         click.echo(f"iso-switch: ledger {server.ledger.path}; journal {switch.journal_path or '(memory only)'}")
         if admin is not None:
             click.echo(f"iso-switch: admin API http://{admin_host}:{admin}/docs"
@@ -301,7 +342,8 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
         trio.run(main)
     except OSError as exc:
         raise CliError(f"cannot listen: {exc.strerror or exc}", EXIT_BAD_DATA) from None
-    click.echo(f"{server.stats.summary()}; ledger closed cleanly")
+    stats = switch.group.stats if switch.group is not None else server.stats
+    click.echo(f"{stats.summary()}; ledger closed cleanly")
 
 
 # --------------------------------------------------------------------------------------------

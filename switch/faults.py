@@ -34,9 +34,10 @@ messages it fires on. Messages that race on different connections are matched in
 ``os.urandom`` and shown as ``engine.seed`` for replay.
 
 **Several rules on one message** all fire and combine: delays add, flags OR, and for a value only
-one can have (garbage, truncate, wrong length, MAC mask, slice, bandwidth, respond, each wrong-echo
-field) the first rule in plan order wins. Actions made pointless by another are then removed, in
-the order the executor runs them (see ``FaultDecision``), so the decision lists only what happens.
+one can have (garbage, truncate, wrong length, MAC mask, check value mask, slice, bandwidth, respond,
+each wrong-echo field) the first rule in plan order wins. Actions made pointless by another are then
+removed, in the order the executor runs them (see ``FaultDecision``), so the decision lists only what
+happens.
 """
 
 from __future__ import annotations
@@ -93,6 +94,8 @@ ACTION_KEYS = (
     "duplicate",
     "wrong_echo",
     "corrupt_mac",
+    "wrong_check_value",
+    "signon_again",
     "slice",
     "bandwidth",
     "respond",
@@ -111,6 +114,7 @@ GARBAGE_MAX = 9999  # the largest length every framing (ascii4, bcd2 included) c
 TRUNCATE_KEEP_MAX = 48  # bytes of the body a truncated response keeps: 0..47, shorter than any real reply
 LENGTH_DELTA_MAX = 16  # a wrong length header is off by 1..16 bytes, either way
 MAC_BYTES = 8
+CHECK_VALUE_BYTES = 4  # a CUP check value in field 62 (switch.security.CHECK_VALUE_LENGTH)
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _RESPONSE_CODE = re.compile(r"[0-9A-Za-z]{2}")
@@ -284,6 +288,8 @@ class Delay:
 _SHAPES_RESPONSE = (
     "wrong_echo",
     "corrupt_mac",
+    "wrong_check_value",
+    "signon_again",
     "garbage",
     "truncate",
     "wrong_length",
@@ -310,6 +316,8 @@ class Actions:
     duplicate: bool = False  # send the response twice
     wrong_echo: tuple[str, ...] = ()  # of "stan", "amount", "terminal": the response echoes another value
     corrupt_mac: bool = False  # flip bits of the response's MAC (field 64/128; one is added if absent)
+    wrong_check_value: bool = False  # flip bits of the last check value in field 62 (CUP sign-on keys)
+    signon_again: bool = False  # CUP header processing requirement 3: the terminal must sign on again
     slice: tuple[int, float] | None = None  # (chunk bytes, pause seconds): write the response piecemeal
     bandwidth: int | None = None  # bytes per second for the response write
     respond: str | None = None  # answer with this response code without processing (host untouched)
@@ -320,7 +328,8 @@ class Actions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Delay):
                 raise FaultRuleError((name,), f"must be a Delay, got {value!r}")
-        for name in ("drop_request", "drop_response", "truncate", "wrong_length", "duplicate", "corrupt_mac"):
+        for name in ("drop_request", "drop_response", "truncate", "wrong_length", "duplicate", "corrupt_mac",
+                     "wrong_check_value", "signon_again"):
             _flag(getattr(self, name), (name,))
         for name in ("close", "reset"):
             value = getattr(self, name)
@@ -392,7 +401,7 @@ class Actions:
             if moot:
                 raise FaultRuleError((moot[0],), f"has no effect: {after[0]} means no response is sent")
         if self.garbage is not None:
-            for name in ("wrong_echo", "corrupt_mac"):
+            for name in ("wrong_echo", "corrupt_mac", "wrong_check_value", "signon_again"):
                 if name in names:
                     raise FaultRuleError((name,), "has no effect: garbage replaces the response")
         if self.truncate and self.duplicate:
@@ -713,9 +722,11 @@ class FaultDecision:
        (the host decides, the ledger commits);
     4. wait ``delay_response`` seconds;
     5. ``reset_after`` / ``close_after`` / ``drop_response``: stop, nothing sent (the posting stays);
-    6. build the reply: set the ``wrong_echo`` fields (number → value), XOR the MAC (field 64, or 128
-       when the secondary bitmap is in use; add an 8-byte field 64 first if none) with
-       ``corrupt_mac``; encode; or frame ``garbage`` instead;
+    6. build the reply: set the ``wrong_echo`` fields (number → value), XOR the last 4 bytes of field
+       62 (the last working key's check value) with ``wrong_check_value``, set the CUP header's
+       processing requirement to 3 with ``signon_again``; encode (and MAC, when the terminal's
+       session has a MAC key); XOR the MAC (field 64, or 128 when the secondary bitmap is in use;
+       add an 8-byte field 64 first if none) with ``corrupt_mac``; or frame ``garbage`` instead;
     7. frame it: ``length_delta`` added to the length header (clamped to what the header can say),
        ``truncate_at`` body bytes sent of the frame (clamp to ``len(body) - 1``) and then close;
     8. write it in ``slice`` chunks with pauses, at most ``bandwidth`` bytes per second; ``duplicate``:
@@ -740,6 +751,8 @@ class FaultDecision:
     slice: tuple[int, float] | None = None
     bandwidth: int | None = None
     respond: str | None = None
+    wrong_check_value: bytes | None = None  # XOR mask for the last check value of field 62
+    signon_again: bool = False
 
     @property
     def is_clean(self) -> bool:
@@ -759,6 +772,8 @@ class FaultDecision:
             ("close_after", self.close_after),
             ("drop_response", self.drop_response),
             ("wrong_echo", bool(self.wrong_echo)),
+            ("wrong_check_value", self.wrong_check_value is not None),
+            ("signon_again", self.signon_again),
             ("corrupt_mac", self.corrupt_mac is not None),
             ("garbage", self.garbage is not None),
             ("wrong_length", self.length_delta != 0),
@@ -806,10 +821,11 @@ def _wrong_terminal(original: str | None, rng: random.Random) -> str:
 _WRONG_VALUE = {"stan": _wrong_stan, "amount": _wrong_amount, "terminal": _wrong_terminal}
 
 
-def _mac_mask(rng: random.Random) -> bytes:
-    mask = bytearray(rng.randbytes(MAC_BYTES))
+def _mac_mask(rng: random.Random, size: int = MAC_BYTES) -> bytes:
+    """``size`` random bytes, never all zero (a zero mask would corrupt nothing)."""
+    mask = bytearray(rng.randbytes(size))
     if not any(mask):
-        mask[rng.randrange(MAC_BYTES)] = 1 << rng.randrange(8)
+        mask[rng.randrange(size)] = 1 << rng.randrange(8)
     return bytes(mask)
 
 
@@ -848,6 +864,10 @@ def combine(fired: Sequence[tuple[FaultRule, random.Random]], message: Message |
                 echo[number] = _WRONG_VALUE[name](fields.get(number), rng)
         if actions.corrupt_mac and "corrupt_mac" not in single:
             single["corrupt_mac"] = _mac_mask(rng)
+        if actions.wrong_check_value and "wrong_check_value" not in single:
+            single["wrong_check_value"] = _mac_mask(rng, CHECK_VALUE_BYTES)
+        if actions.signon_again:
+            flags.add("signon_again")
         for name in ("slice", "bandwidth", "respond"):
             if getattr(actions, name) is not None and name not in single:
                 single[name] = getattr(actions, name)
@@ -867,6 +887,8 @@ def combine(fired: Sequence[tuple[FaultRule, random.Random]], message: Message |
     if "garbage" in single:
         echo.clear()
         single.pop("corrupt_mac", None)
+        single.pop("wrong_check_value", None)
+        flags.discard("signon_again")
     if "truncate_at" in single:
         flags.discard("duplicate")
     return FaultDecision(
@@ -874,6 +896,7 @@ def combine(fired: Sequence[tuple[FaultRule, random.Random]], message: Message |
         delay_request=delay_request,
         delay_response=delay_response,
         duplicate="duplicate" in flags,
+        signon_again="signon_again" in flags,
         wrong_echo=MappingProxyType(dict(sorted(echo.items()))),
         **single,
     )

@@ -67,13 +67,44 @@ carried) except card secrets and what only the terminal may send: track data (35
 request's, or ``institution_id``), as CUP hosts always return it.
 
 Response-class MTIs (third digit odd) and MTIs that cannot be read are logged and dropped; any
-other unknown request gets 12. The host verifies no MACs, so CUP sign-on replies carry no working
-keys (field 62). ``handle`` never raises on a decoded message (property-tested).
+other unknown request gets 12. ``handle`` never raises on a decoded message (property-tested).
+
+**Terminal profiles** (``switch.profiles``, given as ``profiles``; without them none of this
+happens and the host behaves as described above):
+
+* A request whose field 41 is not in the profile file gets ``ProfileSet.unknown_terminal_code``
+  (CUP 97 "terminal not registered", ISO 58) and nothing else happens.
+* **Working keys.** A sign-on of a terminal with a TMK draws fresh PIN and MAC keys from
+  ``random.Random(f"{key_seed}/keys/{terminal}/{n}")`` (n counts that terminal's sign-ons, so a
+  seed replays a session and no two sign-ons share keys) and returns them in field 62 under the
+  TMK, each with its check value (``TerminalSecurityProfile.field62``; the field carries the key
+  block as hex, which the codec writes as raw bytes in CUP and as text where field 62 is text).
+  The layout is the profile's ``key_layout``, except that a CUP terminal asking for another of the
+  CUP layouts in 60.3 (001 → 24, 003 → 40, 004 → 60 bytes) gets that one when its MAC key fits.
+  A CUP sign-on whose 60.2 names a batch already settled is answered with the next batch number
+  in 60.2. Terminals with static keys (``pin_key`` / ``mac_key``) get no field 62. The keys live
+  with the session: sign-off, session expiry, a MAC failure and ``reset_sessions`` forget them.
+* **MACs.** Network management (08xx) is never MACed. Any other request of a terminal whose
+  profile MACs is checked as soon as a MAC key is known (session keys, else static ones): the
+  MAC field (64, or 128 with a secondary bitmap) must be the MAC of the request's bytes (``raw``)
+  under the profile's algorithm. A missing or wrong MAC is answered ``mac_failure_code`` (A0,
+  "MAC check failed, sign on again"; CUP header requirement 3), the session is closed and nothing
+  is posted; that answer carries no MAC (the host cannot share a key it no longer trusts). Every
+  other response to such a terminal carries the 8-zero-byte MAC placeholder
+  (``security.with_mac_placeholder``); the server encodes it and asks ``response_mac`` for the
+  algorithm and key to replace the placeholder with (``security.apply_mac``).
+* **PINs.** For a card in the terminal's ``pins`` table, field 52 (ISO format 0 under the PIN
+  key) is checked after the expiry check: no field 52 → 55; a block that is not format 0 (wrong
+  key or PAN), or no PIN key yet → ``pin_format_code`` (99, "PIN format error, sign on again");
+  a wrong PIN → 55, and the ``pin_tries``-th wrong PIN in a row → 75, after which the card
+  answers 75 until ``reset_sessions`` (a restart) unblocks it. A right PIN resets the count.
+  Counts are per card (PAN), as an issuer keeps them. These declines are posted like any other.
 """
 
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from dataclasses import fields as dataclass_fields
@@ -97,8 +128,24 @@ from switch.ledger import (
     Reversal,
     Settlement,
     UploadRecord,
+    next_batch_number,
 )
+from switch.profiles import ProfileSet, TerminalSecurityProfile
 from switch.rules import ResponseRule, ResponseRules, pan_of
+from switch.security import (
+    KEY_LAYOUTS,
+    MAC_LENGTH,
+    PREFERRED_MAC_KEY_LENGTH,
+    MacPlacement,
+    SecurityError,
+    WorkingKeys,
+    check_value,
+    layout_for_network_code,
+    mac_field,
+    verify_mac,
+    verify_pin,
+    with_mac_placeholder,
+)
 
 __all__ = ["APPROVAL_CODES", "SIGNON_REQUIRED_DEFAULTS", "Decision", "Host", "HostConfig"]
 
@@ -107,6 +154,15 @@ APPROVAL_CODES = frozenset({"00", "08", "10", "11"})
 
 SIGNON_REQUIRED_DEFAULTS: Mapping[str, str] = {"cup": "A0", "iso87": "58"}
 """Default "sign on first" code per family; see the module docstring for why."""
+
+MAC_FAILURE_DEFAULT = "A0"
+"""Answer to a request whose MAC does not verify: CUP's "MAC check failed, sign on again". ISO 8583
+has no code of its own (hosts use A0 or 63 "security violation"); A0 is the default for both
+families because terminals, ours included, read it as "sign on again" and so fetch fresh keys."""
+PIN_FORMAT_DEFAULT = "99"
+"""Answer to a PIN block that is not ISO format 0 (CUP: "PIN format error, sign on again")."""
+
+_MAC_PLACEHOLDER = "00" * MAC_LENGTH
 
 NOT_ECHOED = frozenset({14, 35, 36, 45, 52, 53, 55, 64, 96, 128})
 """Request fields never copied into a response: expiry, tracks, PIN, ICC data, MACs."""
@@ -151,6 +207,8 @@ class HostConfig:
     unknown_original_code: str = "00"  # reversal of an original never seen; alternative "25"
     duplicate_window: float = 86400.0
     institution_id: str = "00000000001"  # our acquirer id (field 32 in financial responses)
+    mac_failure_code: str | None = None  # None: MAC_FAILURE_DEFAULT (profiles only)
+    pin_format_code: str | None = None  # None: PIN_FORMAT_DEFAULT (profiles only)
 
     def __post_init__(self) -> None:
         problems = []
@@ -161,9 +219,10 @@ class HostConfig:
         for name in ("stale_code", "unknown_original_code"):
             if not _code(getattr(self, name)):
                 problems.append(f"{name} must be a 2-character response code, got {getattr(self, name)!r}")
-        if self.signon_required_code is not None and not _code(self.signon_required_code):
-            problems.append("signon_required_code must be a 2-character response code or None, "
-                            f"got {self.signon_required_code!r}")
+        for name in ("signon_required_code", "mac_failure_code", "pin_format_code"):
+            value = getattr(self, name)
+            if value is not None and not _code(value):
+                problems.append(f"{name} must be a 2-character response code or None, got {value!r}")
         timeout = self.session_timeout
         if timeout is not None and not (_seconds(timeout) and timeout > 0):
             problems.append(f"session_timeout must be seconds > 0 or None, got {self.session_timeout!r}")
@@ -181,6 +240,16 @@ class HostConfig:
     def signon_code(self) -> str:
         """The "sign on first" code in force (the family default unless configured)."""
         return self.signon_required_code or SIGNON_REQUIRED_DEFAULTS[self.family]
+
+    @property
+    def mac_code(self) -> str:
+        """The answer to a request whose MAC does not verify."""
+        return self.mac_failure_code or MAC_FAILURE_DEFAULT
+
+    @property
+    def pin_error_code(self) -> str:
+        """The answer to a PIN block that is not ISO format 0."""
+        return self.pin_format_code or PIN_FORMAT_DEFAULT
 
     @classmethod
     def for_dialect(cls, dialect: Any, **overrides: Any) -> HostConfig:
@@ -377,15 +446,35 @@ def _response_mti(mti: object) -> str | None:
 
 
 class Host:
-    """Decides every answer; see the module docstring for the rules it applies."""
+    """Decides every answer; see the module docstring for the rules it applies.
 
-    def __init__(self, config: HostConfig, ledger: Ledger, rules: ResponseRules | None = None) -> None:
+    ``profiles`` (optional) turns on terminal profiles: unknown terminals, working keys, MACs, PINs.
+    ``key_seed`` seeds the working keys (the switch passes its fault seed, so ``--seed`` replays
+    keys too); ``mac_placement`` says where the MAC sits in this dialect's encoded messages
+    (``MacPlacement.for_dialect``) and is required when a profile MACs.
+    """
+
+    def __init__(self, config: HostConfig, ledger: Ledger, rules: ResponseRules | None = None, *,
+                 profiles: ProfileSet | None = None, key_seed: int | str = 0,
+                 mac_placement: MacPlacement | None = None) -> None:
         self.config = config
         self.ledger = ledger
         self.rules = rules if rules else None
+        self.profiles = profiles
+        self.key_seed = key_seed
+        self.mac_placement = mac_placement
+        self.macs = profiles is not None and any(profile.macs for profile in profiles)
+        """Whether any terminal MACs: the server only looks for MAC placeholders when one does."""
+        if self.macs and mac_placement is None:
+            raise ValueError("a terminal profile asks for MACs: give the dialect's MacPlacement "
+                             "(switch.security.MacPlacement.for_dialect)")
         self.sessions: dict[str, float] = {}
         """Signed-on terminals (field 41, trailing spaces removed) → sign-on time, Unix seconds.
         In memory only: after a restart every terminal must sign on again, as with real hosts."""
+        self.session_keys: dict[str, WorkingKeys] = {}
+        """Working keys of the signed-on terminals (profiles only), keyed like ``sessions``."""
+        self._signon_counts: dict[str, int] = {}  # per terminal: which key draw the next sign-on gets
+        self._pin_failures: dict[str, int] = {}  # per PAN: wrong PINs in a row
         family = config.family
         self._cup = family == "cup"
         self._checks = tuple(_CHECKS[family].items())
@@ -406,19 +495,38 @@ class Host:
         self._response_mtis = {mti: f"{mti[:2]}{int(mti[2]) + 1}0" for mti in self._handlers}
 
     def reset_sessions(self) -> None:
-        """Forget every sign-on (what a restart does; also a fault-scenario action)."""
+        """Forget every sign-on, its working keys and the PIN try counts (what a restart does)."""
         self.sessions.clear()
+        self.session_keys.clear()
+        self._pin_failures.clear()
+
+    def _end_session(self, terminal: str) -> float | None:
+        self.session_keys.pop(terminal, None)
+        return self.sessions.pop(terminal, None)
 
     # -- entry points -------------------------------------------------------------------------
 
-    def handle(self, request: Message, now: datetime) -> Decision:
-        """Decide the answer to a decoded request at host time ``now`` (aware UTC)."""
+    def handle(self, request: Message, now: datetime, *, raw: bytes | None = None) -> Decision:
+        """Decide the answer to a decoded request at host time ``now`` (aware UTC).
+
+        ``raw`` is the request as received (no length header, no TPDU): with profiles, its MAC is
+        checked against these bytes; a MAC that must be checked without them counts as wrong.
+        """
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
         mti = request.mti
         handler = self._handlers.get(mti) if isinstance(mti, str) else None
         if handler is not None:
-            return handler(request, now, now.timestamp())
+            if self.profiles is None:
+                return handler(request, now, now.timestamp())
+            ts = now.timestamp()
+            refusal = self._security_gate(request, raw)
+            if refusal is not None:
+                return refusal
+            decision = handler(request, now, ts)
+            if self.macs and decision.response is not None:
+                decision.response = self._with_mac(decision.response)
+            return decision
         response_mti = _response_mti(mti)
         if response_mti is None:
             readable = isinstance(mti, str) and _is_digits(mti, 4)
@@ -466,10 +574,161 @@ class Host:
             return None
         if self._cup and request.mti[:3] == "050" and 48 in request.fields:
             try:
-                return self._settlement_reply(request, code)
+                return self._with_mac(self._settlement_reply(request, code))
             except (CompositeFieldError, ValueError):
                 pass
-        return self._reply(request, code)
+        return self._with_mac(self._reply(request, code))
+
+    def response_mac(self, response: Message) -> tuple[str, bytes] | None:
+        """(algorithm, key) to MAC ``response`` with once encoded, or None when it carries no MAC
+        placeholder (see the module docstring). The server calls ``security.apply_mac`` with them."""
+        if not self.macs:
+            return None
+        if response.fields.get(mac_field(response)) != _MAC_PLACEHOLDER:
+            return None
+        raw_terminal = response.fields.get(41)
+        profile = self._profile_for(raw_terminal) if raw_terminal is not None else None
+        if profile is None or not profile.macs:
+            return None
+        key = self._mac_key(raw_terminal.rstrip(" "), profile)  # type: ignore[union-attr]
+        return None if key is None else (profile.mac, key)
+
+    # -- terminal profiles: unknown terminals, MACs, keys, PINs --------------------------------
+
+    def _profile_for(self, raw_terminal: str) -> TerminalSecurityProfile | None:
+        """The profile of field 41 as received (profiles hold ids padded to 8 characters)."""
+        profiles = self.profiles
+        if profiles is None:
+            return None
+        return profiles.get(raw_terminal) or profiles.get(raw_terminal.rstrip(" ").ljust(8))
+
+    def _keys_of(self, terminal: str, profile: TerminalSecurityProfile) -> WorkingKeys | None:
+        return self.session_keys.get(terminal) or profile.static_keys
+
+    def _mac_key(self, terminal: str, profile: TerminalSecurityProfile) -> bytes | None:
+        keys = self._keys_of(terminal, profile)
+        return keys.mac_key if keys is not None else None
+
+    def _security_gate(self, request: Message, raw: bytes | None) -> Decision | None:
+        """Unknown terminal → its code; a MACing terminal's request with a bad MAC → A0. Else None."""
+        raw_terminal = request.fields.get(41)
+        if not raw_terminal or not raw_terminal.strip():
+            return None  # the handler's format checks answer 30
+        assert self.profiles is not None
+        terminal = raw_terminal.rstrip(" ")
+        profile = self._profile_for(raw_terminal)
+        if profile is None:
+            code = self.profiles.unknown_terminal_code(self.config.family)
+            return Decision(self._reply(request, code), None, "unknown-terminal",
+                            f"terminal {terminal} is not in the profile file {self.profiles.path}; answered {code}")
+        if not profile.macs or request.mti.startswith("08"):
+            return None
+        key = self._mac_key(terminal, profile)
+        if key is None:
+            return None  # no keys yet: the sign-on gate answers
+        problem = self._mac_problem(request, raw, profile.mac, key)
+        if problem is None:
+            return None
+        had_session = self._end_session(terminal) is not None
+        code = self.config.mac_code
+        return Decision(self._reply(request, code, requirement=CupHeader.SIGN_ON_AGAIN), None, "mac-failed",
+                        f"{problem}; answered {code} (sign on again), "
+                        f"{'session closed' if had_session else 'no session'}, nothing done")
+
+    def _mac_problem(self, request: Message, raw: bytes | None, algorithm: str, key: bytes) -> str | None:
+        stan = request.fields.get(11, "-")
+        number = mac_field(request)
+        if number not in request.fields:
+            return f"{request.mti} STAN {stan} carries no MAC (field {number}), but terminal MACs ({algorithm})"
+        if raw is None or self.mac_placement is None:
+            return f"{request.mti} STAN {stan}: its bytes were not given, so its MAC cannot be checked"
+        try:
+            if verify_mac(raw, algorithm, key, self.mac_placement):
+                return None
+        except SecurityError as exc:  # MacError, or a key the algorithm cannot use
+            return f"{request.mti} STAN {stan}: MAC cannot be checked: {exc}"
+        return (f"{request.mti} STAN {stan}: MAC {request.fields[number]} does not verify "
+                f"({algorithm}, MAC key check value {check_value(key).hex().upper()})")
+
+    def _with_mac(self, response: Message) -> Message:
+        """``response`` with the MAC placeholder when it goes to a MACing terminal with a key."""
+        if not self.macs or response.mti.startswith("08"):
+            return response
+        raw_terminal = response.fields.get(41)
+        profile = self._profile_for(raw_terminal) if raw_terminal else None
+        if profile is None or not profile.macs or self._mac_key(raw_terminal.rstrip(" "), profile) is None:
+            return response
+        return with_mac_placeholder(response)
+
+    def _issue_keys(self, request: Message, terminal: str, code: str) -> tuple[dict[int, str] | None, str]:
+        """At sign-on: the session's working keys; (fields for the reply, words for the reason)."""
+        profile = self._profile_for(request.fields[41])
+        if profile is None:
+            return None, ""
+        count = self._signon_counts.get(terminal, 0) + 1
+        self._signon_counts[terminal] = count
+        extra: dict[int, str] = {}
+        if self._cup:
+            sixty = CupField60.parse(request.fields[60])
+            if self.ledger.batch_is_closed(terminal, sixty.batch):
+                last = self.ledger.last_closed_batch(terminal) or sixty.batch
+                batch = next_batch_number(last)
+                extra[60] = CupField60(sixty.txn_type, batch, sixty.network_code, sixty.rest).format()
+        if profile.tmk is None:
+            assert profile.static_keys is not None  # a profile has a TMK or static keys
+            self.session_keys[terminal] = profile.static_keys
+            return extra or None, "; static working keys, no field 62"
+        layout = self._key_layout(profile, code)
+        rng = random.Random(f"{self.key_seed}/keys/{terminal}/{count}")
+        keys = profile.issue_keys(rng, layout=layout)
+        extra[62] = profile.field62(keys, layout=layout).hex().upper()
+        self.session_keys[terminal] = keys
+        return extra, (f"; working keys in field 62 ({layout} bytes): PIN key check "
+                       f"{check_value(keys.pin_key).hex().upper()}, MAC key check "
+                       f"{check_value(keys.mac_key).hex().upper()}")
+
+    def _key_layout(self, profile: TerminalSecurityProfile, code: str) -> int:
+        """The profile's layout, or the CUP layout the terminal asked for in 60.3 if its MAC key fits."""
+        layout = profile.key_layout
+        requested = layout_for_network_code(code) if self._cup else None
+        if (requested is None or requested == layout or KEY_LAYOUTS[layout].network_code is None
+                or profile.static_keys is not None):
+            return layout
+        if PREFERRED_MAC_KEY_LENGTH[profile.mac] > KEY_LAYOUTS[requested].mac_slot:
+            return layout
+        return requested
+
+    def _pin_refusal(self, request: Message, terminal: str) -> tuple[str, str] | None:
+        """(code, reason) when field 52 fails the terminal's PIN table; None when fine or not checked."""
+        profile = self._profile_for(request.fields[41])
+        pan = pan_of(request)
+        expected = profile.expected_pin(pan) if profile is not None and pan else None
+        if expected is None:
+            return None
+        assert profile is not None and pan is not None
+        card = mask_pan(pan)
+        failures = self._pin_failures.get(pan, 0)
+        if failures >= profile.pin_tries:
+            return "75", f"card {card} is blocked after {failures} wrong PINs"
+        block = request.fields.get(52)
+        if not block:
+            return "55", f"card {card} needs a PIN and field 52 is missing"
+        keys = self._keys_of(terminal, profile)
+        code = self.config.pin_error_code
+        if keys is None:
+            return code, f"no PIN working key for terminal {terminal}: sign on first"
+        try:
+            right = verify_pin(keys.pin_key, bytes.fromhex(block), pan, expected)
+        except (SecurityError, ValueError) as exc:
+            return code, f"PIN block of card {card} is not ISO format 0 under the PIN key: {exc}"
+        if right:
+            self._pin_failures.pop(pan, None)
+            return None
+        failures += 1
+        self._pin_failures[pan] = failures
+        if failures >= profile.pin_tries:
+            return "75", f"wrong PIN for card {card}, {failures} in a row: PIN tries exceeded, card blocked"
+        return "55", f"wrong PIN for card {card} ({failures} of {profile.pin_tries} tries)"
 
     # -- building blocks ----------------------------------------------------------------------
 
@@ -539,7 +798,7 @@ class Host:
         if signed_on is None:
             reason = f"terminal {terminal} has not signed on"
         elif timeout is not None and ts - signed_on >= timeout:
-            del self.sessions[terminal]
+            self._end_session(terminal)
             reason = (f"session of terminal {terminal} expired {ts - signed_on - timeout:.0f}s ago "
                       f"(timeout {timeout:g}s)")
         else:
@@ -654,6 +913,11 @@ class Host:
         if expiry is not None and 200000 + int(expiry) < now.year * 100 + now.month:
             return self._decline(request, ts, terminal, stan, "54", batch, "declined",
                                  f"card expired (YYMM {expiry}, host date {now:%y%m})")
+        if self.profiles is not None:
+            pin_refusal = self._pin_refusal(request, terminal)
+            if pin_refusal is not None:
+                return self._decline(request, ts, terminal, stan, pin_refusal[0], batch, "declined",
+                                     pin_refusal[1])
         rule = None
         if self.rules is not None:
             rule = self.rules.first_match(request)
@@ -1012,13 +1276,21 @@ class Host:
             if not terminal:
                 return self._format_decision(request, (None, "sign-on/off needs field 41 (terminal id)"))
             if code == _SIGN_OFF:
-                was = self.sessions.pop(terminal, None)
+                was = self._end_session(terminal)
                 state = "closed its session" if was is not None else "had no session"
                 return Decision(self._reply(request, "00", rule=rule), None, "signoff",
                                 f"terminal {terminal} signed off ({state})")
+            extra, keys_note = None, ""
+            if self.profiles is not None:
+                try:
+                    extra, keys_note = self._issue_keys(request, terminal, code)
+                except (SecurityError, CompositeFieldError) as exc:
+                    self._end_session(terminal)
+                    return Decision(self._reply(request, "96"), None, "signon-failed",
+                                    f"terminal {terminal}: working keys cannot be issued: {exc}; answered 96")
             self.sessions[terminal] = ts
-            return Decision(self._reply(request, "00", rule=rule), None, "signon",
-                            f"terminal {terminal} signed on (network code {code})")
+            return Decision(self._reply(request, "00", extra, rule=rule), None, "signon",
+                            f"terminal {terminal} signed on (network code {code}){keys_note}")
         return Decision(self._reply(request, "12"), None, "invalid-transaction",
                         f"network management code {code} is not supported (sign-on, sign-off, echo are)")
 

@@ -480,6 +480,8 @@ HOST_KEYS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
         "stale_code": _response_code,
         "unknown_original_code": _unknown_original_code,
         "duplicate_window": _positive_duration,
+        "mac_failure_code": _response_code,
+        "pin_format_code": _response_code,
     }
 )
 """``[host]`` keys → validator returning the value the host's config takes (durations in seconds)."""

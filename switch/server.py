@@ -4,6 +4,20 @@ Everything that decides *what* to answer lives in ``switch.host`` (pure); this m
 frames, waits for the ledger to make a decision durable before replying, and keeps connections
 from affecting each other: a malformed frame or a crashing request costs at most its own
 connection, never the server.
+
+A ``SwitchServer`` is one listener: one dialect, one framing, one ``Host``, plain TCP or TLS
+(``ServerConfig.ssl_context``). Several listeners in one switch (plain ISO 8583 on 8583, CUP over
+TLS on 9583) are a ``SwitchGroup``: one ``SwitchServer`` per listener, each with its own ``Host``
+(hosts differ per dialect family: CUP reads 60.3 and field 48, ISO field 70 and 74-97, and the
+"sign on first" codes differ), all sharing one ledger and its group committer, so every posting
+lands in one book with one sequence, one fsync serves every listener, and settlement sees a
+terminal's postings whichever listener they came through. They also share the fault plan, the
+journal and the metrics. Sessions and working keys stay per listener: a terminal signs on where
+it transacts.
+
+MACs: the host marks a response that needs one with the MAC placeholder; after encoding, the
+server asks ``Host.response_mac`` for the algorithm and the session's key and replaces the
+placeholder with the MAC (``switch.security.apply_mac``), so what is MACed is exactly what is sent.
 """
 
 from __future__ import annotations
@@ -12,9 +26,10 @@ import contextlib
 import logging
 import signal
 import socket
+import ssl
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -22,6 +37,7 @@ from functools import partial
 import trio
 
 from switch.codec import Codec, Message, MessageDecodeError, MessageEncodeError
+from switch.codec.composite import CompositeFieldError, CupHeader
 from switch.codec.framing import Framing, FramingError, reply_tpdu
 from switch.codec.stream import FrameStream
 from switch.commit import CommitError, GroupCommitter
@@ -30,8 +46,12 @@ from switch.host import Host
 from switch.journal import Journal
 from switch.ledger import Ledger
 from switch.metrics import SwitchMetrics
+from switch.security import SecurityError, apply_mac, mac_field
 
 log = logging.getLogger("switch.server")
+
+_LOGGED_OUTCOMES = frozenset({"mac-failed", "unknown-terminal", "signon-failed"})
+"""Decisions logged at WARNING: a terminal the switch cannot trust or does not know."""
 
 
 def utc_now() -> datetime:
@@ -64,6 +84,32 @@ class ServerConfig:
     port: int = 8583
     idle_timeout: float | None = 300.0  # close a connection with no traffic and nothing in flight
     grace_period: float = 5.0  # how long shutdown waits for in-flight requests
+    ssl_context: ssl.SSLContext | None = None  # TLS on this listener (server side, see server_ssl_context)
+
+
+def server_ssl_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """A TLS server context from a PEM certificate (chain) and its private key.
+
+    Raises ValueError naming the file when either cannot be used (missing, not PEM, not a pair).
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except FileNotFoundError as exc:
+        raise ValueError(f"TLS: no such file: {exc.filename or cert_file}") from None
+    except (ssl.SSLError, OSError) as exc:
+        detail = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise ValueError(f"TLS: certificate {cert_file} with key {key_file} cannot be used: they must be a PEM "
+                         f"certificate and its matching PEM private key ({detail})") from None
+    return context
+
+
+def listener_address(listener: trio.abc.Listener[trio.abc.Stream]) -> tuple[str, int]:
+    """(host, port) a listener is bound to, through a TLS wrapper if there is one."""
+    while not hasattr(listener, "socket"):
+        listener = listener.transport_listener  # type: ignore[attr-defined]
+    host, port, *_ = listener.socket.getsockname()  # type: ignore[attr-defined]
+    return host, port
 
 
 class _Connection:
@@ -142,6 +188,8 @@ class SwitchServer:
         self._started = time.monotonic()
         self._debug = log.isEnabledFor(logging.DEBUG)  # once: the per-request check is measurable
         self._connections: set[_Connection] = set()
+        self.listeners: list[Listener] = []
+        """What ``accept`` listens on (a ``trio.SSLListener`` around each socket with TLS)."""
         self._accepting: trio.CancelScope | None = None
         self._draining = False
 
@@ -175,8 +223,10 @@ class SwitchServer:
                 watchdog.cancel()
                 conn.reader_done = True
                 conn.wakeup.set()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
+        except* (trio.BrokenResourceError, trio.ClosedResourceError):
             log.info("%s: connection lost", peer)
+        except* Exception as group:  # a bug costs this connection only; the server keeps accepting
+            log.error("%s: connection closed after an internal error", peer, exc_info=group)
         finally:
             self._connections.discard(conn)
             self.stats.connections_open -= 1
@@ -241,10 +291,10 @@ class SwitchServer:
                     for action in applied:
                         self.metrics.fault(action)
                 tasks.start_soon(self._serve_faulted, conn, request, error, plan, applied, tpdu, request_seq,
-                                 arrived)
+                                 arrived, payload)
                 continue
             try:
-                reply, commit_seq = self._decide(request, error, conn.peer)
+                reply, commit_seq = self._decide(request, error, conn.peer, payload)
             except _CloseConnection as exc:
                 conn.in_flight -= 1
                 self.stats.connections_dropped += 1
@@ -263,6 +313,8 @@ class SwitchServer:
         payload = self._encode(reply)
         if payload is None:
             return None
+        if self.host.macs:
+            payload, reply, _ = self._mac(reply, payload)
         mti = request.mti if request is not None else (error.mti if error is not None else None) or "????"
         return _Outgoing(commit_seq or 0, self.framing.encode(payload, tpdu), payload, reply, mti, request_seq,
                          arrived)
@@ -316,7 +368,7 @@ class SwitchServer:
                                 reply.fields.get(39) or reply.fields.get(48, "")[30:31])
                 metrics.latency(now - item.arrived)
 
-    def _decide(self, request: Message | None, error: MessageDecodeError | None, peer: str
+    def _decide(self, request: Message | None, error: MessageDecodeError | None, peer: str, raw: bytes
                 ) -> tuple[Message | None, int | None]:
         """The host's answer (None: stay silent) and the ledger seq it must wait for."""
         if request is None:
@@ -328,12 +380,14 @@ class SwitchServer:
             log.info("%s: format error answered with 30: %s", peer, error)
             return decision.response, decision.commit_seq
         try:
-            decision = self.host.handle(request, self.clock())
+            decision = self.host.handle(request, self.clock(), raw=raw)
         except Exception:  # a host bug must cost one request, never the server
             log.exception("%s: host failed on %s; request dropped", peer, request.mti)
             return None, None
         if decision.outcome == "approved":
             self.stats.approvals += 1
+        elif decision.outcome in _LOGGED_OUTCOMES:
+            log.warning("%s: %s %s: %s", peer, request.mti, decision.outcome, decision.reason)
         if decision.response is None:
             log.info("%s: %s not answered: %s", peer, request.mti, decision.reason)
             return None, None
@@ -348,34 +402,45 @@ class SwitchServer:
             log.exception("response %s could not be encoded; dropped", reply.mti)
             return None
 
+    def _mac(self, reply: Message, payload: bytes) -> tuple[bytes, Message, bool]:
+        """The encoded reply with its MAC placeholder replaced by the MAC (when the host marked one),
+        the reply with the MAC as its field value (for the journal), and whether it was MACed."""
+        spec = self.host.response_mac(reply)
+        placement = self.host.mac_placement
+        if spec is None or placement is None:
+            return payload, reply, False
+        try:
+            payload = apply_mac(payload, spec[0], spec[1], placement)
+        except SecurityError:
+            log.exception("response %s could not be MACed; sent with an all-zero MAC", reply.mti)
+            return payload, reply, False
+        return payload, _with_wire_mac(reply, payload, placement.field_length, placement.hex_field), True
+
     # -- fault execution ------------------------------------------------------------------
 
     async def _serve_faulted(self, conn: _Connection, request: Message | None, error: MessageDecodeError | None,
                              plan: FaultDecision, applied: tuple[str, ...], tpdu: bytes | None,
-                             request_seq: int | None, arrived: float) -> None:
+                             request_seq: int | None, arrived: float, raw: bytes) -> None:
         """Run one request through its fault plan, in the order FaultDecision documents."""
         finished = False
         try:
             if plan.delay_request:
                 await trio.sleep(plan.delay_request)
             if plan.reset_before or plan.close_before or plan.drop_request:
-                note = "reset before processing" if plan.reset_before else (
-                    "closed before processing" if plan.close_before else "request dropped unprocessed")
-                self._unanswered(request, error, request_seq, applied, note)
                 finished = True
-                conn.in_flight -= 1
-                if plan.reset_before or plan.close_before:
-                    await self._close(conn, reset=plan.reset_before)
+                await self._end_unanswered(conn, request, error, request_seq, applied, reset=plan.reset_before,
+                                           close=plan.close_before, when="before processing",
+                                           dropped="request dropped unprocessed")
                 return
             if plan.respond is not None:
                 reply = self.host.unprocessed_reply(request, plan.respond) if request is not None else None
                 commit_seq = None
                 if reply is None and request is None:  # nothing readable to answer: as the host would
-                    reply, commit_seq = self._decide(request, error, conn.peer)
+                    reply, commit_seq = self._decide(request, error, conn.peer, raw)
                 if reply is None:
                     return
             else:
-                reply, commit_seq = self._decide(request, error, conn.peer)
+                reply, commit_seq = self._decide(request, error, conn.peer, raw)
                 if reply is None:
                     return
             if commit_seq:
@@ -383,28 +448,32 @@ class SwitchServer:
             if plan.delay_response:
                 await trio.sleep(plan.delay_response)
             if plan.reset_after or plan.close_after or plan.drop_response:
-                note = "reset after processing" if plan.reset_after else (
-                    "closed after processing" if plan.close_after else "response dropped after commit")
-                self._unanswered(request, error, request_seq, applied, note)
                 finished = True
-                conn.in_flight -= 1
-                if plan.reset_after or plan.close_after:
-                    await self._close(conn, reset=plan.reset_after)
+                await self._end_unanswered(conn, request, error, request_seq, applied, reset=plan.reset_after,
+                                           close=plan.close_after, when="after processing",
+                                           dropped="response dropped after commit")
                 return
             payload, reply = self._faulted_payload(reply, plan)
             if payload is None:
                 return
             frame = self._faulted_frame(payload, tpdu, plan)
             await self._faulted_write(conn, frame, plan)
-            if plan.duplicate:
-                await self._faulted_write(conn, frame, plan)
             finished = True
             conn.in_flight -= 1
             self.stats.responses_out += 1
             mti = request.mti if request is not None else "????"
             sent = None if plan.garbage is not None else reply  # the journal decodes what was really sent
-            self._sent(conn, [_Outgoing(0, frame, payload, sent, mti, request_seq, arrived)], applied,
-                       note="garbage sent" if plan.garbage is not None else "")
+            note = "garbage sent" if plan.garbage is not None else ""
+            if plan.truncate_at is not None:  # journal the bytes that left, not the whole reply
+                kept = max(0, len(frame) - self.framing.header_size - (len(tpdu) if tpdu else 0))
+                note = f"truncated: {kept} of {len(payload)} bytes sent, then closed"
+                payload, sent = payload[:kept], None
+            self._sent(conn, [_Outgoing(0, frame, payload, sent, mti, request_seq, arrived)], applied, note=note)
+            if plan.duplicate:
+                await self._faulted_write(conn, frame, plan)
+                if self.journal is not None:
+                    self.journal.record_out(connection=conn.number, peer=conn.peer, raw=payload, message=sent,
+                                            request_seq=request_seq, faults=applied, note="the same reply again")
             if plan.truncate_at is not None:
                 await self._close(conn, reset=False)
         except _CloseConnection as exc:
@@ -419,19 +488,51 @@ class SwitchServer:
             if not finished:
                 conn.post(None)
 
+    async def _end_unanswered(self, conn: _Connection, request: Message | None, error: MessageDecodeError | None,
+                              request_seq: int | None, applied: tuple[str, ...], *, reset: bool, close: bool,
+                              when: str, dropped: str) -> None:
+        """End an exchange with no reply: journal why, then reset or close the connection if asked."""
+        note = f"reset {when}" if reset else (f"closed {when}" if close else dropped)
+        self._unanswered(request, error, request_seq, applied, note)
+        conn.in_flight -= 1
+        if reset or close:
+            await self._close(conn, reset=reset)
+
     def _faulted_payload(self, reply: Message, plan: FaultDecision) -> tuple[bytes | None, Message]:
-        """Step 6: the reply with wrong echoes and a corrupted MAC applied, encoded (or the garbage)."""
+        """Step 6: the reply with wrong echoes, a wrong check value, the sign-on-again header and a
+        corrupted MAC applied, encoded and MACed (or the garbage)."""
         if plan.garbage is not None:
             return plan.garbage, reply
-        if plan.wrong_echo or plan.corrupt_mac is not None:
+        if plan.wrong_echo or plan.wrong_check_value is not None or plan.signon_again:
             fields = dict(reply.fields)
             fields.update(plan.wrong_echo)
-            if plan.corrupt_mac is not None:
-                mac_field = 128 if any(number > 64 for number in fields) and 128 in fields else 64
-                mac = bytes.fromhex(fields.get(mac_field, "00" * 8))
-                fields[mac_field] = bytes(a ^ b for a, b in zip(mac, plan.corrupt_mac, strict=False)).hex().upper()
+            if plan.wrong_check_value is not None and 62 in fields:
+                fields[62] = _corrupt_check_value(fields[62], plan.wrong_check_value)
+            header = _sign_on_again(reply.header) if plan.signon_again else reply.header
+            reply = Message(reply.mti, fields, header)
+        if plan.corrupt_mac is not None and self.host.response_mac(reply) is None:
+            # no MAC for this terminal: the reply gets a wrong one (an 8-byte field 64 if it had none)
+            fields = dict(reply.fields)
+            number = 128 if any(number > 64 for number in fields) and 128 in fields else 64
+            mac = bytes.fromhex(fields.get(number, "00" * 8))
+            fields[number] = _xor(mac, plan.corrupt_mac).hex().upper()
             reply = Message(reply.mti, fields, reply.header)
-        return self._encode(reply), reply
+            return self._encode(reply), reply
+        payload = self._encode(reply)
+        if payload is None or not self.host.macs:
+            return payload, reply
+        payload, reply, maced = self._mac(reply, payload)
+        placement = self.host.mac_placement
+        if plan.corrupt_mac is not None and maced and placement is not None:
+            size = placement.field_length
+            wire = payload[len(payload) - size:]
+            if placement.hex_field:
+                wire = _xor(bytes.fromhex(wire.decode("ascii")), plan.corrupt_mac).hex().upper().encode("ascii")
+            else:
+                wire = _xor(wire, plan.corrupt_mac)
+            payload = payload[:len(payload) - size] + wire
+            reply = _with_wire_mac(reply, payload, size, placement.hex_field)
+        return payload, reply
 
     def _faulted_frame(self, payload: bytes, tpdu: bytes | None, plan: FaultDecision) -> bytes:
         """Step 7: framing, with a wrong length header or a truncated body when asked."""
@@ -458,8 +559,8 @@ class SwitchServer:
             return
         chunk, pause = plan.slice if plan.slice is not None else (max(1, (plan.bandwidth or 1) // 20), 0.0)
         # The frame stays whole on the wire: replies decided meanwhile wait behind it, as they would
-        # behind a slow link, instead of landing between its pieces (FrameStream has no public lock).
-        async with conn.frames._send_lock:
+        # behind a slow link, instead of landing between its pieces.
+        async with conn.frames.sending() as stream:
             start = trio.current_time()
             for offset in range(0, len(frame), chunk):
                 piece = frame[offset:offset + chunk]
@@ -467,11 +568,11 @@ class SwitchServer:
                     await trio.sleep(pause)
                 if plan.bandwidth:
                     await trio.sleep_until(start + (offset + len(piece)) / plan.bandwidth)
-                await conn.frames.stream.send_all(piece)
+                await stream.send_all(piece)
 
     async def _close(self, conn: _Connection, *, reset: bool) -> None:
         """Close the connection now: FIN, or RST when ``reset`` (SO_LINGER 0). Pending replies are lost."""
-        sock = getattr(conn.frames.stream, "socket", None)
+        sock = _socket_of(conn.frames.stream)
         if reset and sock is not None:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -482,27 +583,40 @@ class SwitchServer:
 
     # -- lifecycle ------------------------------------------------------------------------
 
-    async def serve(self, *, task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
-                    ) -> None:
-        """Run until ``shutdown()`` or cancellation; then drain in-flight work and close the ledger."""
+    async def serve(self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run until ``shutdown()`` or cancellation; then drain in-flight work and close the ledger.
+
+        Reports the listeners opened (``listener_address`` gives each one's address).
+        """
         async with trio.open_nursery() as root:
             await root.start(self.committer.run)
             try:
-                async with trio.open_nursery() as handlers:
-                    listeners = await trio.open_tcp_listeners(self.config.port, host=self.config.host)
-                    async with trio.open_nursery() as acceptor:
-                        self._accepting = acceptor.cancel_scope
-                        if self._draining:
-                            acceptor.cancel_scope.cancel()
-                        await acceptor.start(partial(trio.serve_listeners, self.handle_stream, listeners,
-                                                     handler_nursery=handlers))
-                        task_status.started(listeners)
-                    # accepting stopped: connections get the grace period to finish in-flight requests
-                    self._begin_drain(handlers)
+                await self.accept(task_status=task_status)
             finally:
                 root.cancel_scope.cancel()  # the committer flushes what is pending on its way out
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.ledger.close)
+
+    async def accept(self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen and serve connections until ``shutdown()``, then drain (``grace_period``).
+
+        Neither runs the committer nor closes the ledger: ``serve`` (or a ``SwitchGroup``) does.
+        """
+        async with trio.open_nursery() as handlers:
+            listeners: list[Listener] = list(await trio.open_tcp_listeners(self.config.port, host=self.config.host))
+            if self.config.ssl_context is not None:
+                listeners = [trio.SSLListener(listener, self.config.ssl_context, https_compatible=False)
+                             for listener in listeners]
+            self.listeners = listeners
+            async with trio.open_nursery() as acceptor:
+                self._accepting = acceptor.cancel_scope
+                if self._draining:
+                    acceptor.cancel_scope.cancel()
+                await acceptor.start(partial(trio.serve_listeners, self.handle_stream, listeners,
+                                             handler_nursery=handlers))
+                task_status.started(listeners)
+            # accepting stopped: connections get the grace period to finish in-flight requests
+            self._begin_drain(handlers)
 
     def _begin_drain(self, handlers: trio.Nursery) -> None:
         self._draining = True
@@ -515,6 +629,89 @@ class SwitchServer:
         self._draining = True
         if self._accepting is not None:
             self._accepting.cancel()
+
+
+Listener = trio.abc.Listener[trio.abc.Stream]
+"""What ``serve`` reports: a ``trio.SocketListener``, or a ``trio.SSLListener`` around one."""
+
+
+class SwitchGroup:
+    """Several listeners in one switch: one ``SwitchServer`` each, sharing the ledger and committer.
+
+    See the module docstring for why each listener has its own ``Host``. ``serve`` runs the
+    committer once, opens every listener (the first server's listeners come first in the report),
+    and on ``shutdown`` drains them all before the ledger is closed once.
+    """
+
+    def __init__(self, servers: Sequence[SwitchServer]):
+        if not servers:
+            raise ValueError("a switch needs at least one listener")
+        first = servers[0]
+        for other in servers[1:]:
+            if other.ledger is not first.ledger or other.committer is not first.committer:
+                raise ValueError("the listeners of one switch must share one ledger and one committer")
+        self.servers = tuple(servers)
+        self.ledger = first.ledger
+        self.committer = first.committer
+
+    @property
+    def stats(self) -> ServerStats:
+        """Every listener's counters added up (for the shutdown summary)."""
+        total = ServerStats(started=min(server.stats.started for server in self.servers))
+        for server in self.servers:
+            for name in ("connections_total", "connections_open", "frames_in", "responses_out", "approvals",
+                         "format_errors", "connections_dropped"):
+                setattr(total, name, getattr(total, name) + getattr(server.stats, name))
+        return total
+
+    async def serve(self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as root:
+            await root.start(self.committer.run)
+            try:
+                async with trio.open_nursery() as accepting:
+                    listeners: list[Listener] = []
+                    for server in self.servers:
+                        listeners += await accepting.start(server.accept)
+                    task_status.started(listeners)
+            finally:
+                root.cancel_scope.cancel()
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(self.ledger.close)
+
+    def shutdown(self) -> None:
+        for server in self.servers:
+            server.shutdown()
+
+
+def _xor(data: bytes, mask: bytes) -> bytes:
+    return bytes(a ^ b for a, b in zip(data, mask, strict=False))
+
+
+def _with_wire_mac(reply: Message, payload: bytes, size: int, hex_field: bool) -> Message:
+    """``reply`` with its MAC field holding what ``payload`` ends with, as the codec would decode it."""
+    wire = payload[len(payload) - size:]
+    fields = dict(reply.fields)
+    fields[mac_field(reply)] = wire.decode("ascii").upper() if hex_field else wire.hex().upper()
+    return Message(reply.mti, fields, reply.header)
+
+
+def _corrupt_check_value(value: str, mask: bytes) -> str:
+    """Field 62 (hex) with its last check value XORed with ``mask``; unchanged if it is not hex."""
+    try:
+        data = bytes.fromhex(value)
+    except ValueError:
+        return value
+    if len(data) < len(mask):
+        return value
+    return (data[:len(data) - len(mask)] + _xor(data[len(data) - len(mask):], mask)).hex().upper()
+
+
+def _sign_on_again(header: str) -> str:
+    """A CUP header with processing requirement 3 ("sign on again"); other headers unchanged."""
+    try:
+        return CupHeader.parse(header).with_requirement(CupHeader.SIGN_ON_AGAIN).format()
+    except CompositeFieldError:
+        return header
 
 
 def _length_header(framing: Framing, value: int, size: int) -> bytes:
@@ -531,8 +728,20 @@ class _CloseConnection(Exception):
     """A frame so broken that no answer is possible: the connection is closed and logged."""
 
 
+def _socket_of(stream: trio.abc.Stream) -> socket.socket | trio.socket.SocketType | None:
+    """The socket under ``stream``, through a TLS wrapper if there is one; None for memory streams."""
+    for _ in range(4):  # SSLStream → SocketStream; never deeper in practice
+        sock = getattr(stream, "socket", None)
+        if sock is not None:
+            return sock  # type: ignore[no-any-return]
+        stream = getattr(stream, "transport_stream", None)  # type: ignore[assignment]
+        if stream is None:
+            return None
+    return None
+
+
 def _peer_name(stream: trio.abc.Stream) -> str:
-    sock = getattr(stream, "socket", None)
+    sock = _socket_of(stream)
     if sock is None:
         return "memory"
     try:
@@ -542,8 +751,8 @@ def _peer_name(stream: trio.abc.Stream) -> str:
         return "?"
 
 
-async def run_until_signalled(server: SwitchServer, *,
-                              task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED
+async def run_until_signalled(server: SwitchServer | SwitchGroup, *,
+                              task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED
                               ) -> ServerStats:
     """Serve until SIGINT/SIGTERM, then drain and return the stats (the CLI prints the summary)."""
     async with trio.open_nursery() as nursery:

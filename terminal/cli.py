@@ -17,11 +17,13 @@ with ``@cli.command()``; shared options come from ``switch.cli_common``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
 import os
 import re
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ from switch.codec.dialect import Dialect, DialectError
 from switch.codec.framing import TPDU_LENGTH, Framing, FramingError
 from switch.codec.message import Codec, Message, MessageEncodeError
 from switch.describe import STRUCTURAL_NAMES, parse_hex
+from switch.profiles import TerminalSecurityProfile
 from terminal.policy import (
     Command,
     Drain,
@@ -336,6 +339,7 @@ class TerminalSettings:
     store_path: str
     as_json: bool
     verbose: bool
+    ssl_context: ssl.SSLContext | None = None  # TLS to the host (--tls, --tls-ca, --tls-insecure)
 
 
 def terminal_options(func: F) -> F:
@@ -366,12 +370,32 @@ def terminal_options(func: F) -> F:
     @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
     @click.option("-v", "--verbose", is_flag=True,
                   help="Log what the terminal does (sign-ons, timeouts, reversals, late replies) to stderr.")
+    @click.option("--profiles", "profiles_path", default=None, metavar="FILE",
+                  type=click.Path(exists=True, dir_okay=False),
+                  help="Terminal profile file (the switch's --profiles): ids, dialect, framing, TPDU, master "
+                       "key, MAC algorithm of --terminal-id (not needed when the file has one terminal).")
+    @click.option("--tls", is_flag=True, help="Connect over TLS, verifying the host's certificate.")
+    @click.option("--tls-ca", default=None, metavar="FILE", type=click.Path(exists=True, dir_okay=False),
+                  help="Trust this CA or self-signed certificate (PEM) instead of the system's. Implies --tls.")
+    @click.option("--tls-insecure", is_flag=True,
+                  help="TLS without checking the host's certificate (test switches only). Implies --tls.")
     @functools.wraps(func)
     def wrapper(*args: Any, host: str, port: int, dialect: Dialect, framing_overrides: FramingOverrides,
                 tpdu_hex: str | None, terminal_id: str, merchant_id: str, currency: str, currency_exponent: int,
                 timeout: float, connect_timeout: float, connect_attempts: int, store_option: str | None,
-                as_json: bool, verbose: bool, **kwargs: Any) -> Any:
-        framing = framing_overrides.framing(dialect)
+                as_json: bool, verbose: bool, profiles_path: str | None, tls: bool, tls_ca: str | None,
+                tls_insecure: bool, **kwargs: Any) -> Any:
+        security = None
+        if profiles_path is not None:
+            security, dialect = _profile_from_file(profiles_path, terminal_id, dialect)
+            framing = framing_overrides.framing(dialect) if framing_overrides != FramingOverrides() else (
+                security.framing)
+            if framing_overrides != FramingOverrides() and security.framing_overrides:
+                raise CliError(f"terminal {security.terminal_id} sets its framing in {profiles_path}; "
+                               "drop --length-header / --length-includes-itself / --max-frame, or edit the file",
+                               EXIT_TERMINAL_USAGE)
+        else:
+            framing = framing_overrides.framing(dialect)
         tpdu = None
         if tpdu_hex is not None:
             if not framing.tpdu:
@@ -382,15 +406,68 @@ def terminal_options(func: F) -> F:
                 raise CliError(f"--tpdu: {exc}") from None
             if len(tpdu) != TPDU_LENGTH:
                 raise CliError(f"--tpdu: a TPDU is {TPDU_LENGTH} bytes, got {len(tpdu)}")
-        profile = TerminalProfile.for_dialect(
-            dialect, terminal_id, merchant_id, currency=currency, currency_exponent=currency_exponent,
-            response_timeout=timeout, connect_timeout=connect_timeout, connect_attempts=connect_attempts,
-        )
+        settings_kwargs: dict[str, Any] = {
+            "currency": currency, "currency_exponent": currency_exponent, "response_timeout": timeout,
+            "connect_timeout": connect_timeout, "connect_attempts": connect_attempts,
+        }
+        if security is None:
+            profile = TerminalProfile.for_dialect(dialect, terminal_id, merchant_id, **settings_kwargs)
+        else:
+            profile = TerminalProfile.from_security_profile(security, **settings_kwargs)
+            if _given("merchant_id"):
+                profile = dataclasses.replace(profile, merchant_id=merchant_id)
+            if tpdu is None and security.tpdu is not None:
+                tpdu = security.tpdu
+        ssl_context = None
+        if tls or tls_ca is not None or tls_insecure:
+            from terminal.client import client_ssl_context
+
+            try:
+                ssl_context = client_ssl_context(tls_ca, insecure=tls_insecure)
+            except ValueError as exc:
+                raise CliError(str(exc), EXIT_TERMINAL_USAGE) from None
         path = default_store_path(profile.terminal_id) if store_option is None else Path(store_option).expanduser()
-        settings = TerminalSettings(host, port, dialect, framing, tpdu, profile, str(path), as_json, verbose)
+        settings = TerminalSettings(host, port, dialect, framing, tpdu, profile, str(path), as_json, verbose,
+                                    ssl_context)
         return func(*args, settings=settings, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _given(name: str) -> bool:
+    """Whether option ``name`` was given on the command line (or the environment), not defaulted."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def _profile_from_file(path: str, terminal_id: str, dialect: Dialect) -> tuple[TerminalSecurityProfile, Dialect]:
+    """The terminal's entry in a profile file and its dialect; --terminal-id picks it unless the file
+    has one terminal, and an explicit --dialect must agree with the file."""
+    from switch.codec.dialect import load_dialect
+    from switch.profiles import ProfileError as ProfileFileError
+    from switch.profiles import load_profiles
+
+    dialect_paths = click.get_current_context().params.get("dialect_paths", ())
+    try:
+        profiles = load_profiles(path, dialect_path=dialect_paths)
+    except ProfileFileError as exc:
+        raise CliError(str(exc), EXIT_TERMINAL_USAGE) from None
+    known = ", ".join(p.terminal_id for p in profiles) or "none"
+    if _given("terminal_id"):
+        security = profiles.get(terminal_id.ljust(8)) or profiles.get(terminal_id)
+        if security is None:
+            raise CliError(f"terminal {terminal_id!r} is not in {path} (it has: {known})", EXIT_TERMINAL_USAGE)
+    elif len(profiles) == 1:
+        security = next(iter(profiles))
+    else:
+        raise CliError(f"{path} has {len(profiles)} terminals ({known}): pick one with --terminal-id",
+                       EXIT_TERMINAL_USAGE)
+    if _given("dialect_name"):
+        if dialect.name != security.dialect:
+            raise CliError(f"--dialect {dialect.name} contradicts terminal {security.terminal_id}'s dialect "
+                           f"{security.dialect} in {path}", EXIT_TERMINAL_USAGE)
+        return security, dialect
+    return security, load_dialect(security.dialect, dialect_paths)
 
 
 def card_options(func: F) -> F:
@@ -400,11 +477,16 @@ def card_options(func: F) -> F:
     @click.option("--minor", metavar="UNITS", help="Amount in minor units instead, e.g. 1234.")
     @click.option("--pan", default=TEST_PAN, show_default=True, help="Card number (Luhn-checked).")
     @click.option("--expiry", default=None, metavar="YYMM", help="Card expiry (default: December, 3 years ahead).")
+    @click.option("--pin", default=None, metavar="DIGITS",
+                  help="Cardholder PIN (a TEST PIN): sent in field 52 as an ISO format 0 block encrypted under "
+                       "the PIN working key, so it needs a profile with a tmk or pin_key (--profiles).")
     @functools.wraps(func)
     def wrapper(*args: Any, settings: TerminalSettings, amount: str | None, minor: str | None, pan: str,
-                expiry: str | None, **kwargs: Any) -> Any:
+                expiry: str | None, pin: str | None, **kwargs: Any) -> Any:
         units = _minor_units(amount, minor, settings.profile.currency_exponent)
         card = {"amount": units, "pan": pan.strip(), "expiry": expiry or default_expiry(date.today())}
+        if pin is not None:
+            card["pin"] = pin.strip()
         return func(*args, settings=settings, card=card, **kwargs)
 
     return wrapper  # type: ignore[return-value]
@@ -455,7 +537,7 @@ async def _drive(settings: TerminalSettings, store: TerminalStore, command: Comm
 
     clock = TrioClock.wall()
     policy = TerminalPolicy(settings.profile, store, clock.now())
-    connect = tcp_connector(settings.host, settings.port)
+    connect = tcp_connector(settings.host, settings.port, ssl_context=settings.ssl_context)
     async with TerminalClient(policy, Codec(settings.dialect), settings.framing, connect, clock,
                               tpdu=settings.tpdu) as client:
         return await client.run_command(command)
@@ -658,6 +740,109 @@ def status(settings: TerminalSettings) -> None:
         click.echo(json.dumps({**report, "exists": True}))
     else:
         click.echo("\n".join(status_lines(report, settings.profile.currency_exponent)))
+
+
+# -- load -----------------------------------------------------------------------------------------
+
+
+@cli.command(cls=TerminalCommand, short_help="Many terminals at once: throughput, latency, consistency check.")
+@terminal_options
+@click.option("--terminals", "terminal_count", type=click.IntRange(1, 100_000), default=10, show_default=True,
+              help="Emulated terminals, each with its own store, all on one event loop.")
+@click.option("--count", type=click.IntRange(min=1), default=None, help="Total transactions over all terminals.")
+@click.option("--duration", default=None, metavar="TIME", help="Or run this long, e.g. 60s, 5m, 1m30s.")
+@click.option("--rate", default=None, metavar="R/s",
+              help="Global rate limit (open loop), e.g. 200/s. Default: every terminal back to back (closed loop).")
+@click.option("--mix", default=None, metavar="OP=W,...",
+              help="Operations and weights among purchase, refund, preauth, offline, void, echo "
+                   "(default: purchase=90,echo=5,refund=5).")
+@click.option("--settle", is_flag=True, help="Settle every terminal's batch at the end.")
+@click.option("--amount", "amount_text", default="1.00-100.00", show_default=True, metavar="MIN-MAX",
+              help="Random amounts in this range, in major units (one value: always that amount).")
+@click.option("--pan", "pans", multiple=True, metavar="PAN",
+              help="Card number to use; repeat for several, picked at random (default: an approved test card).")
+@click.option("--seed", type=int, default=None, help="Seed for the mix, amounts and cards (repeatable runs).")
+@click.option("--store-dir", default=None, metavar="DIR",
+              help="The terminals' stores (default: where every terminal command keeps its store, so STANs and "
+                   "batches continue across runs and `status --terminal-id L0000001` works).")
+@click.option("--report", "report_dir", default=None, metavar="DIR", help="Write summary.json and report.html here.")
+@click.option("--quiet", is_flag=True, help="No progress display; only the summary.")
+@click.option("--admin", "admin_url", default=None, metavar="URL",
+              help="The switch's admin API, for the consistency check (default: http://127.0.0.1:8584).")
+@click.option("--admin-token", envvar="ISO_SWITCH_ADMIN_TOKEN", default=None, metavar="TOKEN",
+              help="Bearer token of the admin API (env ISO_SWITCH_ADMIN_TOKEN).")
+@click.option("--no-check", is_flag=True, help="Skip the consistency check.")
+@click.option("--require-check", is_flag=True, help="Exit 5 when the consistency check cannot run.")
+def load(settings: TerminalSettings, terminal_count: int, count: int | None, duration: str | None, rate: str | None,
+         mix: str | None, settle: bool, amount_text: str, pans: tuple[str, ...], seed: int | None,
+         store_dir: str | None, report_dir: str | None, quiet: bool, admin_url: str | None, admin_token: str | None,
+         no_check: bool, require_check: bool) -> None:
+    """Run N emulated terminals against a host and report throughput, latency and outcomes.
+
+    Every terminal follows all the terminal rules (sign-on, timeouts, reversals, settlement) with
+    its own store; ids count up from L0000001 (or from --terminal-id; with --profiles every terminal
+    uses that entry's keys and MAC settings under its own id). At the end each terminal
+    drains what it owes, settles with --settle, and — when the switch's admin API answers — every
+    terminal's journal is compared with the host's ledger, transaction by transaction.
+
+    \b
+    Exit: 0 done (and consistent, or not checked); 3 usage error or host never reached;
+    4 terminals and host disagree; 5 --require-check and the check could not run; 130 interrupted.
+
+    \b
+    Example:
+      iso-terminal load --terminals 20 --duration 30s --settle --report load-report
+    """
+    from terminal.load import (
+        DEFAULT_ADMIN_URL,
+        DEFAULT_MIX,
+        CheckOptions,
+        LoadConfig,
+        LoadError,
+        derive_terminal_ids,
+        execute,
+        parse_load_duration,
+        parse_mix,
+        parse_rate,
+    )
+    from terminal.policy import card_problem
+
+    ctx = click.get_current_context()
+    if ctx.get_parameter_source("store_option") is not click.core.ParameterSource.DEFAULT:
+        raise CliError("load keeps one store per terminal: give a directory with --store-dir", EXIT_TERMINAL_USAGE)
+    if no_check and (require_check or admin_url is not None):
+        raise CliError("--no-check contradicts --require-check and --admin", EXIT_TERMINAL_USAGE)
+    explicit_id = ctx.get_parameter_source("terminal_id") is not click.core.ParameterSource.DEFAULT
+    exponent = settings.profile.currency_exponent
+    low_text, _, high_text = amount_text.partition("-")
+    try:
+        amount_range = (parse_amount(low_text, exponent), parse_amount(high_text or low_text, exponent))
+    except ValueError as exc:
+        raise CliError(str(exc), EXIT_TERMINAL_USAGE) from None
+    expiry = default_expiry(date.today())
+    cards = tuple(pan.strip() for pan in pans) or (TEST_PAN,)
+    for pan in cards:
+        problem = card_problem(pan, expiry, datetime.now(UTC))
+        if problem is not None:
+            raise CliError(f"--pan {pan}: {problem}", EXIT_TERMINAL_USAGE)
+    try:
+        config = LoadConfig(
+            host=settings.host, port=settings.port, dialect=settings.dialect, framing=settings.framing,
+            profile=settings.profile, tpdu=settings.tpdu, ssl_context=settings.ssl_context,
+            terminal_ids=tuple(derive_terminal_ids(
+                settings.profile.terminal_id if explicit_id else "L0000001", terminal_count)),
+            count=count, duration=None if duration is None else parse_load_duration(duration),
+            rate=None if rate is None else parse_rate(rate), mix=parse_mix(mix or DEFAULT_MIX), settle=settle,
+            amount_range=amount_range, pans=cards, expiry=expiry, seed=seed,
+            store_dir=store_dir or str(default_store_path("L0000001").parent),
+        )
+    except LoadError as exc:
+        raise CliError(str(exc), EXIT_TERMINAL_USAGE) from None
+    check = CheckOptions(admin_url=None if no_check else (admin_url or DEFAULT_ADMIN_URL), token=admin_token,
+                         required=require_check)
+    with _notes_to_stderr(settings.verbose):
+        status = execute(config, check, report_dir=report_dir, as_json=settings.as_json, quiet=quiet)
+    ctx.exit(status)
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -21,9 +21,14 @@ Choices, and why:
   returning it, so the frame is written at once; a write that fails or cannot finish by the
   exchange's deadline is ``connection_lost`` (a partial frame may be on the wire). An encoding error
   is ``send_failed``. Every ``Send`` therefore ends in exactly one policy event.
-* **MAC**: no MAC keys exist yet (key management is a later issue), so every reply is fed with
-  ``mac_ok=True``. When keys arrive, verification belongs here: ``mac_ok=False`` makes the policy
-  reverse with reason A0 and sign on again.
+* **MAC**: the policy owns the working keys (they come with a sign-on) and says which messages
+  carry a MAC (``request_mac``) and whether a reply's MAC is good (``reply_mac_ok``); the driver
+  only encodes with the 8-byte placeholder, writes the MAC over it (``security.apply_mac``) and
+  hands the reply's bytes to the check, because the MAC covers bytes, not fields. A bad MAC is fed
+  as ``receive(mac_ok=False)``: the policy reverses with reason A0 and signs on again.
+* **TLS**: ``tcp_connector(..., ssl_context=client_ssl_context(...))``; the handshake happens in
+  the connect step, so a certificate the terminal does not trust is a failed connection attempt
+  (retried with backoff like a refused one), never a half-open link.
 * **Cancellation.** Cancelling ``run_command`` (Ctrl-C, a load generator's deadline) abandons the
   operation: the connection is closed and the client refuses further commands, because the policy is
   left mid-operation. Nothing is lost — whatever was sent is already on disk — and a new
@@ -41,6 +46,7 @@ import functools
 import logging
 import math
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -51,8 +57,9 @@ from typing import Any, Self, TypeVar
 import trio
 
 from switch.codec.framing import TPDU_LENGTH, Frame, Framing, FramingError
-from switch.codec.message import Codec, MessageDecodeError, MessageEncodeError
+from switch.codec.message import Codec, Message, MessageDecodeError, MessageEncodeError
 from switch.codec.stream import FrameStream
+from switch.security import MacError, MacPlacement, SecurityError, apply_mac, with_mac_placeholder
 from terminal.policy import (
     AwaitReply,
     Command,
@@ -72,6 +79,7 @@ __all__ = [
     "ConnectFactory",
     "TerminalClient",
     "TrioClock",
+    "client_ssl_context",
     "tcp_connector",
 ]
 
@@ -110,20 +118,54 @@ class ClientError(RuntimeError):
     """The client cannot run a command (not entered, closed, or left mid-operation by a cancellation)."""
 
 
-def tcp_connector(host: str, port: int) -> ConnectFactory:
-    """The default ``ConnectFactory``: a TCP connection to ``host:port``.
+def tcp_connector(host: str, port: int, *, ssl_context: ssl.SSLContext | None = None) -> ConnectFactory:
+    """The default ``ConnectFactory``: a TCP connection to ``host:port``, TLS with ``ssl_context``.
 
     A failure is re-raised as one OSError reading "127.0.0.1:8583: Connection refused", because
     Trio reports "all attempts to connect ... failed" and keeps the reasons in an exception group.
+    With TLS the handshake is part of connecting: "127.0.0.1:9583: TLS handshake failed: ...".
     """
 
     async def connect() -> trio.abc.Stream:
         try:
-            return await trio.open_tcp_stream(host, port)
+            stream = await trio.open_tcp_stream(host, port)
         except OSError as exc:
             raise OSError(f"{host}:{port}: {_connect_failure(exc)}") from exc
+        if ssl_context is None:
+            return stream
+        secure = trio.SSLStream(stream, ssl_context, server_hostname=host, https_compatible=False)
+        try:
+            await secure.do_handshake()
+        except trio.BrokenResourceError as exc:
+            await trio.aclose_forcefully(stream)
+            cause = exc.__cause__
+            reason = getattr(cause, "verify_message", None) or getattr(cause, "reason", None) or str(cause or exc)
+            raise OSError(f"{host}:{port}: TLS handshake failed: {reason}") from exc
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return secure
 
     return connect
+
+
+def client_ssl_context(ca_file: str | None = None, *, insecure: bool = False) -> ssl.SSLContext:
+    """The terminal's TLS context: the system's trusted CAs, or only ``ca_file`` (PEM) when given.
+
+    ``insecure`` accepts any certificate and host name (a self-signed test switch without its
+    certificate at hand); it still encrypts, but anyone in the middle can read along. Raises
+    ValueError naming the file when ``ca_file`` cannot be read.
+    """
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except FileNotFoundError:
+        raise ValueError(f"TLS: no such CA file: {ca_file}") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ValueError(f"TLS: CA file {ca_file} cannot be used: {getattr(exc, 'reason', None) or exc}") from None
+    if insecure:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
 
 
 def _connect_failure(exc: OSError) -> str:
@@ -246,9 +288,16 @@ class TerminalClient:
             raise ValueError("a TPDU was given but the framing carries none")
         if tpdu is not None and len(tpdu) != TPDU_LENGTH:
             raise ValueError(f"a TPDU is {TPDU_LENGTH} bytes, got {len(tpdu)}")
+        try:
+            placement: MacPlacement | None = MacPlacement.for_dialect(codec.dialect)
+        except MacError as exc:
+            if policy.profile.mac != "none":
+                raise ValueError(f"the profile MACs with {policy.profile.mac}, but {exc}") from None
+            placement = None
         self.policy = policy
         self.codec = codec
         self.framing = framing
+        self.mac_placement = placement
         self.tpdu = (tpdu or DEFAULT_TPDU) if framing.tpdu else None
         self._connect = connect
         self._clock = clock
@@ -387,9 +436,9 @@ class TerminalClient:
             await self._call(self.policy.connection_lost, self._now(), "no connection to send on")
             return
         try:
-            payload = self.codec.encode(action.message)
+            payload = self._encode(action.message)
             frame = self.framing.encode(payload, self.tpdu)
-        except (MessageEncodeError, FramingError) as exc:
+        except (MessageEncodeError, FramingError, SecurityError) as exc:
             await self._call(self.policy.send_failed, self._now(), str(exc))
             return
         problem = ""
@@ -404,6 +453,14 @@ class TerminalClient:
         if problem:
             await self._drop_link()
             await self._call(self.policy.connection_lost, self._now(), problem)
+
+    def _encode(self, message: Message) -> bytes:
+        """The request's bytes, MACed when the policy says so (the MAC covers the encoded bytes)."""
+        spec = self.policy.request_mac(message)
+        if spec is None or self.mac_placement is None:
+            return self.codec.encode(message)
+        payload = self.codec.encode(with_mac_placeholder(message))
+        return apply_mac(payload, spec[0], spec[1], self.mac_placement)
 
     async def _wait(self, until: float) -> None:
         """Wait until ``until`` for one arrival and feed it; the caller asks ``next_action`` again."""
@@ -438,7 +495,8 @@ class TerminalClient:
         except MessageDecodeError as exc:
             await self._call(self.policy.receive_undecodable, self._now(), str(exc))
             return
-        await self._call(self.policy.receive, message, self._now(), mac_ok=True)  # no MAC keys yet
+        mac_ok = self.policy.reply_mac_ok(message, item.payload, self.mac_placement)
+        await self._call(self.policy.receive, message, self._now(), mac_ok=mac_ok)
 
     async def _drop_link(self) -> None:
         link, self._link = self._link, None

@@ -46,6 +46,18 @@ The rules (domain.md, "Terminal rules"):
   batch and increment the batch number. A 0500 left unanswered is repeated (0501) before anything
   else, so the batch the host closed is the batch the terminal closes.
 * **STANs** come from the store, persisted before use, 000001-999999 wrapping.
+* **Keys, MACs, PINs** (profiles with a TMK or static keys, see ``terminal.profile``). A CUP
+  sign-on asks for the profile's key layout in 60.3; an approved sign-on of a terminal with a TMK
+  must carry field 62, whose working keys are decrypted and their check values verified: a missing
+  field, a wrong size or a mismatch is a failed sign-on (retried like any other), and the keys of
+  the last good sign-on stay in memory only (a restart signs on again anyway). Static keys are used
+  as they are. Every request but network management (08xx) is MACed with the MAC key
+  (``request_mac``: the driver encodes and MACs it), and replies are checked (``reply_mac_ok``):
+  a reply with a MAC must verify, and an approval (or a CUP settlement answer) must have one; a
+  decline without a MAC is accepted, because a host cannot MAC its "MAC check failed" answer. A
+  bad MAC fails the exchange: reversal with reason A0, sign on again for new keys. A purchase
+  with a ``pin`` sends field 52: the ISO format 0 block encrypted under the PIN key; the PIN
+  itself is never stored.
 
 ISO settlement sends NET figures in 74/76/86/88 (approved and not reversed) with the reversal
 columns 75/77/87/89 as zeros and 97 as their net: hosts differ on whether 76/88 are gross or net,
@@ -68,6 +80,18 @@ from switch.codec.composite import (
     SettlementTotals,
 )
 from switch.codec.message import Message
+from switch.security import (
+    MAC_KEY_LENGTHS,
+    MacPlacement,
+    SecurityError,
+    WorkingKeys,
+    check_value,
+    decrypt_field62,
+    encrypt_pin_block,
+    mac_field,
+    pin_block_format0,
+    verify_mac,
+)
 from terminal.profile import TerminalProfile
 from terminal.store import JournalEntry, PendingAdvice, PendingReversal, PendingSettlement, TerminalStore
 
@@ -243,14 +267,17 @@ class Drain:
 @dataclass(frozen=True)
 class Purchase:
     """A card-present sale (0200, processing code 00). ``amount`` in minor units; ``pan``/``expiry``
-    (YYMM) always; ``track2`` and ``pin_block`` (16 hex digits) when the card was swiped / a PIN
-    entered — they travel in the request only, never in a reversal or the store."""
+    (YYMM) always; ``track2`` and ``pin_block`` (16 hex digits, already encrypted) when the card was
+    swiped / a PIN entered, or ``pin`` (the digits) to have the terminal build the encrypted ISO
+    format 0 block with its PIN key — they travel in the request only, never in a reversal or the
+    store."""
 
     amount: int
     pan: str
     expiry: str
     track2: str | None = None
     pin_block: str | None = None
+    pin: str | None = field(default=None, repr=False)
 
     name: ClassVar[str] = "purchase"
     kind: ClassVar[str] = "purchase"
@@ -477,6 +504,7 @@ class TerminalPolicy:
         self._wait_until: float | None = None
         self._late: deque[tuple[str, str, str]] = deque(maxlen=_LATE_MEMORY)
         self._notes: list[Note] = []
+        self._keys: WorkingKeys | None = profile.static_keys if profile.tmk is None else None
         for entry in store.recover_in_flight(now):
             self._note(
                 "recovered",
@@ -498,6 +526,33 @@ class TerminalPolicy:
     @property
     def connected(self) -> bool:
         return self._connected
+
+    @property
+    def working_keys(self) -> WorkingKeys | None:
+        """The keys in use: from the last good sign-on (TMK profiles) or the static ones; None before."""
+        return self._keys
+
+    def request_mac(self, message: Message) -> tuple[str, bytes] | None:
+        """(algorithm, MAC key) when ``message`` must go out MACed (the driver encodes it with
+        ``security.with_mac_placeholder`` and applies the MAC); None when it carries no MAC."""
+        if self.profile.mac == "none" or self._keys is None or message.mti.startswith("08"):
+            return None
+        return self.profile.mac, self._keys.mac_key
+
+    def reply_mac_ok(self, message: Message, raw: bytes, placement: MacPlacement | None) -> bool:
+        """The MAC verdict on a reply (``raw``: its bytes without length header and TPDU), for
+        ``receive(mac_ok=...)``. See the module docstring for which replies must carry a MAC."""
+        if self.profile.mac == "none" or self._keys is None or message.mti.startswith("08"):
+            return True
+        if mac_field(message) not in message.fields:
+            code = message.get(39)
+            return code is not None and code not in APPROVAL_CODES
+        if placement is None:
+            return False
+        try:
+            return verify_mac(raw, self.profile.mac, self._keys.mac_key, placement)
+        except SecurityError:  # a reply too short to hold a MAC, or the like: not a good MAC
+            return False
 
     def owes_host(self) -> bool:
         """Whether reversals, advices or a settlement are stored and must reach the host."""
@@ -551,6 +606,14 @@ class TerminalPolicy:
                 return "malformed track 2: up to 37 digits with one '=' (or 'D') separator"
             if command.pin_block is not None and not _hex_ok(command.pin_block, 16):
                 return "malformed PIN block: 16 hex digits"
+            if command.pin is not None:
+                if command.pin_block is not None:
+                    return "give a PIN or a PIN block, not both"
+                pin = command.pin
+                if not (isinstance(pin, str) and pin.isascii() and pin.isdigit() and 4 <= len(pin) <= 12):
+                    return "malformed PIN: 4 to 12 digits"
+                if not self.profile.has_keys:
+                    return "a PIN needs a PIN key: use a terminal profile with a tmk or static pin_key"
         elif command.auth_code and not (
             len(command.auth_code) <= 6 and command.auth_code.isascii() and command.auth_code.isalnum()
         ):
@@ -786,6 +849,9 @@ class TerminalPolicy:
         command = op.command
         if isinstance(command, Purchase):
             op.resend_pending = False
+            if command.pin is not None and self._keys is None:
+                self._refuse(op, "no PIN working key: the host's sign-on delivered none")
+                return None
             return self._send_financial(now, op, command)
         if isinstance(command, ReverseLast):
             self._start_void(now, op)
@@ -847,6 +913,8 @@ class TerminalPolicy:
 
     def _send_network(self, now: float, purpose: str) -> Send:
         code = {"signon": "001", "signoff": "002", "echo": "301"}[purpose]
+        if purpose == "signon" and self.profile.cup:
+            code = self.profile.signon_network_code
         fields = self._base_fields(now, self.store.next_stan())
         if self.profile.cup:
             fields[60] = CupField60("00", self.store.batch, code).format()
@@ -873,6 +941,9 @@ class TerminalPolicy:
                 fields[22] = "021"
             if command.pin_block is not None:
                 fields[52] = command.pin_block.upper()
+            elif command.pin is not None and self._keys is not None:
+                block = pin_block_format0(command.pin, command.pan)
+                fields[52] = encrypt_pin_block(self._keys.pin_key, block).hex().upper()
             request = Message(command.mti, dict(sorted(fields.items())), self._header())
             entry = self.store.add_entry(
                 kind=command.kind,
@@ -1135,11 +1206,18 @@ class TerminalPolicy:
         stan = exchange.request.get(11) or ""
         purpose = exchange.purpose
         if purpose == "signon":
-            if code == "00":
+            problem = self._load_keys(response) if code == "00" else None
+            if code == "00" and problem is not None:
+                self._signon_failed(op, now, f"sign-on answered 00, but {problem}", "")
+            elif code == "00":
                 self._signed_on = True
                 op.signon_failures = 0
                 self.store.record_signon(now)
-                self._note("signed-on", "signed on", stan)
+                keys = self._keys
+                loaded = "" if keys is None or self.profile.tmk is None else (
+                    f"; working keys loaded (PIN key check {check_value(keys.pin_key).hex().upper()}, "
+                    f"MAC key check {check_value(keys.mac_key).hex().upper()})")
+                self._note("signed-on", f"signed on{loaded}", stan)
             else:
                 self._signon_failed(op, now, f"sign-on answered {code} ({meaning_of(code)})", code)
         elif purpose == "signoff":
@@ -1170,6 +1248,26 @@ class TerminalPolicy:
                 op.uploaded = True
                 op.settle_result = None
                 self._note("settlement-result", f"batch upload ended ({len(op.upload_ids)} records)", stan)
+
+    def _load_keys(self, response: Message) -> str | None:
+        """Take the working keys of an approved sign-on; what is wrong with them, or None."""
+        tmk = self.profile.tmk
+        if tmk is None:
+            self._keys = self.profile.static_keys
+            return None
+        value = response.get(62)
+        if not value:
+            return "the reply carries no working keys (field 62)"
+        try:
+            keys = decrypt_field62(tmk, bytes.fromhex(value))
+        except ValueError as exc:  # SecurityError is a ValueError; so is a field that is not hex
+            what = str(exc) if isinstance(exc, SecurityError) else "it is not binary"
+            return f"field 62 cannot be used: {what}"
+        lengths = MAC_KEY_LENGTHS.get(self.profile.mac)
+        if lengths is not None and len(keys.mac_key) not in lengths:
+            return f"field 62 holds a {len(keys.mac_key)}-byte MAC key, which {self.profile.mac} cannot use"
+        self._keys = keys
+        return None
 
     def _code_outcome(self, op: _Operation, code: str, done: str) -> Outcome:
         if code == "00":

@@ -1,8 +1,13 @@
-"""Who the terminal is and how patient it is: identity, currency, timeouts, attempt limits.
+"""Who the terminal is and how patient it is: identity, currency, timeouts, attempt limits, keys.
 
 One frozen value the policy reads and never changes. Every limit the terminal rules leave
 configurable (domain.md, "Terminal rules") lives here with the documented default, so a scenario
 or the CLI can tune the terminal without touching the policy.
+
+The security settings come from a terminal profile file (``switch.profiles``, shared with the
+switch; ``TerminalProfile.from_security_profile``): the terminal master key (TMK) that decrypts
+the working keys a CUP host returns in field 62 at sign-on, or fixed (static) working keys; the
+MAC algorithm; the field 62 key layout to ask for. TEST KEYS ONLY.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 
 from switch.codec.composite import CompositeFieldError, CupHeader
 from switch.codec.dialect import FAMILIES
+from switch.profiles import DEFAULT_KEY_LAYOUT, TerminalSecurityProfile
+from switch.security import KEY_LAYOUTS, KEY_LENGTHS, MAC_CHOICES, MAC_KEY_LENGTHS, WorkingKeys
 
 __all__ = ["DEFAULT_CURRENCY", "SIGNON_DEMAND_CODES", "ProfileError", "TerminalProfile"]
 
@@ -80,6 +87,10 @@ class TerminalProfile:
     resignon_limit: int = 2  # host demands for a new sign-on one operation tolerates
     utc_offset_minutes: int = 0  # local time (fields 12/13) = UTC + this
     cup_header: str = CupHeader.DEFAULT.format()
+    tmk: bytes | None = field(default=None, repr=False)  # decrypts field 62 at sign-on; None: no keys expected
+    mac: str = "none"  # none | cup-ecb | x9.9 | x9.19: MAC on every request but 08xx, checked on replies
+    key_layout: int = DEFAULT_KEY_LAYOUT  # field 62 size asked for at a CUP sign-on (60.3 001/003/004)
+    static_keys: WorkingKeys | None = field(default=None, repr=False)  # fixed working keys (no TMK needed)
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -166,11 +177,52 @@ class TerminalProfile:
             CupHeader.parse(self.cup_header)
         except CompositeFieldError as exc:
             problems.append(f"cup_header: {exc.reason}")
+        problems += self._security_problems()
         if problems:
             raise ProfileError("invalid terminal profile: " + "; ".join(problems))
 
+    def _security_problems(self) -> list[str]:
+        problems = []
+        if self.tmk is not None and not (isinstance(self.tmk, bytes) and len(self.tmk) in KEY_LENGTHS):
+            problems.append("tmk must be 8, 16 or 24 bytes")
+        if self.mac not in MAC_CHOICES:
+            problems.append(f"mac must be one of {', '.join(MAC_CHOICES)}, got {self.mac!r}")
+        if isinstance(self.key_layout, bool) or self.key_layout not in KEY_LAYOUTS:
+            problems.append(f"key_layout must be one of {', '.join(map(str, KEY_LAYOUTS))}, got {self.key_layout!r}")
+        keys = self.static_keys
+        if keys is not None:
+            if not isinstance(keys, WorkingKeys):
+                problems.append(f"static_keys must be WorkingKeys, got {type(keys).__name__}")
+            elif self.mac in MAC_KEY_LENGTHS and len(keys.mac_key) not in MAC_KEY_LENGTHS[self.mac]:
+                problems.append(f"the static MAC key ({len(keys.mac_key)} bytes) does not suit mac {self.mac}")
+        if self.mac != "none" and self.tmk is None and keys is None:
+            problems.append(f"mac {self.mac} needs MAC keys: give a tmk (keys at sign-on) or static keys")
+        return problems
+
     def __hash__(self) -> int:  # timeouts is a mapping; identity is what callers key profiles by
         return hash((self.terminal_id, self.merchant_id, self.family))
+
+    @property
+    def has_keys(self) -> bool:
+        """Whether the terminal gets working keys (a TMK for field 62, or static ones): PINs need them."""
+        return self.tmk is not None or self.static_keys is not None
+
+    @property
+    def signon_network_code(self) -> str:
+        """CUP 60.3 of a sign-on: the code asking for ``key_layout`` (001 → 24, 003 → 40, 004 → 60
+        bytes; 003 for the triple-length layouts, which have none) when a TMK expects keys, else 001."""
+        if self.tmk is None:
+            return "001"
+        return KEY_LAYOUTS[self.key_layout].network_code or "003"
+
+    @classmethod
+    def from_security_profile(cls, profile: TerminalSecurityProfile, **overrides: Any) -> TerminalProfile:
+        """The terminal a profile-file entry describes (ids, family, keys, MAC), with settings overridden."""
+        settings: dict[str, Any] = {
+            "family": profile.family, "tmk": profile.tmk, "mac": profile.mac, "key_layout": profile.key_layout,
+            "static_keys": profile.static_keys, **overrides,
+        }
+        return cls(profile.terminal_id, profile.merchant_id, **settings)
 
     @property
     def cup(self) -> bool:

@@ -651,3 +651,25 @@ async def test_port_in_use_is_an_error() -> None:
         port = taken.getsockname()[1]
         with trio.fail_after(10), pytest.raises(OSError):
             await serve_admin(make_runtime(), "127.0.0.1", port)
+
+
+async def test_scenario_and_reset_reach_every_listener() -> None:
+    """With --also-listen each listener has its own host: the admin API must drive all of them."""
+    cup = load_dialect("cup-pos")
+    ledger = Ledger.open(":memory:")
+    runtime = make_runtime(ledger=ledger, host=Host(HostConfig.for_dialect(DIALECT, require_signon=False), ledger))
+    cup_host = Host(HostConfig.for_dialect(cup, require_signon=False), ledger)
+    runtime.more_listeners = ((cup_host, cup),)
+    runtime.host.sessions["TERM0001"] = 1.0
+    cup_host.sessions["CUP00001"] = 1.0
+    transport = httpx.ASGITransport(app=create_admin_app(runtime))
+    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as http:
+        loaded = await http.post("/api/v1/scenario", json={"name": "order-expired"})
+        assert loaded.status_code == 200, loaded.text
+        assert runtime.host.rules is not None and cup_host.rules is runtime.host.rules
+        assert runtime.host.config.require_signon and cup_host.config.require_signon
+        assert cup_host.config.family == "cup" and runtime.host.config.family == "iso87"
+        assert cup_host.config.signon_code == "A0" and runtime.host.config.signon_code == "58"
+        body = (await http.post("/api/v1/reset", json={"what": "sessions"})).json()
+    assert body["sessions_cleared"] == 2
+    assert runtime.host.sessions == {} and cup_host.sessions == {}

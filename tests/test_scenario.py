@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import specs
 from switch.codec.dialect import load_dialect
 from switch.codec.message import Message
+from switch.host import HostConfig
 from switch.rules import Match, ResponseRule, ResponseRules
 from switch.scenario import (
     HOST_KEYS,
@@ -599,7 +600,18 @@ def test_host_keys_are_the_documented_set():
         "stale_code",
         "unknown_original_code",
         "duplicate_window",
+        "mac_failure_code",
+        "pin_format_code",
     }
+
+
+def test_security_codes_in_host_reach_the_host_config():
+    scenario = parse_scenario('[host]\nmac_failure_code = "63"\npin_format_code = "55"\n')
+    config = HostConfig.for_dialect(load_dialect("iso87-binary"), **scenario.host)
+    assert (config.mac_code, config.pin_error_code) == ("63", "55")
+    with pytest.raises(ScenarioError) as caught:
+        parse_scenario('[host]\nmac_failure_code = "A"\n')
+    assert (caught.value.line, caught.value.key) == (2, "host.mac_failure_code")
 
 
 def test_duration_strings_and_numbers_in_host():

@@ -214,3 +214,25 @@ async def test_shutdown_drains_in_flight_requests() -> None:
         assert replies == server.stats.frames_in
         with pytest.raises(OSError):
             await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_an_internal_error_on_one_connection_never_stops_the_server(monkeypatch: pytest.MonkeyPatch,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    server = make_server(require_signon=False)
+    write_loop = server._write_loop
+
+    async def failing_on_the_first_connection(conn) -> None:  # type: ignore[no-untyped-def]
+        if conn.number == 1:
+            raise RuntimeError("a bug in the writer")
+        await write_loop(conn)
+
+    monkeypatch.setattr(server, "_write_loop", failing_on_the_first_connection)
+    async with running(server) as port:
+        broken = await connect(port)
+        with trio.fail_after(5):
+            assert await broken.receive_frame() is None  # that connection is closed ...
+        good = await connect(port)
+        assert (await exchange(good, purchase(1)))[39] == "00"  # ... and the server still serves
+        await good.aclose()
+        await broken.aclose()
+    assert "internal error" in caplog.text

@@ -7,6 +7,9 @@ connection (requests may be answered out of order) never interleave their bytes.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 import trio
 
 from switch.codec.framing import Frame, FrameDecoder, Framing
@@ -73,6 +76,13 @@ class FrameStream(trio.abc.AsyncResource):
         """Send bytes as they are (fault injection: garbage, a wrong length header), under the same lock."""
         async with self._send_lock:
             await self._stream.send_all(data)
+
+    @contextlib.asynccontextmanager
+    async def sending(self) -> AsyncIterator[trio.abc.Stream]:
+        """Hold the send lock and get the raw stream: bytes written inside stay together on the wire
+        (a reply written piecemeal with pauses), while other senders wait for the block to end."""
+        async with self._send_lock:
+            yield self._stream
 
     async def aclose(self) -> None:
         await self._stream.aclose()
