@@ -20,8 +20,6 @@ import json
 import os
 import resource
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -29,6 +27,8 @@ from pathlib import Path
 
 import iso8583
 from iso8583.specs import default as SPEC
+
+from switch.testing import SwitchProcess
 
 TARGET_MB = 300.0
 TARGET_AT = 5000
@@ -52,29 +52,6 @@ def raise_fd_limit(wanted: int) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft
-
-
-def start_switch(directory: str) -> tuple[subprocess.Popen[str], int, int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "switch", "serve", "--port", "0", "--admin-port", "0", "--idle-timeout", "0",
-         "--ledger", os.path.join(directory, "ledger.sqlite"), "--journal", "none"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    port = admin = None
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline and (port is None or admin is None):
-        line = proc.stdout.readline()
-        if "listening on 127.0.0.1:" in line:
-            port = int(line.split("listening on 127.0.0.1:")[1].split()[0])
-        elif "admin API http://127.0.0.1:" in line:
-            admin = int(line.split("admin API http://127.0.0.1:")[1].split("/")[0])
-        elif not line and proc.poll() is not None:
-            break
-    if port is None or admin is None:
-        proc.kill()
-        raise SystemExit("the switch did not start")
-    return proc, port, admin
 
 
 def open_connections(health_url: str) -> int:
@@ -124,8 +101,10 @@ def main() -> None:
     if limit < max(steps) + 64:
         raise SystemExit(f"RLIMIT_NOFILE is {limit}: too low for {max(steps)} connections (raise the hard limit)")
     with tempfile.TemporaryDirectory(prefix="bench-connections-") as directory:
-        proc, port, admin = start_switch(directory)
-        health = f"http://127.0.0.1:{admin}/health"
+        switch = SwitchProcess.start(["--idle-timeout", "0", "--ledger", os.path.join(directory, "ledger.sqlite"),
+                                      "--journal", "none"])
+        proc, port = switch.process, switch.port
+        health = f"{switch.admin_url}/health"
         sockets: list[socket.socket] = []
         try:
             wait_for_connections(health, 0)
@@ -153,11 +132,7 @@ def main() -> None:
         finally:
             for sock in sockets:
                 sock.close()
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+            switch.stop()
 
 
 if __name__ == "__main__":

@@ -31,13 +31,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,6 +45,7 @@ from switch.app import SwitchOptions, build_switch
 from switch.codec import Codec, Message, load_dialect
 from switch.codec.framing import Framing
 from switch.codec.stream import FrameStream
+from switch.testing import SwitchProcess
 
 DIALECT = load_dialect("iso87-binary")
 CODEC = Codec(DIALECT)
@@ -59,8 +56,6 @@ TARGET_MS = 2.0
 WARMUP = 20
 START_LIMIT = 30.0
 REPLY_LIMIT = 10.0
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
-ADMIN = re.compile(r"admin API (http://127\.0\.0\.1:\d+)/docs")
 
 
 def delay_rule(delay_ms: float) -> dict[str, object]:
@@ -169,43 +164,12 @@ def progress_printer(total: int) -> Callable[[int], None]:
 
 
 def run_subprocess(args: argparse.Namespace) -> Samples:
-    argv = [sys.executable, "-m", "switch", "serve", "--port", "0", "--admin-port", "0", "--ledger", args.ledger,
-            "--journal", "none", "--no-signon", "--seed", "1"]
-    with tempfile.TemporaryDirectory() as workdir:
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        try:
-            port, admin_url = _read_ports(process)
-            response = httpx.post(f"{admin_url}/api/v1/faults", json=delay_rule(args.delay_ms), timeout=5.0)
-            response.raise_for_status()
-            return trio.run(measure, port, args.requests, args.delay_ms / 1000, progress_printer(args.requests))
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def _read_ports(process: subprocess.Popen[str]) -> tuple[int, str]:
-    """The TCP port and admin URL the switch prints (``--port 0`` / ``--admin-port 0`` pick free ones)."""
-    assert process.stdout is not None
-    port = admin_url = None
-    deadline = time.monotonic() + START_LIMIT
-    seen: list[str] = []
-    while port is None or admin_url is None:
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the switch did not print its ports within {START_LIMIT:g}s: {''.join(seen)}")
-        line = process.stdout.readline()  # the switch prints its ports promptly, then keeps running
-        if not line:
-            raise RuntimeError(f"the switch exited ({process.wait()}): {''.join(seen)}")
-        seen.append(line)
-        if found := LISTENING.search(line):
-            port = int(found.group(1))
-        if found := ADMIN.search(line):
-            admin_url = found.group(1)
-    return port, admin_url
+    with tempfile.TemporaryDirectory() as workdir, SwitchProcess.start(
+            ["--ledger", args.ledger, "--journal", "none", "--no-signon", "--seed", "1"], cwd=workdir,
+            startup_timeout=START_LIMIT) as switch:
+        response = httpx.post(f"{switch.admin_url}/api/v1/faults", json=delay_rule(args.delay_ms), timeout=5.0)
+        response.raise_for_status()
+        return trio.run(measure, switch.port, args.requests, args.delay_ms / 1000, progress_printer(args.requests))
 
 
 def run_inprocess(args: argparse.Namespace) -> Samples:

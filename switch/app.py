@@ -167,7 +167,7 @@ def resolve_journal_path(option: str | os.PathLike[str] | None, ledger_path: str
 class Switch:
     """A configured switch: its listeners (``server`` is the main one) plus what the admin API drives.
 
-    The admin API drives the main listener's host (``runtime.host``); fault rules, the ledger, the
+    The admin API drives every listener's host (``runtime.hosts``); fault rules, the ledger, the
     journal and the metrics are shared by every listener.
     """
 

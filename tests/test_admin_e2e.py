@@ -11,16 +11,8 @@ close the ledger cleanly.
 
 from __future__ import annotations
 
-import os
-import queue
 import re
-import signal
-import subprocess
-import sys
-import threading
-import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,71 +22,29 @@ import pytest
 import trio
 
 from switch.codec import Message
+from switch.testing import SwitchProcess
 from tests.test_fault_actions import Client
 
 START_LIMIT = 30.0  # seconds for the subprocess to print its ports (imports FastAPI, hypercorn)
 TEST_LIMIT = 15.0
 STOP_LIMIT = 15.0
-LISTENING = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
-ADMIN = re.compile(r"admin API (http://127\.0\.0\.1:\d+)/docs")
-
-
-@dataclass
-class RunningSwitch:
-    port: int
-    admin_url: str
-    process: subprocess.Popen[str]
-    output: list[str]
-
-
-def _pump(stream: Any, lines: queue.Queue[str | None]) -> None:
-    for line in stream:
-        lines.put(line)
-    lines.put(None)
 
 
 @pytest.fixture(scope="module")
-def switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSwitch]:
+def switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SwitchProcess]:
     workdir: Path = tmp_path_factory.mktemp("switch")
-    argv = [sys.executable, "-m", "switch", "serve", "--port", "0", "--admin-port", "0",
-            "--ledger", str(workdir / "ledger.sqlite"), "--no-signon", "--seed", "8583"]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=workdir,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    lines: queue.Queue[str | None] = queue.Queue()
-    threading.Thread(target=_pump, args=(process.stdout, lines), daemon=True).start()
-    output: list[str] = []
-    port = admin_url = None
-    deadline = time.monotonic() + START_LIMIT
+    running = SwitchProcess.start(["--ledger", str(workdir / "ledger.sqlite"), "--no-signon", "--seed", "8583"],
+                                  cwd=workdir, startup_timeout=START_LIMIT)
     try:
-        while port is None or admin_url is None:
-            try:
-                line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                pytest.fail(f"switch did not print its ports within {START_LIMIT}s: {''.join(output)}")
-            if line is None:
-                pytest.fail(f"switch exited with {process.wait()}: {''.join(output)}")
-            output.append(line)
-            if found := LISTENING.search(line):
-                port = int(found.group(1))
-            if found := ADMIN.search(line):
-                admin_url = found.group(1)
-        yield RunningSwitch(port, admin_url, process, output)
+        yield running
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            returncode = process.wait(timeout=STOP_LIMIT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            returncode = process.wait()
-        while (line := lines.get(timeout=STOP_LIMIT)) is not None:
-            output.append(line)
-    assert returncode == 0, "".join(output)
-    assert "ledger closed cleanly" in output[-1], "".join(output)
+        returncode = running.stop(STOP_LIMIT)
+    assert returncode == 0, running.text
+    assert running.closed_cleanly, running.text
 
 
 @pytest.fixture
-async def admin(switch: RunningSwitch) -> AsyncIterator[httpx.AsyncClient]:
+async def admin(switch: SwitchProcess) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client of the switch's admin API, with the fault engine reset (no rules, maintenance off)."""
     async with httpx.AsyncClient(base_url=switch.admin_url, timeout=5.0) as http:
         response = await http.post("/api/v1/reset", json={"what": "faults"})
@@ -132,7 +82,7 @@ async def postings(admin: httpx.AsyncClient, terminal: str) -> dict[str, dict[st
 
 
 async def test_fault_added_over_http_drops_the_next_reply_and_deleting_it_restores_replies(
-        switch: RunningSwitch, admin: httpx.AsyncClient) -> None:
+        switch: SwitchProcess, admin: httpx.AsyncClient) -> None:
     terminal = "E2EDROP1"
     with trio.fail_after(TEST_LIMIT):
         client = await Client.connect(switch.port)
@@ -158,7 +108,7 @@ async def test_fault_added_over_http_drops_the_next_reply_and_deleting_it_restor
         await client.aclose()
 
 
-async def test_patching_a_rule_over_http_changes_the_next_answer(switch: RunningSwitch,
+async def test_patching_a_rule_over_http_changes_the_next_answer(switch: SwitchProcess,
                                                                  admin: httpx.AsyncClient) -> None:
     terminal = "E2EPATCH"
     with trio.fail_after(TEST_LIMIT):
@@ -179,7 +129,7 @@ async def test_patching_a_rule_over_http_changes_the_next_answer(switch: Running
         await client.aclose()
 
 
-async def test_a_message_in_flight_keeps_the_plan_it_started_with(switch: RunningSwitch,
+async def test_a_message_in_flight_keeps_the_plan_it_started_with(switch: SwitchProcess,
                                                                   admin: httpx.AsyncClient) -> None:
     terminal = "E2EFLITE"
     with trio.fail_after(TEST_LIMIT):
@@ -198,7 +148,7 @@ async def test_a_message_in_flight_keeps_the_plan_it_started_with(switch: Runnin
         await client.aclose()
 
 
-async def test_maintenance_over_http_answers_91_then_refuses_then_ends(switch: RunningSwitch,
+async def test_maintenance_over_http_answers_91_then_refuses_then_ends(switch: SwitchProcess,
                                                                        admin: httpx.AsyncClient) -> None:
     terminal = "E2EMAINT"
     with trio.fail_after(TEST_LIMIT):
@@ -238,7 +188,7 @@ async def test_maintenance_over_http_answers_91_then_refuses_then_ends(switch: R
     ("patch", "/api/v1/faults/keep", {"probability": 2}, ["body", "probability"], "0 to 1"),
 ])
 async def test_bad_payloads_are_422_naming_the_key_and_change_nothing(
-        switch: RunningSwitch, admin: httpx.AsyncClient, method: str, path: str, body: dict[str, Any],
+        switch: SwitchProcess, admin: httpx.AsyncClient, method: str, path: str, body: dict[str, Any],
         loc: list[str | int], reason: str) -> None:
     with trio.fail_after(TEST_LIMIT):
         kept = await admin.post("/api/v1/faults", json={"id": "keep", "when": {"terminal": ["NOBODY00"]},
@@ -252,7 +202,7 @@ async def test_bad_payloads_are_422_naming_the_key_and_change_nothing(
         assert (await admin.get("/api/v1/faults")).json() == before
 
 
-async def test_journal_over_http_shows_both_frames_with_the_faults_applied(switch: RunningSwitch,
+async def test_journal_over_http_shows_both_frames_with_the_faults_applied(switch: SwitchProcess,
                                                                          admin: httpx.AsyncClient) -> None:
     terminal = "E2EJRNL1"
     with trio.fail_after(TEST_LIMIT):
@@ -281,7 +231,7 @@ async def test_journal_over_http_shows_both_frames_with_the_faults_applied(switc
         assert sorted(e["seq"] for e in faulted["entries"]) == sorted([first_in["seq"], first_out["seq"]])
 
 
-async def test_metrics_count_messages_faults_and_connections(switch: RunningSwitch,
+async def test_metrics_count_messages_faults_and_connections(switch: SwitchProcess,
                                                              admin: httpx.AsyncClient) -> None:
     terminal = "E2EMETRC"
     with trio.fail_after(TEST_LIMIT):
@@ -307,7 +257,7 @@ async def test_metrics_count_messages_faults_and_connections(switch: RunningSwit
     assert sample("iso_switch_request_latency_seconds_count") >= 1
 
 
-async def test_openapi_document_is_served(switch: RunningSwitch) -> None:
+async def test_openapi_document_is_served(switch: SwitchProcess) -> None:
     with trio.fail_after(TEST_LIMIT):
         async with httpx.AsyncClient(base_url=switch.admin_url, timeout=5.0) as http:
             document = (await http.get("/openapi.json")).json()

@@ -13,7 +13,6 @@ import os
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from switch.codec import Codec, Message, load_dialect
 from switch.codec.composite import OriginalData, SettlementTotals
 from switch.codec.framing import FrameDecoder, Framing
 from switch.ledger import Ledger
+from switch.testing import SwitchProcess
 
 DIALECT = load_dialect("iso87-binary")
 CODEC = Codec(DIALECT)
@@ -35,21 +35,8 @@ TERMINAL = "KILLTEST"
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
 
-def start_switch(ledger: Path) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "switch", "serve", "--port", "0", "--ledger", str(ledger), "--no-signon"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "listening on" in line:
-            port = int(line.split("listening on ")[1].split()[0].rsplit(":", 1)[1])
-            return proc, port
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("switch did not start")
+def start_switch(ledger: Path) -> SwitchProcess:
+    return SwitchProcess.start(["--ledger", str(ledger), "--no-signon", "--no-admin"])
 
 
 def purchase(stan: int, f7: str) -> Message:
@@ -72,7 +59,8 @@ def exchange(port: int, request: Message) -> Message:
 def test_sigkill_mid_stream_keeps_every_acknowledged_approval(tmp_path: Path) -> None:
     ledger_path = tmp_path / "ledger.sqlite"
     f7 = datetime.now(UTC).strftime("%m%d%H%M%S")
-    proc, port = start_switch(ledger_path)
+    switch = start_switch(ledger_path)
+    port = switch.port
     sent: dict[str, Message] = {}  # stan -> request
     approved: dict[str, str] = {}  # stan -> RRN the client was told
     selector = selectors.DefaultSelector()
@@ -102,7 +90,7 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_approval(tmp_path: Path) ->
         killed = False
         while time.monotonic() < deadline and selector.get_map():
             if not killed and len(approved) >= 400:
-                os.kill(proc.pid, signal.SIGKILL)  # in flight right now: 16 requests
+                os.kill(switch.process.pid, signal.SIGKILL)  # in flight right now: 16 requests
                 killed = True
             for key, _ in selector.select(timeout=1):
                 sock = key.fileobj
@@ -121,20 +109,18 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_approval(tmp_path: Path) ->
                     if not killed:
                         send_next(sock)
         assert killed, "the switch answered too slowly to reach the kill point"
-        proc.wait(timeout=10)
+        switch.process.wait(timeout=10)
         for sock in socks:
             sock.close()
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        switch.kill()
 
     unanswered = sorted(set(sent) - set(approved))
     assert unanswered, "the kill should have left requests in flight"
 
     # restart on the same ledger file: every acknowledged approval is there, none twice
-    proc, port = start_switch(ledger_path)
-    try:
+    with start_switch(ledger_path) as switch:
+        port = switch.port
         book = Ledger.open(ledger_path)
         postings = book.postings(terminal=TERMINAL)
         book.close()
@@ -159,6 +145,3 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_approval(tmp_path: Path) ->
         settle = Message("0500", {7: f7, 11: f"{next_stan:06d}", 41: TERMINAL, 42: "MERCHANT0000001",
                                   **totals.to_iso_fields()})
         assert exchange(port, settle)[39] == "00"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=15)

@@ -14,11 +14,7 @@ Three layers, as the module is built:
 from __future__ import annotations
 
 import json
-import os
 import socket
-import subprocess
-import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -44,6 +40,7 @@ from switch.host import Host, HostConfig
 from switch.ledger import Ledger
 from switch.scenario import default_scenario
 from switch.server import ServerConfig, SwitchServer
+from switch.testing import SwitchProcess
 from terminal.cli import cli
 from terminal.client import TrioClock
 from terminal.load import (
@@ -77,7 +74,6 @@ T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
 PAN = "4761739001010010"  # approved by the default test-card table
 DECLINED_PAN = "4000000000000051"  # the test-card table answers 51
 UNBOOKED_PAN = "4999000000000062"  # zero-amount scenario: answered 00 by a fault, never booked
-STARTUP_TIMEOUT = 30
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,46 +574,15 @@ async def test_lost_replies_are_reversed_and_the_check_still_agrees(
 # iso-terminal load over loopback, against a real switch with its admin API
 
 
-def start_switch(tmp: Path, *extra: str) -> tuple[subprocess.Popen[str], int, int]:
-    """``python -m switch serve`` on free ports; returns the process, its port and its admin port."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "switch", "serve", "--port", "0", "--admin-port", "0",
-         "--ledger", str(tmp / "ledger.sqlite"), "--journal", "none", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    port = admin = None
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline and (port is None or admin is None):
-        line = proc.stdout.readline()
-        if "listening on 127.0.0.1:" in line:
-            port = int(line.split("listening on 127.0.0.1:")[1].split()[0])
-        elif "admin API http://127.0.0.1:" in line:
-            admin = int(line.split("admin API http://127.0.0.1:")[1].split("/")[0])
-        elif not line and proc.poll() is not None:
-            break
-    if port is None or admin is None:
-        proc.kill()
-        raise AssertionError("the switch did not start")
-    return proc, port, admin
-
-
-def stop_switch(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+def start_switch(tmp: Path, *extra: str) -> SwitchProcess:
+    return SwitchProcess.start(["--ledger", str(tmp / "ledger.sqlite"), "--journal", "none", *extra])
 
 
 @pytest.fixture(scope="module")
-def healthy_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int]]:
-    proc, port, admin = start_switch(tmp_path_factory.mktemp("healthy"))
-    try:
-        yield port, admin
-    finally:
-        stop_switch(proc)
+def healthy_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
+    with start_switch(tmp_path_factory.mktemp("healthy")) as switch:
+        assert switch.admin_url is not None
+        yield switch.port, switch.admin_url
 
 
 def free_port() -> int:
@@ -639,7 +604,7 @@ def load(*args: str) -> Any:
 
 def test_real_run_with_settlement_is_consistent(healthy_switch: tuple[int, int], tmp_path: Path) -> None:
     port, admin = healthy_switch
-    result = load("--port", str(port), "--admin", f"http://127.0.0.1:{admin}", "--terminals", "4", "--count", "160",
+    result = load("--port", str(port), "--admin", admin, "--terminals", "4", "--count", "160",
                   "--settle", "--seed", "11", "--json", "--quiet", "--store-dir", str(tmp_path / "stores"))
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
@@ -658,7 +623,7 @@ def test_real_run_with_settlement_is_consistent(healthy_switch: tuple[int, int],
 
 def test_text_summary_and_progress_lines(healthy_switch: tuple[int, int], tmp_path: Path) -> None:
     port, admin = healthy_switch
-    result = load("--port", str(port), "--admin", f"http://127.0.0.1:{admin}", "--terminals", "2", "--count", "20",
+    result = load("--port", str(port), "--admin", admin, "--terminals", "2", "--count", "20",
                   "--terminal-id", "LT000101", "--mix", "purchase=1", "--pan", DECLINED_PAN, "--pan", PAN,
                   "--seed", "3", "--report", str(tmp_path / "report"))
     assert result.exit_code == 0, result.output
@@ -673,23 +638,21 @@ def test_text_summary_and_progress_lines(healthy_switch: tuple[int, int], tmp_pa
     status = CliRunner().invoke(cli, ["status", "--terminal-id", "LT000101", "--json"])
     assert status.exit_code == 0, status.output
     assert json.loads(status.stdout)["summary"]["open_batch_entries"] > 0
-    again = load("--port", str(port), "--admin", f"http://127.0.0.1:{admin}", "--terminals", "2", "--count", "4",
+    again = load("--port", str(port), "--admin", admin, "--terminals", "2", "--count", "4",
                  "--terminal-id", "LT000101", "--mix", "purchase=1", "--quiet")  # STANs go on; only this run checked
     assert again.exit_code == 0, again.output
     assert "check    consistent: 4 transactions" in again.stdout
 
 
 def test_an_approval_the_host_never_booked_is_caught(tmp_path: Path) -> None:
-    proc, port, admin = start_switch(tmp_path, "--scenario", "zero-amount")
-    try:
-        result = load("--port", str(port), "--admin", f"http://127.0.0.1:{admin}", "--terminals", "2",
+    with start_switch(tmp_path, "--scenario", "zero-amount") as switch:
+        port, admin = switch.port, switch.admin_url
+        result = load("--port", str(port), "--admin", admin, "--terminals", "2",
                       "--count", "30", "--mix", "purchase=1", "--pan", PAN, "--pan", UNBOOKED_PAN, "--seed", "4",
                       "--settle", "--quiet")
-        as_json = load("--port", str(port), "--admin", f"http://127.0.0.1:{admin}", "--terminals", "1",
+        as_json = load("--port", str(port), "--admin", admin, "--terminals", "1",
                        "--count", "3", "--mix", "purchase=1", "--pan", UNBOOKED_PAN, "--quiet", "--json",
                        "--terminal-id", "Z0000001")
-    finally:
-        stop_switch(proc)
     assert result.exit_code == EXIT_INCONSISTENT, result.output
     assert "check    inconsistent:" in result.stdout
     assert "MISMATCH" in result.stdout

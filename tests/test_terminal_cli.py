@@ -10,11 +10,9 @@ timeout rules are proven on a virtual clock in ``test_terminal_client.py``, not 
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -25,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switch.ledger import Ledger
+from switch.testing import SwitchProcess
 from terminal.cli import (
     OUTCOME_EXIT_CODES,
     TEST_PAN,
@@ -38,7 +37,6 @@ from terminal.cli import (
 from terminal.policy import OUTCOME_KINDS, Outcome
 from terminal.store import TerminalStore
 
-STARTUP_TIMEOUT = 30
 RESET_CARD = "4999000000000021"  # the custom scenario below resets the connection on this card
 
 
@@ -46,42 +44,16 @@ def invoke(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
 
 
-def start_switch(tmp: Path, *extra: str) -> tuple[subprocess.Popen[str], int]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "switch", "serve", "--port", "0", "--ledger", str(tmp / "ledger.sqlite"),
-         "--no-admin", "--journal", "none", *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert proc.stdout is not None
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if "listening on 127.0.0.1:" in line:
-            return proc, int(line.split("listening on 127.0.0.1:")[1].split()[0])
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise AssertionError("the switch did not start")
-
-
-def stop_switch(proc: subprocess.Popen[str]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
+def start_switch(tmp: Path, *extra: str) -> SwitchProcess:
+    return SwitchProcess.start(["--ledger", str(tmp / "ledger.sqlite"), "--no-admin", "--journal", "none", *extra])
 
 
 @pytest.fixture(scope="module")
 def switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path]]:
     """A real switch (default scenario: sign-on required, test cards); yields (port, its directory)."""
     tmp = tmp_path_factory.mktemp("switch")
-    proc, port = start_switch(tmp)
-    try:
-        yield port, tmp
-    finally:
-        stop_switch(proc)
+    with start_switch(tmp) as switch:
+        yield switch.port, tmp
 
 
 def host_args(port: int, store: Path, *, terminal: str = "TERM0001") -> list[str]:
@@ -307,8 +279,8 @@ reset = "before"
 def test_connection_reset_mid_purchase_exits_2_and_blocks_the_next_sale(tmp_path: Path) -> None:
     scenario = tmp_path / "resets.toml"
     scenario.write_text(SCENARIO)
-    proc, port = start_switch(tmp_path, "--scenario", str(scenario))
-    try:
+    with start_switch(tmp_path, "--scenario", str(scenario)) as switch:
+        port = switch.port
         common = host_args(port, tmp_path / "t.sqlite")
         lost = invoke("purchase", "--amount", "9.99", "--pan", RESET_CARD, *common)
         assert lost.exit_code == 2, lost.output
@@ -324,5 +296,3 @@ def test_connection_reset_mid_purchase_exits_2_and_blocks_the_next_sale(tmp_path
         as_json = json.loads(invoke("status", "--json", *common).stdout)
         assert [r["attempts"] for r in as_json["pending_reversals"]] == [6]
         assert [e["state"] for e in as_json["open_batch_entries"]] == ["unknown"]  # the new sale never left
-    finally:
-        stop_switch(proc)
