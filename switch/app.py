@@ -282,8 +282,12 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
     journal = Journal(codec, path=journal_path)  # one file; masked by the main dialect (others: PAN-safe)
     metrics = SwitchMetrics()
     servers = []
-    for item, config, placement, context in zip(listeners, configs, placements, contexts, strict=True):
-        host = Host(config, ledger, scenario.response_rules, profiles=profiles, key_seed=faults.seed,
+    for index, (item, config, placement, context) in enumerate(zip(listeners, configs, placements, contexts,
+                                                                    strict=True)):
+        # each host counts sign-ons on its own: a seed per listener, or a terminal signing on through two
+        # listeners would get the same working keys twice
+        key_seed = faults.seed if index == 0 else f"{faults.seed}/listener/{index}"
+        host = Host(config, ledger, scenario.response_rules, profiles=profiles, key_seed=key_seed,
                     mac_placement=placement)
         servers.append(SwitchServer(
             codec=codec if item.dialect is dialect else Codec(item.dialect), framing=item.framing, host=host,

@@ -342,12 +342,24 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
         trio.run(main)
     except OSError as exc:
         raise CliError(f"cannot listen: {exc.strerror or exc}", EXIT_BAD_DATA) from None
+    except BaseExceptionGroup as group:  # Trio's nurseries wrap a listener's bind error in groups
+        leaves = _leaves(group)
+        if len(leaves) != 1 or not isinstance(leaves[0], OSError):
+            raise
+        raise CliError(f"cannot listen: {leaves[0].strerror or leaves[0]}", EXIT_BAD_DATA) from None
     stats = switch.group.stats if switch.group is not None else server.stats
     click.echo(f"{stats.summary()}; ledger closed cleanly")
 
 
 # --------------------------------------------------------------------------------------------
 # ledger
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return found
 
 
 def _amount(minor: int) -> str:

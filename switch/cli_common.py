@@ -59,6 +59,9 @@ class ToolGroup(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # one line, as every other refusal: not click's usage block
+            where = f" (try '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+            raise CliError(f"{exc.format_message()}{where}", exc.exit_code) from None
         except DialectError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
         except (CodecError, FramingError) as exc:

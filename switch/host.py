@@ -73,7 +73,8 @@ other unknown request gets 12. ``handle`` never raises on a decoded message (pro
 happens and the host behaves as described above):
 
 * A request whose field 41 is not in the profile file gets ``ProfileSet.unknown_terminal_code``
-  (CUP 97 "terminal not registered", ISO 58) and nothing else happens.
+  (CUP 97 "terminal not registered", ISO 58) and nothing else happens; one whose field 42 is not
+  the terminal's merchant id gets 03 ("invalid merchant"), as an acquirer that boards merchants does.
 * **Working keys.** A sign-on of a terminal with a TMK draws fresh PIN and MAC keys from
   ``random.Random(f"{key_seed}/keys/{terminal}/{n}")`` (n counts that terminal's sign-ons, so a
   seed replays a session and no two sign-ons share keys) and returns them in field 62 under the
@@ -82,8 +83,9 @@ happens and the host behaves as described above):
   The layout is the profile's ``key_layout``, except that a CUP terminal asking for another of the
   CUP layouts in 60.3 (001 → 24, 003 → 40, 004 → 60 bytes) gets that one when its MAC key fits.
   A CUP sign-on whose 60.2 names a batch already settled is answered with the next batch number
-  in 60.2. Terminals with static keys (``pin_key`` / ``mac_key``) get no field 62. The keys live
-  with the session: sign-off, session expiry, a MAC failure and ``reset_sessions`` forget them.
+  in 60.2. Terminals with static keys (``pin_key`` / ``mac_key``) and no TMK get no field 62
+  (with a TMK, those fixed keys are what field 62 carries). The keys live with the session:
+  sign-off, session expiry, a MAC failure and ``reset_sessions`` forget them.
 * **MACs.** Network management (08xx) is never MACed. Any other request of a terminal whose
   profile MACs is checked as soon as a MAC key is known (session keys, else static ones): the
   MAC field (64, or 128 with a secondary bitmap) must be the MAC of the request's bytes (``raw``)
@@ -161,6 +163,9 @@ has no code of its own (hosts use A0 or 63 "security violation"); A0 is the defa
 families because terminals, ours included, read it as "sign on again" and so fetch fresh keys."""
 PIN_FORMAT_DEFAULT = "99"
 """Answer to a PIN block that is not ISO format 0 (CUP: "PIN format error, sign on again")."""
+
+INVALID_MERCHANT = "03"
+"""Answer to a known terminal sending another merchant id (field 42) than its profile's."""
 
 _MAC_PLACEHOLDER = "00" * MAC_LENGTH
 
@@ -621,6 +626,11 @@ class Host:
             code = self.profiles.unknown_terminal_code(self.config.family)
             return Decision(self._reply(request, code), None, "unknown-terminal",
                             f"terminal {terminal} is not in the profile file {self.profiles.path}; answered {code}")
+        merchant = request.fields.get(42)
+        if merchant is not None and merchant.rstrip(" ") != profile.merchant_id.rstrip(" "):
+            return Decision(self._reply(request, INVALID_MERCHANT), None, "unknown-merchant",
+                            f"terminal {terminal} sent merchant {merchant.rstrip(' ')}, its profile says "
+                            f"{profile.merchant_id}; answered {INVALID_MERCHANT}, nothing done")
         if not profile.macs or request.mti.startswith("08"):
             return None
         key = self._mac_key(terminal, profile)

@@ -354,6 +354,8 @@ def _profile(term: _Terminal, registry: DialectRegistry) -> TerminalSecurityProf
             f"mac {mac} needs a {PREFERRED_MAC_KEY_LENGTH[mac]}-byte MAC key, which key_layout {layout} "
             f"cannot carry; use key_layout = 40 or 60",
         )
+    if static_keys is not None and tmk is not None:
+        _check_static_keys_fit(term, static_keys, layout)
 
     pins: Mapping[str, str] = MappingProxyType({})
     if term.has("pins"):
@@ -394,6 +396,24 @@ def _static_keys(term: _Terminal, mac: str) -> WorkingKeys | None:
     mac_lengths = MAC_KEY_LENGTHS.get(mac, KEY_LENGTHS)
     mac_key = term.check("mac_key", _hex_bytes, mac_lengths, f"the clear MAC working key for mac = {mac}")
     return WorkingKeys(pin_key, mac_key)  # lengths checked above, so this cannot refuse them
+
+
+def _check_static_keys_fit(term: _Terminal, keys: WorkingKeys, layout: int) -> None:
+    """With a tmk, the static keys travel in field 62 at every sign-on: they must fit ``layout``
+    (else every sign-on would be answered 96)."""
+    shape = KEY_LAYOUTS[layout]
+    if shape.track_key:
+        raise term.error("key_layout" if term.has("key_layout") else "pin_key",
+                         f"key_layout {layout} carries a track key, which static keys do not have; "
+                         "use key_layout = 24, 40 or 56")
+    if len(keys.pin_key) != shape.key_length:
+        raise term.error("pin_key", f"with a tmk the static keys are sent in field 62: key_layout {layout} needs "
+                                    f"a {2 * shape.key_length}-hex-digit pin_key, got {2 * len(keys.pin_key)} "
+                                    "(or choose the key_layout that fits it)")
+    if len(keys.mac_key) > shape.mac_slot:
+        raise term.error("mac_key", f"with a tmk the static keys are sent in field 62: key_layout {layout} carries "
+                                    f"a mac_key of at most {2 * shape.mac_slot} hex digits, "
+                                    f"got {2 * len(keys.mac_key)}")
 
 
 def parse_profiles(text: str, path: str = "<profiles>", *, dialects: DialectRegistry | None = None) -> ProfileSet:

@@ -50,7 +50,7 @@ from switch.security import SecurityError, apply_mac, mac_field
 
 log = logging.getLogger("switch.server")
 
-_LOGGED_OUTCOMES = frozenset({"mac-failed", "unknown-terminal", "signon-failed"})
+_LOGGED_OUTCOMES = frozenset({"mac-failed", "unknown-terminal", "unknown-merchant", "signon-failed"})
 """Decisions logged at WARNING: a terminal the switch cannot trust or does not know."""
 
 
@@ -603,7 +603,11 @@ class SwitchServer:
         Neither runs the committer nor closes the ledger: ``serve`` (or a ``SwitchGroup``) does.
         """
         async with trio.open_nursery() as handlers:
-            listeners: list[Listener] = list(await trio.open_tcp_listeners(self.config.port, host=self.config.host))
+            try:
+                listeners: list[Listener] = list(await trio.open_tcp_listeners(self.config.port,
+                                                                               host=self.config.host))
+            except OSError as exc:  # name the address: with several listeners "address in use" says too little
+                raise OSError(exc.errno, f"{self.config.host}:{self.config.port}: {exc.strerror or exc}") from exc
             if self.config.ssl_context is not None:
                 listeners = [trio.SSLListener(listener, self.config.ssl_context, https_compatible=False)
                              for listener in listeners]

@@ -25,6 +25,7 @@ import os
 import re
 import ssl
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -838,6 +839,15 @@ def load(settings: TerminalSettings, terminal_count: int, count: int | None, dur
         )
     except LoadError as exc:
         raise CliError(str(exc), EXIT_TERMINAL_USAGE) from None
+    for option, directory in (("--store-dir", config.store_dir), ("--report", report_dir)):
+        if directory is not None:  # before the run, not after it: a run is not repeated for a typo
+            try:
+                Path(directory).expanduser().mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryFile(dir=Path(directory).expanduser()):
+                    pass
+            except OSError as exc:
+                raise CliError(f"{option} {directory}: cannot write there: {exc.strerror or exc}",
+                               EXIT_TERMINAL_USAGE) from None
     check = CheckOptions(admin_url=None if no_check else (admin_url or DEFAULT_ADMIN_URL), token=admin_token,
                          required=require_check)
     with _notes_to_stderr(settings.verbose):

@@ -732,10 +732,15 @@ def compare_views(
     """
     low, high = window
     by_key: dict[tuple[str, str, str], HostPosting] = {}
+    repeated: list[HostPosting] = []  # a second posting of one key: the host booked one request twice
     cup_candidates: dict[tuple[str, str], list[HostPosting]] = {}
     for posting in postings:
         if posting.transmission_time:
-            by_key[(posting.terminal, posting.stan, posting.transmission_time)] = posting
+            key = (posting.terminal, posting.stan, posting.transmission_time)
+            if key in by_key:
+                repeated.append(posting)
+            else:
+                by_key[key] = posting
         elif _in_window(posting, low, high):
             cup_candidates.setdefault((posting.terminal, posting.stan), []).append(posting)
     mismatches: list[Mismatch] = []
@@ -780,11 +785,18 @@ def compare_views(
                 net += entry.amount if entry.direction == "debit" else -entry.amount
     known = {(terminal.rstrip(" "), stan, f7) for terminal, stan, f7 in journalled}
     host_in_run = 0
-    in_window = [p for p in by_key.values() if _in_window(p, low, high)]
+    in_window = [p for p in (*by_key.values(), *repeated) if _in_window(p, low, high)]
+    repeated_ids = {id(p) for p in repeated}
     in_window += [p for candidates in cup_candidates.values() for p in candidates]
     for posting in sorted(in_window, key=lambda p: (p.terminal, p.received_at, p.stan)):
         if id(posting) in matched:
             host_in_run += 1
+        elif id(posting) in repeated_ids:
+            host_in_run += 1
+            mismatches.append(Mismatch(
+                posting.terminal, posting.stan, posting.transmission_time,
+                "the host has this terminal, STAN and field 7 more than once (one request booked twice)",
+                "one transaction", _host_view(posting, exponent)))
         elif (posting.terminal, posting.stan, posting.transmission_time) not in known:
             host_in_run += 1
             mismatches.append(Mismatch(
@@ -1009,6 +1021,7 @@ class LoadRunner:
         self._codec = Codec(config.dialect)
         self._issued = 0
         self._stopping = False
+        self._stop_requested = trio.Event()  # wakes terminals waiting for a rate-limit slot
         self._t0 = 0.0
         self._deadline: float | None = None
         self.stores: dict[str, TerminalStore] = {}
@@ -1094,6 +1107,7 @@ class LoadRunner:
         """End the run early, gracefully: no new transaction starts; the ones in flight finish, then
         every terminal drains (and settles) as at a normal end."""
         self._stopping = True
+        self._stop_requested.set()
 
     @property
     def stopping(self) -> bool:
@@ -1113,7 +1127,8 @@ class LoadRunner:
             if deadline is not None and start >= deadline:
                 self._issued -= 1
                 return None
-            await trio.sleep_until(start)
+            with trio.move_on_at(start):
+                await self._stop_requested.wait()
             if self._stopping:
                 self._issued -= 1
                 return None
@@ -1207,27 +1222,36 @@ class LiveProgress:
         self.live.stop()  # the last table drawn stays on the screen
 
     def _table(self, progress: Progress | None) -> Any:
+        """One metric a row, so every number stays whole on an 80-column terminal (thirteen columns
+        side by side do not fit: rich would cut the numbers to "12…")."""
         from rich.table import Table
 
-        table = Table(title=self.title, title_justify="left", expand=False)
-        for heading in ("time", "sent", "approved", "declined", "unknown", "reversed", "failed",
-                        "reversals\nsent/ack", "late\nreplies", "TPS\nnow", "TPS\naverage", "p50", "p99"):
-            table.add_column(heading, justify="right")
+        table = Table(title=self.title, title_justify="left", show_header=False, expand=False,
+                      min_width=len(self.title))
+        table.add_column("metric", no_wrap=True)
+        table.add_column("value", justify="right", no_wrap=True)
+        table.add_column("detail", overflow="fold")
         if progress is None:
-            table.add_row(*["-"] * 13)
+            for name in ("time", "sent", "approved", "declined", "unknown", "reversed", "failed", "reversals",
+                         "late replies", "TPS", "latency"):
+                table.add_row(name, "-", "")
             return table
         declined = sum(progress.declined_by_code.values())
         codes = " ".join(f"{code}×{n}" for code, n in sorted(progress.declined_by_code.items()))
         unknown = progress.unknown
-        table.add_row(
-            f"{progress.elapsed:.1f}s", str(progress.started), f"[green]{progress.outcomes.get('approved', 0)}",
-            f"[yellow]{declined}" + (f" [dim]({codes})" if codes else ""),
-            f"[red]{unknown}" if unknown else "0",
-            str(progress.outcomes.get("reversed", 0)),
-            f"[red]{progress.outcomes.get('failed', 0)}" if progress.outcomes.get("failed") else "0",
-            f"{progress.reversals_sent}/{progress.reversals_acknowledged}", str(progress.late_replies),
-            f"{progress.recent_tps:.1f}", f"{progress.tps:.1f}", _fmt_ms(progress.p50), _fmt_ms(progress.p99),
-        )
+        failed = progress.outcomes.get("failed", 0)
+        table.add_row("time", f"{progress.elapsed:.1f}s", "")
+        table.add_row("sent", str(progress.started), f"[dim]{progress.in_flight} in flight")
+        table.add_row("approved", f"[green]{progress.outcomes.get('approved', 0)}", "")
+        table.add_row("declined", f"[yellow]{declined}", f"[dim]{codes}" if codes else "")
+        table.add_row("unknown", f"[red]{unknown}" if unknown else "0", "")
+        table.add_row("reversed", str(progress.outcomes.get("reversed", 0)), "")
+        table.add_row("failed", f"[red]{failed}" if failed else "0", "")
+        table.add_row("reversals", f"{progress.reversals_sent}/{progress.reversals_acknowledged}",
+                      "[dim]sent/acknowledged")
+        table.add_row("late replies", str(progress.late_replies), "[dim]discarded")
+        table.add_row("TPS", f"{progress.recent_tps:.1f}", f"[dim]now; average {progress.tps:.1f}")
+        table.add_row("latency", f"p50 {_fmt_ms(progress.p50)}", f"p99 {_fmt_ms(progress.p99)}")
         return table
 
 
@@ -1372,6 +1396,11 @@ def exit_status(summary: Mapping[str, Any], check: CheckOptions) -> int:
     finished = sum(outcomes.values())
     if finished and outcomes.get("failed", 0) == finished:
         return EXIT_HOST_NOT_REACHED
+    connect_failures = summary.get("terminal_events", {}).get("connect_failures", 0)
+    if finished and connect_failures and not any(summary.get("messages_sent", {}).values()):
+        return EXIT_HOST_NOT_REACHED  # e.g. voids refused and offline sales queued, nothing ever sent
+    if summary.get("stopped_early"):
+        return EXIT_INTERRUPTED  # Ctrl-C: checked, but not the run that was asked for (a script must not go on)
     if consistency["status"] == "skipped" and check.required:
         return EXIT_CHECK_REQUIRED
     return 0

@@ -95,8 +95,8 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
         for op, counts in summary["by_operation"].items()))
     events = summary["terminal_events"]
     lines.append(
-        f"terminal reversals sent {events['reversals_sent']}, acknowledged {events['reversals_acknowledged']}, "
-        f"refused {events['reversals_refused']} · late replies discarded {events['late_replies_discarded']} · "
+        f"terminal reversal messages sent {events['reversals_sent']} (repeats included), reversals acknowledged "
+        f"{events['reversals_acknowledged']}, refused {events['reversals_refused']} · late replies discarded {events['late_replies_discarded']} · "
         f"exchanges failed {events['exchanges_failed']} · sign-ons {events['sign_ons']} · "
         f"connections lost {events['connections_lost']}")
     housekeeping = summary.get("housekeeping", {})
@@ -106,8 +106,10 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     drains = housekeeping.get("drain", {})
     owed = sum(n for kind, n in drains.items() if kind != "completed")
     if owed:
+        store_dir = config.get("store_dir", "DIR")
         lines.append(f"drain    {owed} drains could not finish: something is still owed to the host "
-                     "(run `iso-terminal drain` with --store-dir stores)")
+                     f"(the next load with these stores sends it first, or `iso-terminal drain --terminal-id ID "
+                     f"--store {store_dir}/ID.sqlite`)")
     consistency = summary["consistency"]
     lines.append(f"check    {consistency['headline']}")
     for mismatch in consistency["mismatches"][:20]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from importlib.metadata import version
@@ -16,8 +17,9 @@ from switch.cli import cli as switch_cli
 from switch.cli import main as switch_main
 from switch.cli_common import DEBUG_ENV, DISTRIBUTION, ToolGroup, run
 from switch.codec.dialect import DialectError, DialectRegistry, load_dialect
-from switch.codec.framing import Framing
+from switch.codec.framing import FrameDecoder, Framing
 from switch.codec.message import Codec, Message, MessageDecodeError
+from switch.testing import SwitchProcess
 from terminal.cli import cli as terminal_cli
 
 PAN = "4761739001010010"
@@ -33,7 +35,8 @@ SUBPROCESS_TIMEOUT = 60
 
 
 def invoke(group: click.Group, args: list[str], stdin: bytes | str | None = None) -> Result:
-    return CliRunner().invoke(group, args, input=stdin)
+    program = "iso-switch" if group is switch_cli else "iso-terminal"  # as messages name the program
+    return CliRunner().invoke(group, args, input=stdin, prog_name=program)
 
 
 def test_golden_hex_is_the_codecs_encoding() -> None:
@@ -188,6 +191,10 @@ def test_describe_decodes_a_message_of_every_shipped_dialect(name: str) -> None:
         (["describe", "--tpdu", "00"], "error: --tpdu, --no-tpdu, --length-header, --length-includes-itself "
                                        "and --max-frame describe the framing: add --framed\n"),
         (["describe", "--raw", "00"], "error: --raw applies to standard input only ('-')\n"),
+        # click's own refusals, one line too (not click's usage block)
+        (["serve", "--port", "abc"], "error: Invalid value for '--port': 'abc' is not a valid integer range. "
+                                     "(try 'iso-switch serve --help')\n"),
+        (["nosuch"], "error: No such command 'nosuch'. (try 'iso-switch --help')\n"),
     ],
 )
 def test_describe_usage_errors_are_one_line_exit_2(args: list[str], message: str) -> None:
@@ -447,10 +454,21 @@ def test_readme_has_exactly_the_two_setup_commands() -> None:
     assert test_command == 'pip install ".[test]" && python -m pytest -q'
 
 
-def test_readme_main_command_decodes_its_sample() -> None:
+def test_readme_main_command_serves_with_its_defaults(tmp_path: Path) -> None:
+    """The main command, as written, with only what a test must change (free ports, a ledger of its own)."""
     main_command = _readme_setup_commands()[0].removeprefix("pip install . && ")
-    if not main_command.startswith("iso-switch describe "):
-        pytest.skip("the README's main command is no longer a describe")
-    result = invoke(switch_cli, main_command.split()[1:])
-    assert result.exit_code == 0, result.output
-    assert result.stdout.startswith("MTI   0200  financial request\n")
+    program, *args = main_command.split()
+    assert program == "iso-switch" and args[0] == "serve", main_command
+    with SwitchProcess.start([*args[1:], "--ledger", str(tmp_path / "ledger.sqlite")]) as switch:
+        assert "dialect iso87-binary, framing binary2" in switch.text and "sign-on required" in switch.text
+        codec, framing = Codec(load_dialect("iso87-binary")), Framing.from_dialect(load_dialect("iso87-binary"))
+        with socket.create_connection(("127.0.0.1", switch.port), timeout=10) as sock:
+            sock.sendall(framing.encode(codec.encode(Message("0800", {7: "1122103000", 11: "000001",
+                                                                      70: "301"}))))
+            decoder = FrameDecoder(framing)
+            while (frame := decoder.next_frame()) is None:
+                data = sock.recv(4096)
+                assert data, "the switch closed the connection"
+                decoder.feed(data)
+        assert codec.decode(frame.payload)[39] == "00"
+    assert switch.returncode == 0 and switch.closed_cleanly, switch.text

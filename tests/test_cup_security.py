@@ -15,7 +15,7 @@ merely checked against themselves.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -151,17 +151,6 @@ def keys_from_field62_layout40(block: bytes) -> tuple[bytes, bytes]:
 
 # ---------------------------------------------------------------------------------------------
 # The rig: a switch with profiles, terminals that connect to it over memory streams
-
-
-@pytest.fixture
-def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Ledger flushes inline, so the autojump clock cannot jump while one runs (see test_terminal_client)."""
-
-    async def run_inline(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_inline)
 
 
 @dataclass
@@ -372,6 +361,17 @@ async def test_unknown_terminal_gets_97_on_cup_and_58_on_iso(autojump_clock: Any
     custom = profile_set('[settings]\nunknown_terminal_code = "03"\n' + PROFILES)
     async with switch(CUP, custom) as rig, rig.terminal("CUP09999") as client:
         assert (await client.run_command(SignOn())).response_code == "03"
+
+
+async def test_a_known_terminal_with_another_merchant_id_gets_03_and_posts_nothing(
+        autojump_clock: Any, inline_threads: None) -> None:
+    async with switch(ISO) as rig:
+        raw = await RawTerminal.open(rig)
+        request = Message("0200", {2: PLAIN_CARD, 3: "000000", 4: "000000001000", 7: "0301120000", 11: "000001",
+                                   14: EXPIRY, 22: "021", 25: "00", 41: "ISO00001", 42: "SOMEONE ELSE 01",
+                                   49: "840"})
+        reply, _ = await raw.exchange(request, bytes.fromhex("FEDCBA98765432100123456789ABCDEF"), "x9.19")
+        assert reply[39] == "03" and rig.ledger.postings() == []
 
 
 async def test_without_profiles_the_host_behaves_as_before() -> None:

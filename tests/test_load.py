@@ -294,6 +294,27 @@ def test_field7_time_picks_the_year_nearest_the_run() -> None:
     assert field7_time("", new_year) is None and field7_time("13x", new_year) is None
 
 
+def test_live_table_keeps_every_number_whole_on_an_80_column_terminal() -> None:
+    import io
+
+    from terminal.load import LiveProgress, Progress
+
+    progress = Progress(elapsed=123.4, started=123456, finished=123000, in_flight=456,
+                        outcomes={"approved": 120000, "failed": 3, "reversed": 12, "unknown": 7},
+                        declined_by_code={"51": 2000, "05": 1000}, reversals_sent=15, reversals_acknowledged=12,
+                        late_replies=3, tps=1000.5, recent_tps=1234.5, p50=0.0123, p99=1.234)
+    out = io.StringIO()
+    live = LiveProgress(out, "iso-terminal load → 127.0.0.1:8583: 20 terminals, 30s at 200/s")
+    live.console.width = 80
+    live(progress)
+    live.close()
+    screen = out.getvalue()
+    assert "…" not in screen
+    for text in ("123.4s", "123456", "120000", "3000", "05×1000 51×2000", "15/12", "1234.5", "1000.5", "12.3ms",
+                 "1.23s"):
+        assert text in screen, text
+
+
 # ---------------------------------------------------------------------------------------------
 # compare_views: the consistency check's verdicts
 
@@ -368,6 +389,18 @@ def test_a_posting_an_earlier_run_journalled_is_not_host_only_even_in_the_same_s
     assert result.status == "consistent" and result.host_postings == 1
 
 
+def test_a_request_the_host_booked_twice_is_a_mismatch() -> None:
+    journal = {"L0000001": [entry("000001", "approved"), entry("000002", "declined", code="51")]}
+    twice = [posting("000001"), posting("000001"), posting("000002", approved=False), posting("000002")]
+    result = compare_views(journal, twice, WINDOW, journalled=[("L0000001", "000001", "0301120000"),
+                                                               ("L0000001", "000002", "0301120000")])
+    assert result.status == "inconsistent"
+    assert [(m.stan, "more than once" in m.problem) for m in result.mismatches] == [("000001", True),
+                                                                                   ("000002", True)]
+    assert result.host_postings == 4
+    assert compare_views(journal, twice[:1] + twice[2:3], WINDOW).status == "consistent"
+
+
 def test_undecided_entries_are_listed_and_never_counted_consistent() -> None:
     journal = {"L0000001": [entry("000001", "approved"), entry("000002", "reversal-refused", code="12"),
                             entry("000003", "unknown", code="")]}
@@ -411,21 +444,13 @@ def test_exit_status() -> None:
     assert exit_status(summary("skipped", {"approved": 3}), CheckOptions(required=True)) == EXIT_CHECK_REQUIRED
     assert exit_status(summary("skipped", {"failed": 4}), check) == EXIT_HOST_NOT_REACHED
     assert exit_status(summary("consistent", {}, interrupted=True), check) == 130
+    stopped = {**summary("consistent", {"approved": 3}), "stopped_early": True}  # one Ctrl-C: graceful stop
+    assert exit_status(stopped, check) == 130
+    assert exit_status({**stopped, "consistency": {"status": "inconsistent"}}, check) == EXIT_INCONSISTENT
 
 
 # ---------------------------------------------------------------------------------------------
 # LoadRunner on a virtual clock, against the real switch in-process
-
-
-@pytest.fixture
-def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Worker-thread calls (the switch's ledger flush) run inline, so autojump cannot skip past them."""
-
-    async def run_inline(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_inline)
 
 
 @dataclass
@@ -546,6 +571,27 @@ async def test_stop_ends_the_run_gracefully(autojump_clock: Any, inline_threads:
     assert (stats.started, stats.finished, stats.in_flight) == (8, 8, 0)
     assert result.elapsed == pytest.approx(5.0) and runner.stopping
     assert stats.housekeeping["settle"] == {"approved": 2}  # drained and settled as at a normal end
+
+
+async def test_stop_wakes_terminals_waiting_for_a_rate_limit_slot(
+        autojump_clock: Any, inline_threads: None, tmp_path: Path) -> None:
+    config = load_config(5, count=20, rate=0.1, mix={"echo": 1})  # one start every 10 s; slots queued to 40 s
+    async with switch_in_process() as rig:
+        stats = LoadStats()
+        runner = LoadRunner(config, stats, str(tmp_path), connect=rig.connect, clock=rig.clock)
+
+        async def press_ctrl_c() -> None:
+            await trio.sleep(15)
+            runner.stop()
+
+        began = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(press_ctrl_c)
+            result = await runner.run()
+        took = trio.current_time() - began
+    result.close()
+    assert (stats.started, stats.finished) == (2, 2)  # started at 0 and 10 s; the three waiting never start
+    assert took < 16, took  # not the 40 s the queued slots would have slept
 
 
 async def test_lost_replies_are_reversed_and_the_check_still_agrees(
@@ -683,12 +729,41 @@ def test_host_not_reached_exits_3() -> None:
     assert "failed 2" in result.stdout
 
 
+def test_host_not_reached_exits_3_even_when_no_outcome_is_failed(tmp_path: Path) -> None:
+    # voids with nothing to void are refused by the terminal, offline sales queue their advice: none
+    # of them is "failed", yet nothing ever reached the host
+    result = load("--port", str(free_port()), "--no-check", "--count", "4", "--terminals", "2", "--quiet",
+                  "--connect-attempts", "1", "--mix", "void=1,offline=1", "--seed", "1", "--json",
+                  "--store-dir", str(tmp_path / "stores"))
+    assert result.exit_code == EXIT_HOST_NOT_REACHED, result.output
+    summary = json.loads(result.stdout)
+    assert summary["outcomes"]["failed"] == 0 and summary["terminal_events"]["connect_failures"] > 0
+
+
 def test_a_store_that_is_not_a_terminal_store_is_one_line_exit_3(tmp_path: Path) -> None:
     (tmp_path / "L0000002.sqlite").write_text("not a database")
     result = load("--port", str(free_port()), "--no-check", "--count", "2", "--terminals", "2", "--quiet",
                   "--store-dir", str(tmp_path))
     assert result.exit_code == 3, result.output
     assert "L0000002.sqlite is not a terminal store" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("option", ["--report", "--store-dir"])
+def test_a_directory_that_cannot_be_written_is_a_usage_error_before_the_run(option: str, tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    port = free_port()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", port))
+    listener.listen()
+    with listener:  # a host that accepts: a run would connect; the check must come first
+        result = load("--port", str(port), "--no-check", "--count", "1", "--terminals", "1", "--quiet",
+                      option, str(tmp_path / "a-file" / "sub"))
+        listener.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    assert result.exit_code == 3, result.output
+    assert f"{option} " in result.output and "cannot write there" in result.output
+    assert "Traceback" not in result.output and "load " not in result.stdout
 
 
 @pytest.mark.parametrize("args, message", [

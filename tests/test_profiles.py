@@ -314,3 +314,17 @@ def test_static_keys_round_trip_into_working_keys():
     assert profile is not None
     assert profile.static_keys == WorkingKeys(H(TEST_TMK), H("0123456789ABCDEF"))
     assert profile.tmk_check_value == check_value(H(TEST_TMK)).hex().upper()
+
+
+def test_static_keys_with_a_tmk_must_fit_the_field62_layout():
+    # with a tmk, the static keys are what every sign-on sends in field 62: a misfit would answer 96 every time
+    error = error_of(terminal(pin_key="0123456789ABCDEF", mac_key="FEDCBA9876543210"))
+    assert str(error).startswith("p.toml:6: terminal[1].pin_key: ") and "key_layout 40" in error.reason
+    error = error_of(terminal(pin_key=TEST_TMK, mac_key="FEDCBA9876543210", key_layout=60))
+    assert error.key == "terminal[1].key_layout" and "track key" in error.reason
+    error = error_of(terminal(mac="cup-ecb", pin_key="0123456789ABCDEF", mac_key=TEST_TMK, key_layout=24))
+    assert error.key == "terminal[1].mac_key" and "at most 16 hex digits" in error.reason
+    profile = parse(terminal(pin_key="0123456789ABCDEF", mac_key="FEDCBA9876543210", key_layout=24)).get("CUP00001")
+    assert profile is not None and profile.static_keys is not None and profile.tmk is not None
+    block = profile.field62(profile.issue_keys(random.Random(0)))
+    assert decrypt_field62(H(TEST_TMK), block) == profile.static_keys

@@ -121,8 +121,19 @@ def test_console_summary_names_the_numbers() -> None:
     assert "p50 16.0 ms" in text and "p99.9 30.00 s" in text
     assert "approved 10 · declined 1 · reversed 1" in text
     assert "51 1 (insufficient funds)" in text
-    assert "reversals sent 1, acknowledged 1" in text and "late replies discarded 1" in text
+    assert "reversal messages sent 1 (repeats included), reversals acknowledged 1" in text
+    assert "late replies discarded 1" in text
     assert "settle   approved 1" in text
+
+
+def test_a_drain_left_owing_names_a_command_that_exists() -> None:
+    summary = build_summary(CONSISTENT)
+    summary["config"] = {**CONFIG, "store_dir": "/srv/stores"}
+    summary["housekeeping"]["drain"] = {"completed": 3, "unknown-queued": 1}
+    (line,) = [line for line in summary_lines(summary) if line.startswith("drain")]
+    assert "1 drains could not finish" in line
+    assert "--store-dir" not in line  # `iso-terminal drain` has no such option
+    assert "iso-terminal drain --terminal-id ID --store /srv/stores/ID.sqlite" in line
 
 
 def test_a_run_where_nothing_finished_still_renders(tmp_path: Path) -> None:

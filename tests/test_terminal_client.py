@@ -15,7 +15,7 @@ would turn approved purchases into timeouts that never happen in real time. So t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,17 +47,6 @@ TID = "TERM0001"
 MID = "MERCHANT0000001"
 PAN = "4761739001010010"  # approved by the default test-card table
 EXPIRY = "3012"
-
-
-@pytest.fixture
-def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Run worker-thread calls inline, so the autojump clock cannot jump while a ledger flush runs."""
-
-    async def run_inline(fn: Callable[..., Any], *args: Any, **_: Any) -> Any:
-        await trio.lowlevel.checkpoint()
-        return fn(*args)
-
-    monkeypatch.setattr(trio.to_thread, "run_sync", run_inline)
 
 
 @dataclass

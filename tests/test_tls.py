@@ -339,3 +339,37 @@ def test_serve_and_terminal_commands_with_profiles_tls_and_two_listeners(certifi
             out, err = serve.communicate()
     assert serve.returncode == 0, err
     assert "2 approvals" in out, out  # the CUP sale and the ISO sale; the wrong PIN was declined
+
+
+def test_serve_names_an_also_listen_address_already_in_use_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "switch", "serve", "--port", "0", "--no-admin", "--ledger", ":memory:",
+             "--journal", "none", "--also-listen", f"127.0.0.1:{port},dialect=cup-pos"],
+            capture_output=True, text=True, timeout=30, env={**os.environ, "ISO8583_DEBUG": ""},
+        )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [f"error: cannot listen: 127.0.0.1:{port}: Address already in use"]
+
+
+def test_each_listener_issues_its_own_working_keys() -> None:
+    from switch.codec.composite import CupField60, CupHeader
+    from switch.codec.message import Message
+
+    options = SwitchOptions(port=0, ledger=":memory:", journal="none", admin_port=None, seed=42,
+                            profiles=str(example_profiles_path()),
+                            also_listen=(parse_listener_spec("127.0.0.1:0,dialect=cup-pos"),))
+    switch = build_switch(CUP, Framing.from_dialect(CUP), options)
+    signon = Message("0800", {11: "000001", 41: "CUP00001", 42: "898100000000001",
+                              60: CupField60("00", "000001", "003").format()}, CupHeader.DEFAULT.format())
+    now = dt.datetime.now(dt.UTC)
+    replies = [server.host.handle(signon, now).response for server in switch.servers]
+    assert all(reply is not None and reply.fields[39] == "00" for reply in replies)
+    first, second = (reply.fields[62] for reply in replies)  # type: ignore[union-attr]
+    assert first != second  # the same terminal signing on through two listeners gets fresh keys each time
+    switch.server.ledger.close()
