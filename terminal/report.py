@@ -96,7 +96,8 @@ def summary_lines(summary: Mapping[str, Any]) -> list[str]:
     events = summary["terminal_events"]
     lines.append(
         f"terminal reversal messages sent {events['reversals_sent']} (repeats included), reversals acknowledged "
-        f"{events['reversals_acknowledged']}, refused {events['reversals_refused']} · late replies discarded {events['late_replies_discarded']} · "
+        f"{events['reversals_acknowledged']}, refused {events['reversals_refused']} · "
+        f"late replies discarded {events['late_replies_discarded']} · "
         f"exchanges failed {events['exchanges_failed']} · sign-ons {events['sign_ons']} · "
         f"connections lost {events['connections_lost']}")
     housekeeping = summary.get("housekeeping", {})
