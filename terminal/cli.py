@@ -66,7 +66,7 @@ from terminal.policy import (
     SignOn,
     meaning_of,
 )
-from terminal.profile import ProfileError, TerminalProfile
+from terminal.profile import ProfileError, TerminalProfile, format_amount
 from terminal.store import JournalEntry, StoreError, TerminalStore
 
 
@@ -275,15 +275,6 @@ def parse_amount(text: str, exponent: int) -> int:
         raise ValueError(f"--amount {text!r}: this currency has {allowed}")
     whole = value.split(".", 1)[0]
     return int(whole) * 10**exponent + int(decimals.ljust(exponent, "0") or "0")
-
-
-def format_amount(minor: int, exponent: int) -> str:
-    """1234 → ``"12.34"`` (``exponent`` 2): how amounts are shown back to people."""
-    if not exponent:
-        return str(minor)
-    sign = "-" if minor < 0 else ""
-    whole, fraction = divmod(abs(minor), 10**exponent)
-    return f"{sign}{whole}.{fraction:0{exponent}d}"
 
 
 def _minor_units(amount: str | None, minor: str | None, exponent: int) -> int:

@@ -91,7 +91,7 @@ from terminal.policy import (
     TerminalPolicy,
     meaning_of,
 )
-from terminal.profile import TerminalProfile
+from terminal.profile import TerminalProfile, format_amount
 from terminal.store import JournalEntry, StoreError, TerminalStore
 
 __all__ = [
@@ -630,7 +630,7 @@ class ConsistencyResult:
     def headline(self, exponent: int = 2) -> str:
         if self.status == "skipped":
             return f"consistency check skipped: {self.reason}"
-        net = _format_minor(self.net_amount, exponent)
+        net = format_amount(self.net_amount, exponent)
         text = (f"{self.status}: {self.checked} transactions, {self.money_moved} money moved (net {net}), "
                 f"{len(self.mismatches)} mismatches")
         if self.undecided:
@@ -644,14 +644,6 @@ class ConsistencyResult:
             "mismatches": [m.as_dict() for m in self.mismatches],
             "undecided": [m.as_dict() for m in self.undecided], "hint": self.hint,
         }
-
-
-def _format_minor(minor: int, exponent: int) -> str:
-    if not exponent:
-        return str(minor)
-    sign = "-" if minor < 0 else ""
-    whole, fraction = divmod(abs(minor), 10**exponent)
-    return f"{sign}{whole}.{fraction:0{exponent}d}"
 
 
 def field7_time(text: str, near: float) -> float | None:
@@ -681,7 +673,7 @@ def run_window(entries: Iterable[JournalEntry], started: float, ended: float) ->
 
 
 def _terminal_view(entry: JournalEntry, exponent: int) -> str:
-    amount = _format_minor(entry.amount, exponent)
+    amount = format_amount(entry.amount, exponent)
     moved = {True: "money moved", False: "nothing moved", None: "cannot know"}[entry.money_moved]
     code = f" ({entry.response_code} {meaning_of(entry.response_code)})" if entry.response_code else ""
     return f"{entry.kind} {entry.direction} {amount} {entry.state}{code}: {moved}"
@@ -690,7 +682,7 @@ def _terminal_view(entry: JournalEntry, exponent: int) -> str:
 def _host_view(posting: HostPosting | None, exponent: int) -> str:
     if posting is None:
         return "no posting (never received, or never booked)"
-    amount = _format_minor(posting.amount, exponent)
+    amount = format_amount(posting.amount, exponent)
     state = "reversed" if posting.reversed else ("approved" if posting.approved else "declined")
     moved = "money moved" if posting.money_moved else "nothing moved"
     code = f" ({posting.response_code} {meaning_of(posting.response_code)})" if posting.response_code else ""

@@ -23,7 +23,7 @@ from switch.codec.dialect import FAMILIES
 from switch.profiles import DEFAULT_KEY_LAYOUT, TerminalSecurityProfile
 from switch.security import KEY_LAYOUTS, KEY_LENGTHS, MAC_CHOICES, MAC_KEY_LENGTHS, WorkingKeys
 
-__all__ = ["DEFAULT_CURRENCY", "SIGNON_DEMAND_CODES", "ProfileError", "TerminalProfile"]
+__all__ = ["DEFAULT_CURRENCY", "SIGNON_DEMAND_CODES", "ProfileError", "TerminalProfile", "format_amount"]
 
 SIGNON_DEMAND_CODES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
@@ -240,3 +240,12 @@ class TerminalProfile:
     def for_dialect(cls, dialect: Any, terminal_id: str, merchant_id: str, **overrides: Any) -> TerminalProfile:
         """The profile for a loaded dialect's family, with settings overridden by name."""
         return cls(terminal_id, merchant_id, family=dialect.family, **overrides)
+
+
+def format_amount(minor: int, exponent: int) -> str:
+    """1234 → ``"12.34"`` (``exponent`` 2): how amounts are shown back to people."""
+    if not exponent:
+        return str(minor)
+    sign = "-" if minor < 0 else ""
+    whole, fraction = divmod(abs(minor), 10**exponent)
+    return f"{sign}{whole}.{fraction:0{exponent}d}"

@@ -16,6 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from terminal.profile import format_amount
+
 __all__ = [
     "histogram_svg",
     "render_html",
@@ -58,14 +60,6 @@ def _ms(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.1f} ms" if value < 1000 else f"{value / 1000:.2f} s"
-
-
-def _money(minor: int, exponent: int) -> str:
-    if not exponent:
-        return str(minor)
-    sign = "-" if minor < 0 else ""
-    whole, fraction = divmod(abs(minor), 10**exponent)
-    return f"{sign}{whole}.{fraction:0{exponent}d}"
 
 
 def summary_lines(summary: Mapping[str, Any]) -> list[str]:
@@ -186,6 +180,12 @@ def _ms_label(milliseconds: float) -> str:
     return f"{milliseconds:g} ms"
 
 
+def _empty_chart(parts: list[str], width: int, height: int) -> str:
+    parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="14" '
+                 f'fill="{_COLOURS["axis"]}">no transactions finished</text></svg>')
+    return "\n".join(parts)
+
+
 def histogram_svg(histogram: Sequence[Mapping[str, float]], latency: Mapping[str, Any],
                   width: int = 760, height: int = 280) -> str:
     """Latency histogram on a log axis (bins of equal width per tenth of a decade), with the
@@ -194,9 +194,7 @@ def histogram_svg(histogram: Sequence[Mapping[str, float]], latency: Mapping[str
     parts = _svg_open(width, height, title)
     left, right, top, bottom = 60.0, width - 16.0, 56.0, height - 46.0
     if not histogram:
-        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="14" '
-                     f'fill="{_COLOURS["axis"]}">no transactions finished</text></svg>')
-        return "\n".join(parts)
+        return _empty_chart(parts, width, height)
     counts = [int(item["count"]) for item in histogram]
     scale_top = _y_axis(parts, top, bottom, left, right, max(counts), "transactions")
     bar_width = (right - left) / len(histogram)
@@ -255,9 +253,7 @@ def timeline_svg(timeline: Sequence[Mapping[str, float]], width: int = 760, heig
     parts = _svg_open(width, height, title)
     left, right, top, bottom = 60.0, width - 16.0, 34.0, height - 46.0
     if not timeline:
-        parts.append(f'<text x="{width / 2}" y="{height / 2}" text-anchor="middle" font-size="14" '
-                     f'fill="{_COLOURS["axis"]}">no transactions finished</text></svg>')
-        return "\n".join(parts)
+        return _empty_chart(parts, width, height)
     bars = []  # start, width, approved/s, declined/s, errors/s
     for bucket in timeline:
         seconds = float(bucket["seconds"])
@@ -443,7 +439,7 @@ def render_html(summary: Mapping[str, Any]) -> str:
         out.append(_table(["transactions compared", "money moved", "net amount", "host postings in the run",
                            "mismatches", "undecided"],
                           [[consistency["checked"], consistency["money_moved"],
-                            _money(consistency["net_amount"], exponent), consistency["host_postings"],
+                            format_amount(consistency["net_amount"], exponent), consistency["host_postings"],
                             len(consistency["mismatches"]), len(consistency["undecided"])]],
                           numeric=range(6)))
         out.append('<p class="note">Each journal entry of the run is matched to the host posting with the same '
