@@ -677,10 +677,10 @@ class TerminalPolicy:
         _check_now(now)
         was_connected = self._connected
         self._connected = False
+        if was_connected or self._exchange is not None:
+            self._note("connection-lost", reason)  # counted whether or not an exchange was waiting
         if self._exchange is not None:
             self._fail(now, "connection-lost", reason)
-        elif was_connected:
-            self._note("connection-lost", reason)
 
     def receive(self, message: Message, now: float, *, mac_ok: bool = True) -> None:
         """A decoded message arrived. ``mac_ok`` is the driver's MAC verdict (True when no MAC is used).

@@ -1014,6 +1014,13 @@ def test_connection_lost_between_exchanges_reconnects(harness):
     assert sum(isinstance(a, Connect) for a in h.actions) == 2
 
 
+def test_a_connection_lost_mid_exchange_is_noted_as_such(harness):
+    h = harness()
+    h.run(purchase(), faults=["ok", "ok", "reset-after"])  # connect, sign-on, then the purchase
+    kinds = h.note_kinds()
+    assert "connection-lost" in kinds and "exchange-failed" in kinds  # both counted: load reports use them
+
+
 def test_one_operation_at_a_time(harness):
     h = harness()
     h.policy.start(Echo(), h.now)
