@@ -541,7 +541,7 @@ class SwitchServer:
         if plan.length_delta:
             declared = len(framed) - size + (size if self.framing.length_includes_itself else 0)
             wrong = max(0, declared + plan.length_delta)
-            framed = _length_header(self.framing, wrong, size) + framed[size:]
+            framed = self.framing.header_saying(wrong) + framed[size:]
         if plan.truncate_at is not None:
             framed = framed[:size + max(0, min(plan.truncate_at, len(framed) - size - 1))]
         return framed
@@ -716,16 +716,6 @@ def _sign_on_again(header: str) -> str:
         return CupHeader.parse(header).with_requirement(CupHeader.SIGN_ON_AGAIN).format()
     except CompositeFieldError:
         return header
-
-
-def _length_header(framing: Framing, value: int, size: int) -> bytes:
-    """A length header of the framing's kind saying ``value`` (clamped to what it can express)."""
-    kind = framing.length_header
-    if kind.startswith("binary"):
-        return min(value, 256**size - 1).to_bytes(size, "big")
-    if kind.startswith("ascii"):
-        return f"{min(value, 10**size - 1):0{size}d}".encode()
-    return bytes.fromhex(f"{min(value, 9999):04d}")  # bcd2
 
 
 class _CloseConnection(Exception):

@@ -420,3 +420,13 @@ def test_arbitrary_bytes_give_frames_or_a_framing_error_only(framing, chunks):
         decoder.close()
     except FramingError:
         pass
+
+
+@pytest.mark.parametrize(
+    ("kind", "value", "expected"),
+    [("binary2", 300, b"\x01\x2c"), ("binary2", 70000, b"\xff\xff"), ("binary4", 5, b"\x00\x00\x00\x05"),
+     ("ascii2", 123, b"99"), ("ascii4", 42, b"0042"), ("bcd2", 1234, b"\x12\x34"), ("bcd2", 12345, b"\x99\x99"),
+     ("ascii4", -3, b"0000")],
+)
+def test_header_saying_writes_any_value_clamped_to_the_header(kind: str, value: int, expected: bytes) -> None:
+    assert Framing(length_header=kind).header_saying(value) == expected

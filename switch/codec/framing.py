@@ -131,6 +131,18 @@ class Framing:
         size, largest = _HEADER_SPECS[self.length_header]
         return largest - size if self.length_includes_itself else largest
 
+    def header_saying(self, value: int) -> bytes:
+        """A length header of this framing's kind that says ``value`` as written, clamped to what it
+        can express: for fault injection and fuzzing, which need headers that disagree with the body."""
+        size = self.header_size
+        kind = self.length_header
+        value = max(0, value)
+        if kind.startswith("binary"):
+            return min(value, 256**size - 1).to_bytes(size, "big")
+        if kind.startswith("ascii"):
+            return f"{min(value, 10**size - 1):0{size}d}".encode()
+        return bytes.fromhex(f"{min(value, 9999):04d}")  # bcd2
+
     def encode(self, payload: bytes, tpdu: bytes | None = None) -> bytes:
         """One frame: length header (+ TPDU) + payload.
 
