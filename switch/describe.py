@@ -90,7 +90,7 @@ def mti_meaning(mti: str) -> str:
     """'0200' -> 'financial request', '0401' -> 'reversal request, repeat' (classes per ISO 8583)."""
     if len(mti) != 4 or not mti.isdigit():
         return "not a valid MTI"
-    version, klass, function, origin = mti
+    version, klass, function, origin = mti[0], mti[1], mti[2], mti[3]
     if klass not in _MTI_CLASSES:
         return f"unknown message class {klass}"
     if function not in _MTI_FUNCTIONS:
@@ -175,7 +175,7 @@ def describe_message(codec: Codec, raw: bytes, *, unmask: bool = False, tpdu: by
     except MessageDecodeError as exc:
         decoded = dict(exc.partial)
         wire = getattr(exc, "partial_wire", {})
-        failure = DecodeFailure(exc.reason, exc.field, exc.offset)
+        failure: DecodeFailure | None = DecodeFailure(exc.reason, exc.field, exc.offset)
     else:
         decoded = {str(number): value for number, value in message.fields.items()}
         decoded["t"] = message.mti
@@ -207,7 +207,7 @@ def _row(dialect: Dialect, key: str, decoded: Mapping[str, str], prefix: bytes, 
         value = _bitmap_text(data)
         base = {"p": 0, "1": 64, "65": 128}[key]
         present = _bitmap_fields(value, base)
-        parts = (("fields", " ".join(map(str, present))),) if present else ()
+        parts: tuple[tuple[str, str], ...] = (("fields", " ".join(map(str, present))),) if present else ()
         return ElementRow(key, name, offset, prefix, data, value, parts=parts)
     value = decoded.get(key, data.hex().upper())
     if key == "h":

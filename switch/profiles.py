@@ -36,6 +36,7 @@ line and the key, like scenario files (it reuses their line locator)::
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import tomllib
@@ -461,7 +462,8 @@ def parse_profiles(text: str, path: str = "<profiles>", *, dialects: DialectRegi
     return ProfileSet(path, MappingProxyType(profiles), unknown_code)
 
 
-def load_profiles(path: str | Path, *, dialect_path: Iterable[str | Path] = ()) -> ProfileSet:
+def load_profiles(path: str | os.PathLike[str], *, dialect_path: Iterable[str | os.PathLike[str]] = ()
+                  ) -> ProfileSet:
     """Read and validate a profile file; dialect names are looked up in ``dialect_path`` first."""
     shown = str(path)
     try:

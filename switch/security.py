@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, modes
 try:  # cryptography >= 43 keeps the DES family in the "decrepit" module
     from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 except ImportError:  # pragma: no cover - cryptography 42
-    from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES  # type: ignore[no-redef]
+    from cryptography.hazmat.primitives.ciphers.algorithms import TripleDES  # type: ignore[no-redef, unused-ignore]
 
 if TYPE_CHECKING:
     from switch.codec.dialect import Dialect
