@@ -101,8 +101,8 @@ def main() -> None:
     if limit < max(steps) + 64:
         raise SystemExit(f"RLIMIT_NOFILE is {limit}: too low for {max(steps)} connections (raise the hard limit)")
     with tempfile.TemporaryDirectory(prefix="bench-connections-") as directory:
-        switch = SwitchProcess.start(["--idle-timeout", "0", "--ledger", os.path.join(directory, "ledger.sqlite"),
-                                      "--journal", "none"])
+        switch = SwitchProcess.start(["--idle-timeout", "0", "--max-connections", "0",
+                                      "--ledger", os.path.join(directory, "ledger.sqlite"), "--journal", "none"])
         proc, port = switch.process, switch.port
         health = f"{switch.admin_url}/health"
         sockets: list[socket.socket] = []

@@ -14,18 +14,24 @@ DELETE), ``POST /scenario``, ``POST /reset``, ``PUT /maintenance``, ``GET /journ
 Errors: a bad payload is answered 422 with FastAPI's shape, ``{"detail": [{"loc": [...], "msg":
 ...}]}``, whether pydantic or the fault engine / scenario loader found the problem (their key goes
 in ``loc`` after ``"body"``); an unknown fault rule id is 404; a missing or wrong bearer token 401.
+
+Hostile callers: a body over ``MAX_BODY_BYTES`` is 413 before it is read; a ``Host`` header that is
+neither an IP address, a localhost name, the listen address nor an ``--admin-allow-host`` name is
+421 (a web page cannot reach the API through DNS rebinding); scenario files come only from the
+shipped set or ``--scenario-path`` directories, read off the ledger's commit thread.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
 
 import trio
 from fastapi import Body, FastAPI, HTTPException, Query
@@ -37,12 +43,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from switch.faults import FaultRuleError, parse_fault_rules
 from switch.host import HostConfig
 from switch.metrics import CONTENT_TYPE, SwitchMetrics
-from switch.scenario import Scenario, ScenarioError, load_scenario
+from switch.scenario import MAX_SCENARIO_NAME, Scenario, ScenarioError, load_scenario_within
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from hypercorn.typing import ASGIFramework
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from switch.codec import Dialect
+    from switch.commit import GroupCommitter
     from switch.faults import FaultEngine, FaultRule
     from switch.host import Host
     from switch.journal import Journal
@@ -63,6 +71,14 @@ API_PREFIX = "/api/v1"
 DEFAULT_ADMIN_PORT = 8584
 OPEN_PATHS = frozenset({"/health"})
 """Paths served without the bearer token: liveness probes should not need a secret."""
+MAX_BODY_BYTES = 1 << 20
+"""Request bodies above 1 MiB are refused (413): a rule or a scenario request is a few hundred bytes."""
+LOCAL_HOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
+"""Host header names always accepted, with any IP address literal (an IP cannot be DNS-rebound)."""
+COMMIT_STALL_SECONDS = 10.0
+"""``/health`` answers 503 once the oldest row not yet durable has waited this long."""
+SCENARIO_LOADS = 2
+"""Scenario loads running at once; more wait their turn instead of taking more worker threads."""
 
 RESTART_ONLY_HOST_SETTINGS = frozenset({"family", "signon_required_code"})
 """Host settings a loaded scenario cannot change at runtime: ``Host`` derives state from them when
@@ -98,6 +114,14 @@ class SwitchRuntime:
     more_listeners: tuple[tuple[Host, Dialect], ...] = ()
     """The hosts of ``--also-listen`` listeners with their dialects: a scenario or a reset applies
     to every listener, as at start-up."""
+    committer: GroupCommitter | None = None
+    """The ledger's group committer: ``/health`` reports a commit path that makes no progress."""
+    commit_stall_seconds: float = COMMIT_STALL_SECONDS
+    scenario_paths: tuple[str, ...] = ()
+    """``--scenario-path`` directories: besides shipped names, the API loads ``.toml`` files only here."""
+    allowed_hosts: tuple[str, ...] = ()
+    """``--admin-allow-host`` names accepted in the Host header on top of localhost names, IP
+    addresses and the listen address (``serve_admin`` adds the latter)."""
 
     @property
     def hosts(self) -> tuple[Host, ...]:
@@ -111,8 +135,11 @@ class SwitchRuntime:
 class ScenarioRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, description="A shipped scenario name (e.g. 'flaky-network') or a .toml path.")
-    seed: int | None = Field(default=None, description="Fault RNG seed; default: --seed, else the scenario's.")
+    name: str = Field(min_length=1, max_length=MAX_SCENARIO_NAME,
+                      description="A shipped scenario name (e.g. 'flaky-network') or a .toml file under a "
+                                  "--scenario-path directory.")
+    seed: int | None = Field(default=None, gt=-(2**64), lt=2**64,
+                             description="Fault RNG seed; default: --seed, else the scenario's.")
 
 
 class ResetRequest(BaseModel):
@@ -202,6 +229,87 @@ def _host_config_for(runtime: SwitchRuntime, current: HostConfig, scenario: Scen
     return dataclasses.replace(wanted, **keep), applied, not_applied
 
 
+def _host_name(value: bytes) -> str:
+    """The name in a Host header, without port or IPv6 brackets, lower-case."""
+    text = value.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:].partition("]")[0]
+    name, _, port = text.rpartition(":")
+    return (name if name and port.isdigit() else text).rstrip(".")  # "localhost." is localhost
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+class _Guard:
+    """ASGI middleware run before anything else: the Host header check and the body cap.
+
+    Host: a browser page on ``evil.example`` that rebinds its name to 127.0.0.1 sends
+    ``Host: evil.example``; refusing names we were not told about (421) stops it reaching the API.
+    Body: refused from its ``Content-Length`` at once, and counted as it streams otherwise, so a
+    100 MB body is never buffered (at most ``MAX_BODY_BYTES`` are).
+    """
+
+    def __init__(self, app: ASGIApp, runtime: SwitchRuntime) -> None:
+        self.app = app
+        self.runtime = runtime
+
+    def _host_allowed(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+        hosts = [value for name, value in headers if name == b"host"]
+        if len(hosts) != 1:
+            return False
+        name = _host_name(hosts[0])
+        allowed = {*LOCAL_HOST_NAMES, *(host.lower() for host in self.runtime.allowed_hosts)}
+        return _is_ip(name) or name in allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        if not self._host_allowed(headers):
+            response = JSONResponse({"detail": "Host header not allowed (use localhost or an IP address, "
+                                               "or start the switch with --admin-allow-host NAME)"}, status_code=421)
+            await response(scope, receive, send)
+            return
+        declared = next((value for name, value in headers if name == b"content-length"), None)
+        if declared is not None and (not declared.strip().isdigit() or int(declared) > MAX_BODY_BYTES):
+            await self._too_large(scope, receive, send)
+            return
+        # read the body here, at most the cap (FastAPI would buffer it all anyway), then replay it
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY_BYTES:
+                await self._too_large(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
+        response = JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
+        await response(scope, receive, send)
+
+
 class _BearerAuth:
     """ASGI middleware: with ``runtime.token`` set, every path but ``OPEN_PATHS`` needs the bearer token.
 
@@ -248,23 +356,45 @@ def create_admin_app(runtime: SwitchRuntime) -> FastAPI:
         openapi_url="/openapi.json",
     )
     app.add_middleware(_BearerAuth, runtime=runtime)
+    app.add_middleware(_Guard, runtime=runtime)  # added last: runs first
     api = API_PREFIX
+    # scenario loads read files in worker threads: a limiter of their own, so however many callers
+    # send loads, they never take the threads that others (the ledger's flushes) need
+    scenario_loads = trio.CapacityLimiter(SCENARIO_LOADS)
 
     # -- health and metrics ------------------------------------------------------------------
 
-    @app.get("/health", tags=["status"])
-    async def health() -> dict[str, Any]:
-        """Liveness and the switch's mode; open without the token."""
+    @app.get("/health", tags=["status"], responses={503: {"description": "The commit path is stalled"}})
+    async def health() -> JSONResponse:
+        """Liveness and the switch's mode; open without the token.
+
+        503 with ``problems`` when approvals cannot go out: the oldest ledger row not yet durable has
+        waited over ``commit_stall_seconds``, or the group committer stopped with rows pending.
+        """
         faults = runtime.faults
-        return {
-            "status": "ok",
+        problems: list[str] = []
+        committer = runtime.committer
+        commit_age = 0.0
+        if committer is not None:
+            commit_age = committer.uncommitted_age()
+            if commit_age > runtime.commit_stall_seconds:
+                problems.append(f"commit path stalled: the oldest uncommitted ledger row has waited "
+                                f"{commit_age:.1f} s (limit {runtime.commit_stall_seconds:g} s)")
+            elif commit_age and not committer.running:
+                problems.append("commit path stopped: ledger rows are pending and the group committer is not running")
+        body: dict[str, Any] = {
+            "status": "unhealthy" if problems else "ok",
             "uptime_seconds": round(time.monotonic() - runtime.started, 3),
             "connections_open": runtime.metrics.open_connections,
             "dialect": runtime.dialect_name,
             "scenario": runtime.scenario,
             "seed": faults.seed,
             "maintenance": faults.maintenance,
+            "commit_lag_seconds": round(commit_age, 3),
         }
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=503 if problems else 200)
 
     @app.get("/metrics", tags=["status"], response_class=Response,
              responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
@@ -327,8 +457,10 @@ def create_admin_app(runtime: SwitchRuntime) -> FastAPI:
         Everything is validated before anything changes: a bad scenario leaves the switch as it was.
         """
         try:
-            # reading and parsing a file is blocking work: keep it off the loop the terminals use
-            scenario = await trio.to_thread.run_sync(load_scenario, request.name)
+            # reading and parsing a file is blocking work: keep it off the loop the terminals use,
+            # on threads of its own (see scenario_loads)
+            scenario = await trio.to_thread.run_sync(load_scenario_within, request.name, runtime.scenario_paths,
+                                                     limiter=scenario_loads)
             for dialect in (runtime.dialect, *(dialect for _, dialect in runtime.more_listeners)):
                 if dialect is not None:
                     scenario.check_dialect(dialect)
@@ -406,7 +538,7 @@ def create_admin_app(runtime: SwitchRuntime) -> FastAPI:
             raise _unprocessable(["query", "since"], "since is after until")
         entries = runtime.journal.query(terminal=terminal, mti=mti, stan=stan, since=start, until=end,
                                         faults_only=faults, unmatched=unmatched, limit=limit)
-        return {"count": len(entries), "entries": [entry.as_dict() for entry in entries]}
+        return {"count": len(entries), "entries": [entry.as_dict() for entry in entries]}  # PANs masked
 
     @app.get(f"{api}/ledger/postings", tags=["read"])
     async def postings(terminal: str | None = None, batch: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None
@@ -463,12 +595,17 @@ async def serve_admin(runtime: SwitchRuntime, host: str = "127.0.0.1", port: int
     config.accesslog = None
     config.errorlog = log
     config.graceful_timeout = 2.0
-    app = create_admin_app(runtime)
+    if host not in ("", "0.0.0.0", "::") and host not in runtime.allowed_hosts:
+        runtime.allowed_hosts = (*runtime.allowed_hosts, host)  # the name it was told to listen on
+    # FastAPI is an ASGI 3 app; hypercorn types scopes as TypedDicts, Starlette as plain mappings,
+    # so the two signatures differ only in precision: tell mypy, and tell hypercorn not to guess
+    app = cast("ASGIFramework", create_admin_app(runtime))
     trigger = shutdown.wait if shutdown is not None else None
     bound: int | None = None
     try:
         async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=trigger))
+            binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=trigger,
+                                                           mode="asgi"))
             bound = _port_of(binds[0])  # hypercorn has logged "Running on ..." to our logger
             task_status.started(bound)
     except BaseExceptionGroup as group:

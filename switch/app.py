@@ -30,7 +30,14 @@ from switch.metrics import SwitchMetrics
 from switch.profiles import ProfileSet, load_profiles
 from switch.scenario import Scenario, default_scenario, load_scenario
 from switch.security import MacError, MacPlacement
-from switch.server import ServerConfig, SwitchGroup, SwitchServer, run_until_signalled, server_ssl_context
+from switch.server import (
+    DEFAULT_MAX_CONNECTIONS,
+    ServerConfig,
+    SwitchGroup,
+    SwitchServer,
+    run_until_signalled,
+    server_ssl_context,
+)
 
 APP_NAME = "iso8583-switch-emulator"
 
@@ -131,12 +138,15 @@ class SwitchOptions:
     seed: int | None = None
     require_signon: bool | None = None  # None: scenario / default decides
     idle_timeout: float | None = 300.0
+    max_connections: int | None = DEFAULT_MAX_CONNECTIONS  # per listener; None: no limit
     grace_period: float = 5.0
     host_overrides: dict[str, object] = field(default_factory=dict)
     journal: str | os.PathLike[str] | None = None  # None: journal.jsonl beside the ledger file; "none": memory only
     admin_host: str = "127.0.0.1"
     admin_port: int | None = 8584  # None: no admin API
     admin_token: str | None = None
+    admin_allow_hosts: tuple[str, ...] = ()  # Host header names the admin API accepts besides localhost/IPs
+    scenario_paths: tuple[str, ...] = ()  # directories the admin API may load scenario files from
     profiles: str | os.PathLike[str] | None = None  # terminal profile file; None: no profiles (as before)
     dialect_paths: tuple[str | os.PathLike[str], ...] = ()  # for profile and --also-listen dialect names
     tls_cert: str | None = None  # TLS on the main listener: PEM certificate (chain) ...
@@ -293,13 +303,16 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
             codec=codec if item.dialect is dialect else Codec(item.dialect), framing=item.framing, host=host,
             ledger=ledger, committer=committer,
             config=ServerConfig(host=item.host, port=item.port, idle_timeout=options.idle_timeout,
-                                grace_period=options.grace_period, ssl_context=context),
+                                grace_period=options.grace_period, ssl_context=context,
+                                max_connections=options.max_connections),
             faults=faults, journal=journal, metrics=metrics,
         ))
     server = servers[0]
     runtime = SwitchRuntime(faults=faults, host=server.host, ledger=ledger, journal=journal, metrics=metrics,
                             dialect_name=dialect.name, scenario=scenario.name, seed=options.seed,
                             token=options.admin_token, dialect=dialect, host_overrides=cli_overrides,
+                            committer=committer, scenario_paths=tuple(options.scenario_paths),
+                            allowed_hosts=tuple(options.admin_allow_hosts),
                             more_listeners=tuple((extra.host, item.dialect)
                                                  for extra, item in zip(servers[1:], listeners[1:], strict=True)))
     group = SwitchGroup(servers) if len(servers) > 1 else None

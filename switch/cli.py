@@ -245,6 +245,8 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
               help="Require 0800 sign-on before financial messages (default: on, or as the scenario says).")
 @click.option("--idle-timeout", type=click.FloatRange(min=0), default=300.0, show_default=True, metavar="SECONDS",
               help="Close connections with no traffic for this long (0 = never).")
+@click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True, metavar="N",
+              help="Per listener: close connections beyond this many at once, logged (0 = no limit).")
 @click.option("--grace", "grace_period", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="SECONDS", help="On SIGINT/SIGTERM, how long in-flight requests may take to finish.")
 @click.option("--journal", "journal_path", default=None, metavar="PATH|none",
@@ -255,6 +257,13 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
 @click.option("--no-admin", is_flag=True, help="Do not serve the admin HTTP API.")
 @click.option("--admin-token", envvar="ISO_SWITCH_ADMIN_TOKEN", default=None, metavar="TOKEN",
               help="Require 'Authorization: Bearer TOKEN' on the admin API (env ISO_SWITCH_ADMIN_TOKEN).")
+@click.option("--admin-allow-host", "admin_allow_hosts", multiple=True, metavar="NAME",
+              help="Accept this name in the admin API's Host header, besides localhost and IP addresses "
+                   "(DNS-rebinding protection). Repeatable.")
+@click.option("--scenario-path", "scenario_paths", multiple=True, metavar="DIR",
+              type=click.Path(exists=True, file_okay=False),
+              help="A directory the admin API may load scenario .toml files from (besides the shipped "
+                   "names). Repeatable.")
 @click.option("--profiles", "profiles_path", default=None, metavar="FILE",
               type=click.Path(exists=True, dir_okay=False),
               help="Terminal profile file (TOML): the terminals the switch knows, their master keys, MAC "
@@ -272,8 +281,10 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
 @click.option("-v", "--verbose", count=True, help="Log connections (-v) and every decision (-vv) to stderr.")
 def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: FramingOverrides, tpdu: bool | None,
           keepalive: str | None, ledger_path: str | None, scenario: str | None, seed: int | None,
-          require_signon: bool | None, idle_timeout: float, grace_period: float, journal_path: str | None,
-          admin_host: str, admin_port: int, no_admin: bool, admin_token: str | None, profiles_path: str | None,
+          require_signon: bool | None, idle_timeout: float, max_connections: int, grace_period: float,
+          journal_path: str | None,
+          admin_host: str, admin_port: int, no_admin: bool, admin_token: str | None,
+          admin_allow_hosts: tuple[str, ...], scenario_paths: tuple[str, ...], profiles_path: str | None,
           tls_cert: str | None, tls_key: str | None, also_listen: tuple[str, ...], verbose: int) -> None:
     """Run the switch until SIGINT/SIGTERM, then drain in-flight requests and close the ledger.
 
@@ -305,10 +316,12 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
     dialect_paths = tuple(str(path) for path in click.get_current_context().params.get("dialect_paths", ()))
     options = SwitchOptions(host=bind_host, port=port, ledger=ledger_path, scenario=scenario, seed=seed,
                             require_signon=require_signon, idle_timeout=idle_timeout or None,
+                            max_connections=max_connections or None,
                             grace_period=grace_period, journal=journal_path, admin_host=admin_host,
                             admin_port=None if no_admin else admin_port, admin_token=admin_token,
                             profiles=profiles_path, dialect_paths=dialect_paths, tls_cert=tls_cert,
-                            tls_key=tls_key, also_listen=tuple(specs))
+                            tls_key=tls_key, also_listen=tuple(specs), admin_allow_hosts=admin_allow_hosts,
+                            scenario_paths=scenario_paths)
     try:
         switch = build_switch(dialect, framing, options)
     except (ScenarioError, LedgerError, ValueError) as exc:
@@ -332,6 +345,10 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
         if admin is not None:
             click.echo(f"iso-switch: admin API http://{admin_host}:{admin}/docs"
                        f"{' (bearer token required)' if admin_token else ''}")
+            if not admin_token:
+                click.echo("iso-switch: WARNING: the admin API has no token: anyone who can reach "
+                           f"{admin_host}:{admin} can change faults and read the journal "
+                           "(set --admin-token or ISO_SWITCH_ADMIN_TOKEN)", err=True)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

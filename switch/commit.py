@@ -11,6 +11,10 @@ Shutdown drains: when ``run`` is cancelled it flushes once more (shielded) befor
 nothing appended is left behind. A failing flush (disk full, I/O error) is not retried: waiters
 get ``CommitError`` — their responses must not be sent — and ``run`` re-raises, stopping the
 switch rather than acknowledging what it cannot keep.
+
+Flushes run on a thread limiter of their own, so nothing else that uses worker threads (the admin
+API loading scenarios, say) can take the thread the ledger needs. ``uncommitted_age`` says how long
+the oldest row not yet durable has waited, for ``/health`` to report a stalled commit path.
 """
 
 from __future__ import annotations
@@ -51,10 +55,28 @@ class GroupCommitter:
         self._flushed = trio.Event()  # set (then replaced) after every flush attempt
         self._running = False
         self._failure: BaseException | None = None
+        self._limiter = trio.CapacityLimiter(1)  # the one writer's own thread, never the shared pool
+        self._oldest: tuple[int, float] | None = None  # (first uncommitted seq, when it was first seen)
 
     @property
     def running(self) -> bool:
         return self._running
+
+    def uncommitted_age(self) -> float:
+        """Seconds (``trio.current_time``) the oldest row not yet durable has been seen waiting; 0 if none.
+
+        Observed here and by every ``wait_committed``, so under traffic it is accurate; a row
+        nobody waits for is first seen by the first call after it was appended.
+        """
+        ledger = self.ledger
+        if ledger.closed or ledger.committed_seq >= ledger.pending_seq:
+            self._oldest = None
+            return 0.0
+        now = trio.current_time()
+        first = ledger.committed_seq + 1
+        if self._oldest is None or self._oldest[0] != first:
+            self._oldest = (first, now)
+        return now - self._oldest[1]
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Commit loop; returns (after a final flush) when cancelled."""
@@ -87,7 +109,7 @@ class GroupCommitter:
     async def _flush(self) -> None:
         try:
             if self.in_thread:
-                await trio.to_thread.run_sync(self.ledger.flush)
+                await trio.to_thread.run_sync(self.ledger.flush, limiter=self._limiter)
             else:
                 self.ledger.flush()
                 await trio.lowlevel.checkpoint()
@@ -109,6 +131,8 @@ class GroupCommitter:
         sequence no row was appended with (it could never become durable).
         """
         ledger = self.ledger
+        if ledger.committed_seq < seq:
+            self.uncommitted_age()  # note when the oldest pending row started waiting
         if seq > ledger.pending_seq:
             raise ValueError(f"sequence {seq} was never appended (pending up to {ledger.pending_seq})")
         while ledger.committed_seq < seq:

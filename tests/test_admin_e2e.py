@@ -263,3 +263,30 @@ async def test_openapi_document_is_served(switch: SwitchProcess) -> None:
             document = (await http.get("/openapi.json")).json()
     assert {"/api/v1/faults", "/api/v1/faults/{rule_id}", "/api/v1/maintenance", "/api/v1/journal",
             "/metrics", "/health"} <= set(document["paths"])
+
+
+@pytest.mark.slow
+async def test_scenario_paths_allowed_hosts_and_the_no_token_warning(tmp_path: Path) -> None:
+    """The hostile-caller options as a user passes them: ``--scenario-path`` and ``--admin-allow-host``."""
+    scenarios = tmp_path / "scenarios"
+    scenarios.mkdir()
+    (scenarios / "mine.toml").write_text('[scenario]\nname = "mine"\n\n[[fault]]\nid = "slow"\n'
+                                         'delay_request = "10ms"\n', encoding="utf-8")
+    running = SwitchProcess.start(["--ledger", ":memory:", "--no-signon", "--scenario-path", str(scenarios),
+                                   "--admin-allow-host", "switch.lab"], cwd=tmp_path, startup_timeout=START_LIMIT)
+    try:
+        assert running.admin_url is not None
+        async with httpx.AsyncClient(base_url=running.admin_url, timeout=5.0) as http:
+            with trio.fail_after(TEST_LIMIT):
+                loaded = await http.post("/api/v1/scenario", json={"name": "mine.toml"})
+                assert loaded.status_code == 200, loaded.text
+                assert [rule["id"] for rule in loaded.json()["fault_rules"]] == ["slow"]
+                assert (await http.post("/api/v1/scenario", json={"name": "/dev/zero"})).status_code == 422
+                assert (await http.get("/health", headers={"host": "evil.example"})).status_code == 421
+                assert (await http.get("/health", headers={"host": "switch.lab:8584"})).status_code == 200
+                health = (await http.get("/health")).json()
+                assert health["status"] == "ok" and health["scenario"] == "mine"
+    finally:
+        returncode = running.stop(STOP_LIMIT)
+    assert returncode == 0, running.text
+    assert "WARNING: the admin API has no token" in running.text

@@ -170,3 +170,35 @@ async def test_run_twice_and_bad_settings() -> None:
     for bad in ({"max_delay": -1.0}, {"max_delay": float("inf")}, {"idle_flush": 0.0}):
         with pytest.raises(ValueError):
             GroupCommitter(ledger, **bad)
+
+
+async def test_flushes_do_not_need_the_shared_thread_pool() -> None:
+    """Other work that fills Trio's default thread limiter (e.g. stuck file reads) cannot stop commits."""
+    ledger = Ledger.open(":memory:")
+    committer = GroupCommitter(ledger)
+    pool = trio.to_thread.current_default_thread_limiter()
+    saved = pool.total_tokens
+    pool.total_tokens = 1
+    try:
+        async with pool, trio.open_nursery() as nursery:  # the whole shared pool is taken
+            await nursery.start(committer.run)
+            seq = append(ledger, 1)
+            with trio.fail_after(10):
+                await committer.wait_committed(seq)
+            assert ledger.committed_seq >= seq
+            nursery.cancel_scope.cancel()
+    finally:
+        pool.total_tokens = saved
+
+
+async def test_uncommitted_age_measures_how_long_the_oldest_row_waits(mock_clock: trio.testing.MockClock) -> None:
+    ledger = Ledger.open(":memory:")
+    committer = GroupCommitter(ledger, in_thread=False)
+    assert committer.uncommitted_age() == 0.0
+    append(ledger, 1)
+    assert committer.uncommitted_age() == 0.0  # first seen now
+    mock_clock.jump(7)
+    append(ledger, 2)
+    assert committer.uncommitted_age() == pytest.approx(7.0)  # the oldest row's wait, not the newest's
+    ledger.flush()
+    assert committer.uncommitted_age() == 0.0

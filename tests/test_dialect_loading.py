@@ -140,6 +140,25 @@ BROKEN = {
     "bad length type": ('[fields]\n2 = { type = "n", length = "LLLLL", max = 5 }\n', "2", "length",
                         "'LLLLL'"),
     "bad text codec": ('text = "no-such-codec"\n' + FIELDS_OK, None, "text", "unknown text encoding"),
+    # codecs that exist but cannot carry ASCII: the dialect would load and never answer anything
+    "rot13 text codec": ('text = "rot13"\n' + FIELDS_OK, None, "text", "not a text encoding 'rot13'"),
+    "base64 text codec": ('text = "base64"\n' + FIELDS_OK, None, "text", "not a text encoding 'base64'"),
+    "bytes codec": ('text = "zlib"\n' + FIELDS_OK, None, "text", "not a text encoding 'zlib'"),
+    "two-byte text codec": ('text = "utf-16"\n' + FIELDS_OK, None, "text", "one byte per character"),
+    "idna text codec": ('text = "idna"\n' + FIELDS_OK, None, "text", "cannot carry printable ASCII"),
+    "rot13 field codec": ('[fields]\n41 = { type = "ans", max = 8, encoding = "rot_13" }\n', "41", "encoding",
+                          "not a text encoding"),
+    "bad bcd pad char": ('bcd_pad_char = "E"\n' + FIELDS_OK, None, "bcd_pad_char", "must be one of 0, F"),
+    "signed bcd not fixed": ('[fields]\n28 = { type = "xn", length = "LL", max = 9, encoding = "bcd" }\n', "28",
+                             "encoding", "must be fixed length"),
+    # huge integers and deep nesting: named, never a traceback
+    "max huge": ('[fields]\n3 = { type = "n", max = ' + "9" * 400 + ' }\n', "3", "max",
+                 "must be at most 99999, got an integer of 1329 bits"),
+    "integer too long for python": ('[fields]\n3 = { type = "n", max = ' + "9" * 5000 + ' }\n', None, "max",
+                                    "integer too long at line 2"),
+    "header length huge": ('[header]\nlength = ' + "9" * 300 + '\n' + FIELDS_OK, None, "header.length",
+                           "got an integer of 997 bits"),
+    "nested too deep": ('x = ' + "[" * 5000 + "]" * 5000 + '\n' + FIELDS_OK, None, None, "nested too deep"),
     "bad numeric encoding": ('numeric = "packed"\n' + FIELDS_OK, None, "numeric", "'packed'"),
     "bad length encoding": ('length = "hex"\n' + FIELDS_OK, None, "length", "'hex'"),
     "bad bitmap encoding": ('bitmap = "octal"\n' + FIELDS_OK, None, "bitmap", "'octal'"),
@@ -214,3 +233,11 @@ def test_unreadable_dialect_file_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b'name = "\xff\xfe"\n')  # not UTF-8: TOML requires it
     error = refusal(tmp_path)
     assert error.source == str(path) and "not UTF-8 text (byte 8)" in str(error)
+
+
+def test_a_text_codec_that_carries_ascii_one_byte_each_is_accepted(tmp_path: Path) -> None:
+    # EBCDIC is not ASCII's bytes, but it carries every printable character and gives it back
+    write(tmp_path, "ebcdic", 'extends = "iso87-binary"\ntext = "cp500"\n')
+    codec = Codec(DialectRegistry([tmp_path]).load("ebcdic"))
+    assert codec.encode(Message("0800", {41: "TERM0001"}))[-8:] == "TERM0001".encode("cp500")
+

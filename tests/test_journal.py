@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-import switch.journal as journal_module
+import switch.journal.reading as journal_module  # follow_journal sleeps here
 from switch.cli import cli as switch_cli
 from switch.codec import Codec, Dialect, Message, MessageDecodeError, load_dialect
 from switch.codec.composite import mask_field, mask_pan

@@ -260,3 +260,35 @@ def test_reports_filter_and_serialize() -> None:
 def test_batch_numbers_wrap() -> None:
     assert next_batch_number("000001") == "000002"
     assert next_batch_number("999999") == "000001"
+
+
+def test_identity_partial_reversal_and_gross_totals_survive_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    ledger = Ledger.open(path)
+    seq = ledger.next_sequence()
+    ledger.append_posting(seq, T0, "TERM0001", "000001", "0601120000", "0200", "purchase", "debit", 10000, "840",
+                          "", FIRST_BATCH, "00", True, f"{seq:012d}", "123456", "20L0601120000", None)
+    original = ledger.find_posting("TERM0001", "000001", "20L0601120000")
+    assert original is not None and original.identity == "20L0601120000"
+    assert ledger.find_posting("TERM0001", "000001", "0601120000") is None  # field 7 is not the key
+    partial_seq = ledger.next_sequence()
+    ledger.record_reversal(Reversal(partial_seq, T0 + 1, "TERM0001", "000001", "", "0400", original.seq,
+                                    "000001", "0601120000", "00", "partially-reversed", 4000))
+    with pytest.raises(ValueError):  # cannot undo more than is still captured
+        ledger.record_reversal(Reversal(ledger.next_sequence(), T0 + 2, "TERM0001", "000001", "", "0400",
+                                        original.seq, "000001", "", "00", "partially-reversed", 6000))
+    summary = ledger.batch_summary("TERM0001", FIRST_BATCH)
+    assert (summary.debit_count, summary.debit_amount, summary.debit_reversal_amount) == (1, 6000, 4000)
+    assert (summary.gross_totals.debit_count, summary.gross_totals.debit_amount) == (1, 10000)
+    assert ledger.captured_amount(original) == 6000
+    assert ledger.latest_reversal_for_stan("TERM0001", "000001").seq == partial_seq
+    before = state(ledger)
+    ledger.close()
+    reopened = Ledger.open(path)
+    assert state(reopened) == before
+    assert reopened.captured_amount(reopened.posting(original.seq)) == 6000
+    full = reverse(reopened, reopened.posting(original.seq))
+    assert reopened.posting(original.seq).reversal_seq == full.seq
+    summary = reopened.batch_summary("TERM0001", FIRST_BATCH)
+    assert (summary.debit_count, summary.debit_amount, summary.debit_reversal_amount) == (0, 0, 10000)
+    reopened.close()

@@ -475,7 +475,7 @@ async def test_order_expired_declines_and_resigns_on_with_a_new_stan(tmp_path: P
     held 12 s → 3 s, sessions 2 min → 5 s); the same events, in seconds. Card ...0054 is declined 54
     and card ...0022 declined 22 (its field 7 is stale once it reaches the host): clear answers, so
     no reversal is kept, and the host booked both as declines. Then an in-process terminal signs
-    on, waits out its session and buys: the host answers 58 (sign on first) and books nothing; the
+    on, waits out its session and buys: the host answers A0 (sign on again) and books nothing; the
     terminal signs on again and sends a NEW purchase with a new STAN, which is approved — the host
     never sees the refused STAN twice, so nothing is a duplicate (94)."""
     scenario = scenario_copy(tmp_path, "order-expired", {
@@ -511,12 +511,12 @@ async def test_order_expired_declines_and_resigns_on_with_a_new_stan(tmp_path: P
                 assert bought.kind == "approved", bought
                 assert kinds(notes).count("signed-on") == 2 and "signon-demanded" in kinds(notes)
                 refused, approved = client.policy.store.entries()[-2:]
-                assert (refused.state, refused.response_code) == ("declined", "58")
+                assert (refused.state, refused.response_code) == ("declined", "A0")
                 assert approved.stan == bought.stan and int(approved.stan) > int(refused.stan)
 
             seen = await journal(admin)
             codes = {(e["mti"], e["stan"]): e["response_code"] for e in seen if e["direction"] == "out"}
-            assert codes[("0210", refused.stan)] == "58" and codes[("0210", approved.stan)] == "00"
+            assert codes[("0210", refused.stan)] == "A0" and codes[("0210", approved.stan)] == "00"
             assert "94" not in codes.values()
             book = await ledger(switch)
             assert [p for p in book["postings"] if p["stan"] == refused.stan] == []  # refused at the gate

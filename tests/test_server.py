@@ -19,6 +19,7 @@ from switch.host import Host, HostConfig
 from switch.ledger import Ledger
 from switch.scenario import default_scenario
 from switch.server import ServerConfig, SwitchServer
+from switch.server_core import _Connection
 
 DIALECT = load_dialect("iso87-binary")
 CODEC = Codec(DIALECT)
@@ -114,7 +115,7 @@ async def test_many_requests_in_flight_on_one_connection_are_all_answered() -> N
         frames = await connect(port)
         for stan in range(1, 101):
             await frames.send_frame(CODEC.encode(purchase(stan)))
-        seen = set()
+        seen: set[str] = set()
         with trio.fail_after(10):
             while len(seen) < 100:
                 frame = await frames.receive_frame()
@@ -221,7 +222,7 @@ async def test_an_internal_error_on_one_connection_never_stops_the_server(monkey
     server = make_server(require_signon=False)
     write_loop = server._write_loop
 
-    async def failing_on_the_first_connection(conn) -> None:  # type: ignore[no-untyped-def]
+    async def failing_on_the_first_connection(conn: _Connection) -> None:
         if conn.number == 1:
             raise RuntimeError("a bug in the writer")
         await write_loop(conn)
@@ -236,3 +237,25 @@ async def test_an_internal_error_on_one_connection_never_stops_the_server(monkey
         await good.aclose()
         await broken.aclose()
     assert "internal error" in caplog.text
+
+
+async def test_connections_beyond_max_connections_are_closed_over_loopback(caplog: pytest.LogCaptureFixture) -> None:
+    server = make_server()
+    server.config.max_connections = 3
+    async with running(server) as port:
+        kept = [await connect(port) for _ in range(3)]
+        for frames in kept:  # each is being served before the next one arrives
+            assert (await exchange(frames, network("301")))[39] == "00"
+        extra = await connect(port)
+        with trio.fail_after(5):
+            assert await extra.receive_frame() is None  # closed at once
+        await kept[0].aclose()
+        with trio.fail_after(5):
+            while server.stats.connections_open > 2:
+                await trio.sleep(0.01)
+        again = await connect(port)  # room again
+        assert (await exchange(again, network("301")))[39] == "00"
+        for frames in [*kept[1:], extra, again]:
+            await frames.aclose()
+    assert "connection refused: 3 connections open (--max-connections 3)" in caplog.text
+    assert server.stats.connections_refused == 1

@@ -28,12 +28,17 @@ BITMAP_ENCODINGS = ("binary", "hex")
 PADS = ("left", "right")
 DIALECT_KEYS = {
     "name", "title", "extends", "family", "mti", "numeric", "text", "binary", "length", "bitmap",
-    "bcd_pad", "header", "framing", "fields", "remove_fields",
+    "bcd_pad", "bcd_pad_char", "header", "framing", "fields", "remove_fields",
 }
 FIELD_KEYS = {"name", "type", "length", "max", "encoding", "length_encoding", "pad", "pad_char"}
 HEADER_KEYS = {"length", "encoding", "name"}
 FRAMING_KEYS = {"length_header", "length_includes_itself", "tpdu", "keepalive", "max_frame"}
 SPECIAL_FIELDS = ("1", "65")  # bitmaps; pyiso8583 computes them
+BCD_PAD_CHARS = ("0", "F")
+MAX_FIELD_LENGTH = 99_999  # beyond any LLLL field; a bound so a typo'd 1e30 is named, not a crash later
+# Printable ASCII: every text codec must carry these one byte each and give them back unchanged, or
+# MTIs, response codes and terminal ids could never be read or answered.
+_ASCII_PROBE = "".join(chr(c) for c in range(0x20, 0x7F))
 
 
 class DialectError(ValueError):
@@ -62,6 +67,7 @@ class FieldDef:
     length: str  # one of LENGTH_TYPES
     max: int
     wire_numeric: bool  # carried as BCD nibbles (n/z in a BCD dialect)
+    signed_bcd: str = ""  # x+n as sign character + BCD digits: the side of an odd digit count's pad
 
     @property
     def fixed(self) -> bool:
@@ -115,13 +121,25 @@ def _choice(raw: Mapping[str, Any], key: str, allowed: Iterable[str], source: st
 
 
 def _text_codec(name: Any, source: str, *, field: str | None = None, key: str = "text") -> str:
-    import codecs
+    """A codec name that carries printable ASCII one byte per character, both ways.
 
+    Looking the name up is not enough: rot13 and base64 are codecs too, and a dialect using one
+    would load and then never answer anything. So a probe of every printable ASCII character must
+    encode to exactly one byte each and decode back unchanged (EBCDIC's cp500 passes, UTF-16 not).
+    """
     _require(isinstance(name, str), source, f"must be a text encoding name, got {name!r}", field=field, key=key)
     try:
-        codecs.lookup(name)
-    except LookupError:
-        raise DialectError(source, f"unknown text encoding {name!r}", field=field, key=key) from None
+        wire = _ASCII_PROBE.encode(name)  # str.encode refuses bytes-to-bytes and str-to-str codecs
+        back = wire.decode(name)
+    except LookupError as exc:
+        reason = "not a text encoding" if "text encoding" in str(exc) else "unknown text encoding"
+        raise DialectError(source, f"{reason} {name!r}", field=field, key=key) from None
+    except (UnicodeError, ValueError, TypeError) as exc:
+        raise DialectError(source, f"text encoding {name!r} cannot carry printable ASCII ({exc})",
+                           field=field, key=key) from None
+    _require(len(wire) == len(_ASCII_PROBE) and back == _ASCII_PROBE, source,
+             f"text encoding {name!r} does not carry printable ASCII one byte per character both ways",
+             field=field, key=key)
     return name
 
 
@@ -146,6 +164,8 @@ class _Settings:
         self.length = _choice(raw, "length", LENGTH_ENCODINGS, source, "ascii")
         self.bitmap = _choice(raw, "bitmap", BITMAP_ENCODINGS, source, "binary")
         self.bcd_pad = _choice(raw, "bcd_pad", PADS, source, "left")
+        # what fills the spare nibble of an odd digit count when sending; decoding takes either
+        self.bcd_pad_char = _choice(raw, "bcd_pad_char", BCD_PAD_CHARS, source, "0")
 
 
 def _field_spec(number: str, raw: Mapping[str, Any], settings: _Settings, source: str
@@ -160,8 +180,10 @@ def _field_spec(number: str, raw: Mapping[str, Any], settings: _Settings, source
     ftype = _choice(raw, "type", FIELD_TYPES, source, "", field=number)
     length = _choice(raw, "length", LENGTH_TYPES, source, "fixed", field=number)
     maximum = raw.get("max")
-    _require(isinstance(maximum, int) and not isinstance(maximum, bool) and maximum > 0, source,
-             f"must be a positive integer, got {maximum!r}", field=number, key="max")
+    if not (isinstance(maximum, int) and not isinstance(maximum, bool) and maximum > 0):
+        raise DialectError(source, f"must be a positive integer, got {_short(maximum)}", field=number, key="max")
+    _require(maximum <= MAX_FIELD_LENGTH, source, f"must be at most {MAX_FIELD_LENGTH}, got {_short(maximum)}",
+             field=number, key="max")
 
     length_encoding = _choice(raw, "length_encoding", LENGTH_ENCODINGS, source, settings.length, field=number)
     len_enc = {"ascii": "ascii", "bcd": "bcd", "binary": "b"}[length_encoding]
@@ -169,6 +191,13 @@ def _field_spec(number: str, raw: Mapping[str, Any], settings: _Settings, source
 
     default_encoding = {"n": settings.numeric, "z": settings.numeric, "b": settings.binary}.get(ftype, settings.text)
     encoding = raw.get("encoding", default_encoding)
+    if ftype == "xn" and encoding == "bcd":
+        # jPOS IFB_AMOUNT: the sign as one text byte, then the digits as BCD; fixed length only
+        _require(length == "fixed" and maximum >= 2, source,
+                 "an x+n field in BCD must be fixed length, sign plus at least one digit", field=number, key="encoding")
+        pad_side = _choice(raw, "pad", PADS, source, settings.bcd_pad, field=number)
+        signed = {"data_enc": "b", "desc": name, "len_enc": "ascii", "len_type": 0, "max_len": 1 + maximum // 2}
+        return FieldDef(int(number), name, ftype, length, maximum, False, pad_side), signed
     if ftype in NUMERIC_TYPES:
         _require(encoding in NUMERIC_ENCODINGS or encoding == settings.text, source,
                  f"numeric fields take one of {', '.join(NUMERIC_ENCODINGS)}, got {encoding!r}",
@@ -185,10 +214,12 @@ def _field_spec(number: str, raw: Mapping[str, Any], settings: _Settings, source
     if ftype in NUMERIC_TYPES and encoding == "bcd":
         wire_numeric = True
         pad_side = _choice(raw, "pad", PADS, source, settings.bcd_pad, field=number)
-        pad_char = raw.get("pad_char", "0" if ftype == "n" else "F")
+        pad_char = raw.get("pad_char", settings.bcd_pad_char if ftype == "n" else "F")
         _require(isinstance(pad_char, str) and len(pad_char) == 1 and pad_char in "0123456789ABCDEF",
                  source, f"must be one hex digit, got {pad_char!r}", field=number, key="pad_char")
-        spec.update(data_enc="b", max_len=maximum, len_count="nibbles", **{f"{pad_side}_pad": pad_char})
+        # pad_lenient: decoding also takes the other conventions (see switch.codec.message)
+        spec.update(data_enc="b", max_len=maximum, len_count="nibbles", pad_lenient=True,
+                    **{f"{pad_side}_pad": pad_char})
     elif ftype == "b" and encoding == "hex":
         spec.update(data_enc=settings.text, max_len=maximum * 2)
     elif ftype == "b":
@@ -211,16 +242,48 @@ def _prefix_capacity(length: str, length_encoding: str, width: int) -> int:
     return 10 ** LENGTH_TYPES[length] - 1
 
 
+def _short(value: Any) -> str:
+    """repr cut to a readable size: a 5,000-digit integer in an error would bury the message."""
+    if isinstance(value, int) and value.bit_length() >= 64:
+        return f"an integer of {value.bit_length()} bits"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _huge_integer_at(path: Path) -> tuple[str, str | None]:
+    """Where tomllib met an integer too long to convert: (" at line N", key) or ("", None)."""
+    import re
+    import sys
+
+    limit = sys.get_int_max_str_digits() or 4300
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return "", None
+    digits = re.compile(r"(?:([A-Za-z0-9_\-\"]+)\s*=\s*)?[+-]?[0-9_]{" + str(limit + 1) + ",}")
+    for number, line in enumerate(lines, 1):
+        found = digits.search(line)
+        if found:
+            key = found.group(1)
+            return f" at line {number}", key.strip('"') if key else None
+    return "", None
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise DialectError(str(path), f"not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses per nested array/inline table
+        raise DialectError(str(path), "not valid TOML: arrays or tables nested too deep") from None
     except UnicodeDecodeError as exc:  # tomllib decodes the whole file first and lets this through
         raise DialectError(str(path), f"not valid TOML: not UTF-8 text (byte {exc.start})") from None
     except OSError as exc:
         raise DialectError(str(path), f"cannot read: {exc.strerror or exc}") from None
+    except ValueError:  # int() refuses more than sys.get_int_max_str_digits() digits
+        line, key = _huge_integer_at(path)
+        raise DialectError(str(path), f"not valid TOML: integer too long{line}", key=key) from None
 
 
 class DialectRegistry:
@@ -323,7 +386,7 @@ def build_dialect(merged: Mapping[str, Any], source: str, *, default_name: str =
              key=sorted(unknown)[0] if unknown else None)
     header_length = header.get("length", 0)
     _require(isinstance(header_length, int) and 0 <= header_length <= 64, source,
-             f"must be an integer 0..64, got {header_length!r}", key="header.length")
+             f"must be an integer 0..64, got {_short(header_length)}", key="header.length")
     header_encoding = _choice(header, "encoding", ("raw", "ascii"), source, "raw")  # raw: bytes shown as hex
 
     spec: dict[str, dict[str, Any]] = {
@@ -338,8 +401,8 @@ def build_dialect(merged: Mapping[str, Any], source: str, *, default_name: str =
     spec["1"] = {"len_enc": "ascii", "len_type": 0, **bitmap, "desc": "Bitmap, Secondary"}
 
     raw_fields = merged.get("fields")
-    _require(isinstance(raw_fields, Mapping) and bool(raw_fields), source,
-             "a dialect needs a [fields] table", key="fields")
+    if not (isinstance(raw_fields, Mapping) and raw_fields):
+        raise DialectError(source, "a dialect needs a [fields] table", key="fields")
     fields: dict[int, FieldDef] = {}
     for number, fraw in raw_fields.items():
         # str(int(...)) == number: no "04" beside "4", no "065" slipping past the bitmap check
@@ -382,7 +445,7 @@ def _framing_defaults(raw: Mapping[str, Any], source: str) -> FramingDefaults:
         flags[key] = value
     max_frame = raw.get("max_frame", defaults.max_frame)
     _require(isinstance(max_frame, int) and 16 <= max_frame <= 1 << 20, source,
-             f"must be an integer 16..1048576, got {max_frame!r}", key="framing.max_frame")
+             f"must be an integer 16..1048576, got {_short(max_frame)}", key="framing.max_frame")
     return FramingDefaults(length_header=length_header, keepalive=keepalive, max_frame=max_frame, **flags)
 
 

@@ -265,7 +265,7 @@ class FrameDecoder:
         """Bytes received but not yet returned as a frame."""
         return len(self._buf) - self._pos
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray) -> None:
         self._check_usable()
         if self._pos and (self._pos >= self._COMPACT_AT or self._pos * 2 >= len(self._buf)):
             del self._buf[: self._pos]  # ... or once they are at least half the buffer

@@ -15,6 +15,7 @@ from operator import itemgetter
 from typing import Any
 
 import iso8583
+import iso8583.decoder
 
 from switch.codec.dialect import Dialect
 
@@ -61,6 +62,70 @@ def _hex_fault(value: str) -> str | None:
     return "must be hex digits, two per byte"
 
 
+def _strip_odd_pad(nibbles: str, left: str, right: str) -> str | None:
+    """An odd digit count's value without its pad nibble, whichever convention the peer used.
+
+    Peers pad the spare nibble with F (on the right, or the left), with a leading 0, or with a
+    trailing 0. F is never a digit or track nibble, so an F pad is unambiguous and taken first;
+    then the dialect's own pad side (it decides the one ambiguous case, "01 20" = 120 or 012);
+    then a 0 on either side.
+    """
+    if nibbles[-1:] == "F":
+        return nibbles[:-1]
+    if nibbles[:1] == "F":
+        return nibbles[1:]
+    if left and nibbles[:1] == left:
+        return nibbles[1:]
+    if right and nibbles[-1:] == right:
+        return nibbles[:-1]
+    if nibbles[:1] == "0":
+        return nibbles[1:]
+    if nibbles[-1:] == "0":
+        return nibbles[:-1]
+    return None
+
+
+# pyiso8583 removes an odd BCD value's pad with the one convention its spec names and fails on any
+# other; fields a dialect marks ``pad_lenient`` take every convention instead (_strip_odd_pad). The
+# hook is pyiso8583's own helper, replaced for those fields only, so other specs decode as before.
+_pyiso8583_remove_pad = iso8583.decoder._remove_pad_field
+
+
+def _remove_pad_field(s: Any, idx: int, doc_dec: dict[str, Any], doc_enc: Any, field_key: str,
+                      field_spec: Mapping[str, Any], enc_field_len: int) -> str:
+    if field_spec.get("pad_lenient"):
+        value = _strip_odd_pad(doc_dec[field_key], field_spec.get("left_pad", "")[:1],
+                               field_spec.get("right_pad", "")[:1])
+        if value is not None:
+            return value
+    return _pyiso8583_remove_pad(s, idx, doc_dec, doc_enc, field_key, field_spec, enc_field_len)
+
+
+iso8583.decoder._remove_pad_field = _remove_pad_field
+
+
+def _from_signed_bcd(wire: str, digits: int, pad_side: str) -> str:
+    """x+n as jPOS IFB_AMOUNT sends it (sign byte, BCD digits) → 'C'/'D' + digits.
+
+    A sign byte that is not a letter comes back as a character the x+n rule then refuses, so the
+    error names the field; an unreadable pad leaves the nibbles as they are, for the same reason.
+    """
+    sign = chr(int(wire[:2], 16))
+    nibbles = wire[2:]
+    if digits % 2:
+        stripped = _strip_odd_pad(nibbles, "0" if pad_side == "left" else "", "0" if pad_side == "right" else "")
+        nibbles = stripped if stripped is not None else nibbles
+    return sign + nibbles
+
+
+def _to_signed_bcd(value: str, digits: int, pad_side: str) -> str:
+    """'C'/'D' + digits → the hex of the sign byte and the BCD digits (pad '0' for an odd count)."""
+    body = value[1:]
+    if len(body) % 2:
+        body = "0" + body if pad_side == "left" else body + "0"
+    return f"{ord(value[0]):02X}{body}"
+
+
 class CodecError(ValueError):
     """Base of the codec's errors."""
 
@@ -79,6 +144,7 @@ class MessageDecodeError(CodecError):
         self.offset = offset
         self.raw = bytes(raw)
         self.partial = dict(partial)
+        self.partial_wire: dict[str, tuple[bytes, bytes]] = {}  # filled by Codec.decode_detailed only
         super().__init__(f"{reason} (field {field}, byte offset {offset})")
 
     @property
@@ -149,7 +215,7 @@ class Codec:
     """
 
     __slots__ = ("_decode_plans", "_digit_keys", "_encode_plans", "_hex_bitmap", "_keys", "_numbers",
-                 "_rule_keys", "_rules", "_spec", "_text_length_keys", "dialect")
+                 "_rule_keys", "_rules", "_signed", "_spec", "_text_length_keys", "dialect")
 
     def __init__(self, dialect: Dialect):
         self.dialect = dialect
@@ -168,6 +234,8 @@ class Codec:
                 rules[str(number)] = _hex_fault
         self._rules = rules
         self._rule_keys = frozenset(rules)
+        # x+n fields carried as sign byte + BCD: key -> (digit count, pad side)
+        self._signed = {str(n): (f.max - 1, f.signed_bcd) for n, f in dialect.fields.items() if f.signed_bcd}
         self._text_length_keys = frozenset(
             key for key, fspec in self._spec.items()
             if key in self._numbers and fspec["len_type"] and fspec["len_enc"] not in ("b", "bcd"))
@@ -278,6 +346,8 @@ class Codec:
         except Exception as exc:  # pyiso8583 must never leak another type to callers
             raise MessageDecodeError(f"undecodable: {exc}", field="?", offset=-1, raw=data,
                                      partial={}) from None
+        if self._signed:
+            self._signed_from_wire(decoded)
         mti = decoded["t"]
         bitmap = decoded["p"] + decoded["1"] if "1" in decoded else decoded["p"]
         if (mti.isdigit() and mti.isascii() and len(bitmap) <= 32
@@ -314,12 +384,14 @@ class Codec:
                 error.partial_wire = {k: (bytes(v["len"]), bytes(v["data"])) for k, v in read.items()}
                 raise error from None
             raise  # pragma: no cover - decode() cannot succeed where iso8583.decode failed
+        if self._signed:
+            self._signed_from_wire(decoded)
         wire = {k: (bytes(v["len"]), bytes(v["data"])) for k, v in encoded.items()}
         fault = self._wire_fault(decoded, encoded)
         if fault is not None:
-            error = self._decode_fault(fault, decoded, encoded, data)
-            error.partial_wire = {k: wire[k] for k in error.partial}
-            raise error
+            refusal = self._decode_fault(fault, decoded, encoded, data)
+            refusal.partial_wire = {k: wire[k] for k in refusal.partial}
+            raise refusal
         header = decoded.pop("h", "")
         mti = decoded.pop("t")
         fields = {int(k): v for k, v in decoded.items() if k not in _STRUCTURAL}
@@ -347,6 +419,8 @@ class Codec:
             if not self._content_ok(plan, doc):
                 key, reason = self._content_fault(doc) or ("?", "content check failed")
                 raise MessageEncodeError(reason, field=key)
+            if self._signed:
+                self._signed_to_wire(doc)
             data, _ = iso8583.encode(doc, self._spec)
         except MessageEncodeError:
             raise
@@ -355,6 +429,20 @@ class Codec:
         except Exception as exc:  # pyiso8583 raises TypeError, even UnboundLocalError, on non-str values
             raise self._bad_value(message, exc) from None
         return bytes(data)
+
+    def _signed_from_wire(self, decoded: dict[str, Any]) -> None:
+        for key in self._signed.keys() & decoded.keys():
+            digits, pad_side = self._signed[key]
+            decoded[key] = _from_signed_bcd(decoded[key], digits, pad_side)
+
+    def _signed_to_wire(self, doc: dict[str, Any]) -> None:
+        for key in self._signed.keys() & doc.keys():
+            digits, pad_side = self._signed[key]
+            value = doc[key]
+            if len(value) != digits + 1:
+                raise MessageEncodeError(f"Field data is {len(value)} characters, expecting {digits + 1}",
+                                         field=key)
+            doc[key] = _to_signed_bcd(value, digits, pad_side)
 
     def _undefined_field(self, key: object) -> MessageEncodeError:
         if key in (1, 65):

@@ -1,27 +1,4 @@
-"""The switch's message journal: every frame in and out, decoded, masked, kept in a ring and a file.
-
-Two readers with different needs share one record per frame:
-
-- the admin API asks ``Journal.query`` for the newest entries matching a filter (a bounded ring in
-  memory, ``ring_size`` entries);
-- people and tools read the JSON-lines file (``journal.jsonl``, rotated by size into
-  ``journal.jsonl.1`` ... ``.N``), written by ``Journal.run`` in a worker thread.
-
-The switch calls ``record_in`` / ``record_out`` on its hot path, so recording only stores the raw
-bytes, the decoded fields and a few keys used by filters. Everything costly (masking, hex, JSON)
-happens later and once per entry: in the writer thread for the file, on ``query`` for the API, with
-the result cached on the record.
-
-Masking follows ``switch.codec.composite.mask_field`` for decoded values (PAN first 6 + last 4,
-track data after the PAN hidden, PIN block and ICC data as ``****``). In ``raw_hex`` every byte
-of those fields' data is shown as ``**`` (length prefixes stay). A frame that cannot be decoded
-is kept, marked by ``error``, with the fields read before the failure masked the same way. Its
-raw bytes may still hold a PAN where the decoder did not get to, or where it misread a frame of
-another dialect, so there the journal also masks the whole unread rest when the bitmap announces
-a sensitive field not read, every digit run long enough to be a PAN or track (12+ digits, BCD,
-ASCII or EBCDIC), and PAN-sized digit runs in the fields read: a PAN in a log is worse than a
-less readable log.
-"""
+"""The journal itself: records taken on the hot path, entries formatted once, the ring and the file writer."""
 
 from __future__ import annotations
 
@@ -29,41 +6,20 @@ import contextlib
 import json
 import logging
 import os
-import re
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import trio
 
-from switch.codec.composite import mask_field, mask_pan
 from switch.codec.message import Codec, Message, MessageDecodeError
-from switch.describe import RESPONSE_CODES, mti_meaning, printable
+from switch.journal.masking import _Masker
 
 log = logging.getLogger("switch.journal")
 
-SENSITIVE_FIELDS = (2, 34, 35, 36, 45, 52, 55)
-"""Fields ``mask_field`` hides (PAN, extended PAN, tracks 1-3, PIN block, ICC data), in wire order."""
-_SENSITIVE_KEYS = frozenset(str(number) for number in SENSITIVE_FIELDS)
-_STRUCTURAL_KEYS = frozenset(("t", "p", "1", "65"))  # MTI and bitmaps: not data fields
-_FIELD_KEYS = {number: str(number) for number in range(1, 193)}  # str(number) without the call per field
-FULLY_MASKED = "****"
-MASKED_BYTE = "**"
-# Shorter encodings could be found by coincidence anywhere (a bitmap byte, a length); those fields
-# are located exactly by a second decode instead of by search.
-_MIN_SEARCHED_BYTES = 4
-# Digit runs in the unreadable rest of an undecodable frame: 12+ decimal nibbles catch BCD digits
-# and ASCII digits (0x30-0x39 is "3d" in hex) alike; EBCDIC digits are 0xF0-0xF9.
-_HEX_DIGIT_RUN = re.compile(r"[0-9]{12,}")
-_EBCDIC_DIGIT_RUN = re.compile(rb"[\xF0-\xF9]{8,}")
-_FIELD_DIGIT_RUN = re.compile(r"[0-9]{13,}")  # PAN-sized, longer than any amount (n12)
-# Every message puts at least an MTI (2 bytes) and a bitmap (8) before field 2, so the first 10
-# bytes of a frame never hold a PAN, whatever dialect wrote it.
-_NEVER_PAN_BYTES = 10
 _STAN_WIDTH = 6
 _LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # made once, not per call as json.dumps
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # C: what json.dumps escapes with
@@ -137,6 +93,9 @@ class _Record:
         self.peer = peer
         self.direction = direction
         self.raw = raw
+        self.fields: dict[int, str] | None
+        self.mti: str | None
+        fields: dict[int, str]
         if message is not None:
             fields = self.fields = dict(message.fields)  # the caller may reuse its message
             self.mti = message.mti
@@ -174,173 +133,6 @@ class _Update:
     def __init__(self, record: _Record):
         self.record = record
 
-
-# --------------------------------------------------------------------------------------------
-# Masking
-
-
-def _bitmap_numbers(bitmap_hex: str, base: int) -> set[int]:
-    try:
-        bits = int(bitmap_hex, 16)
-    except ValueError:
-        return set()
-    width = len(bitmap_hex) * 4
-    return {base + i + 1 for i in range(width) if bits >> (width - 1 - i) & 1}
-
-
-def _hex_masked(raw: bytes, ranges: Iterable[tuple[int, int]]) -> str:
-    """``raw`` as upper-case hex with the bytes of every (start, end) range shown as ``**``."""
-    text = raw.hex().upper()
-    if not ranges:
-        return text
-    pieces = []
-    position = 0
-    for start, end in sorted(ranges):
-        start = max(start, position)
-        if end <= start:
-            continue
-        pieces.append(text[2 * position:2 * start])
-        pieces.append(MASKED_BYTE * (end - start))
-        position = end
-    pieces.append(text[2 * position:])
-    return "".join(pieces)
-
-
-def _shown_value(number: int, value: str) -> str:
-    shown = mask_field(number, value)
-    if shown != value and shown and set(shown) == {"*"}:
-        return FULLY_MASKED
-    return shown
-
-
-def _masked_run(match: re.Match[str]) -> str:
-    return mask_pan(match.group())
-
-
-def _digit_run_ranges(raw: bytes, start: int) -> list[tuple[int, int]]:
-    """Byte ranges of digit runs in ``raw[start:]`` that could be a PAN or track (any encoding)."""
-    rest = raw[start:]
-    ranges = [(start + m.start() // 2, start + (m.end() + 1) // 2)
-              for m in _HEX_DIGIT_RUN.finditer(rest.hex())]
-    ranges += [(start + m.start(), start + m.end()) for m in _EBCDIC_DIGIT_RUN.finditer(rest)]
-    return ranges
-
-
-class _Masker:
-    """Masked fields and raw hex for one dialect.
-
-    For a decoded frame the data of each sensitive field is encoded as the dialect sends it and
-    every occurrence in the raw bytes is masked: a search in C instead of a second decode (which
-    would cost as much as the switch's own decode, per frame). Whenever that cannot be trusted
-    (an encoding the search cannot reproduce, a value too short to search for, a value not found)
-    the field positions come from ``Codec.decode_detailed`` instead.
-    """
-
-    def __init__(self, codec: Codec):
-        self._codec = Codec(codec.dialect)  # private: the writer thread must not share plan caches
-        self._encodings: dict[int, tuple[str, bool, str, str]] = {}
-        for number in SENSITIVE_FIELDS:
-            spec = codec.dialect.spec.get(str(number))
-            if spec is not None:
-                self._encodings[number] = (spec["data_enc"], spec.get("len_count", "bytes") == "nibbles",
-                                           spec.get("left_pad", "")[:1], spec.get("right_pad", "")[:1])
-
-    def _wire_data(self, number: int, value: str) -> bytes | None:
-        encoding = self._encodings.get(number)
-        if encoding is None:
-            return None
-        data_enc, nibbles, left_pad, right_pad = encoding
-        try:
-            if data_enc != "b":
-                return value.encode(data_enc)
-            if nibbles and len(value) % 2:
-                value = left_pad + value if left_pad else value + right_pad
-            return bytes.fromhex(value)
-        except (ValueError, LookupError):
-            return None
-
-    def decoded(self, raw: bytes, fields: dict[int, str], header: str) -> tuple[dict[str, str], str]:
-        keys = _FIELD_KEYS
-        shown = {keys[number]: value for number, value in fields.items()}  # as on the wire (or as built)
-        if header:
-            shown = {"h": header, **shown}
-        present = [(number, fields[number]) for number in SENSITIVE_FIELDS if number in fields]
-        for number, value in present:
-            shown[keys[number]] = _shown_value(number, value)
-        ranges: list[tuple[int, int]] = []
-        for number, value in present:
-            if not value:
-                continue
-            data = self._wire_data(number, value)
-            if data is None or len(data) < _MIN_SEARCHED_BYTES:
-                return shown, self._exact_hex(raw)
-            found = raw.find(data)
-            if found < 0:
-                return shown, self._exact_hex(raw)
-            while found >= 0:  # every occurrence, overlapping ones too: an echo elsewhere is a PAN too
-                ranges.append((found, found + len(data)))
-                found = raw.find(data, found + 1)
-        return shown, _hex_masked(raw, ranges)
-
-    def _exact_hex(self, raw: bytes) -> str:
-        try:
-            _, wire = self._codec.decode_detailed(raw)
-        except MessageDecodeError:
-            return self.undecodable(raw)[1]
-        ranges = []
-        offset = 0
-        for key, (prefix, data) in wire.items():
-            start = offset + len(prefix)
-            offset = start + len(data)
-            if key in _SENSITIVE_KEYS:
-                ranges.append((start, offset))
-        return _hex_masked(raw, ranges)
-
-    def undecodable(self, raw: bytes) -> tuple[dict[str, str], str, str | None]:
-        """(masked fields read, masked raw hex, decode error) of a frame that may not decode."""
-        try:
-            message, _ = self._codec.decode_detailed(raw)
-        except MessageDecodeError as exc:
-            return (*self._partial(raw, exc), str(exc))
-        fields, raw_hex = self.decoded(raw, message.fields, message.header)
-        return fields, raw_hex, None
-
-    @staticmethod
-    def _partial(raw: bytes, exc: MessageDecodeError) -> tuple[dict[str, str], str]:
-        wire: dict[str, tuple[bytes, bytes]] = getattr(exc, "partial_wire", {})
-        ranges: list[tuple[int, int]] = []
-        read: list[str] = []
-        offset = 0
-        structure_end = 0
-        for key, (prefix, data) in wire.items():  # wire order; the failing element is half read
-            if key == exc.field or key not in exc.partial:
-                break
-            start = offset + len(prefix)
-            offset = start + len(data)
-            if key in _SENSITIVE_KEYS:
-                ranges.append((start, offset))
-            elif key == "t" and offset <= _NEVER_PAN_BYTES:
-                structure_end = offset
-            read.append(key)
-        if "p" in read:
-            present = _bitmap_numbers(exc.partial["p"][:16], 0)
-            if any(number in present and str(number) not in read for number in SENSITIVE_FIELDS):
-                ranges.append((offset, len(raw)))  # a sensitive field is somewhere in the unread rest
-        # A frame of another dialect can be read wrongly but far enough to put a PAN into any field,
-        # and nothing is known of the rest: hide whatever looks like one, wherever it is. Only the
-        # header and MTI stay readable, when they were read within the first bytes, where no
-        # dialect can carry a PAN.
-        ranges += _digit_run_ranges(raw, structure_end)
-        shown: dict[str, str] = {}
-        for key in read:
-            if key == "h":
-                shown["h"] = _FIELD_DIGIT_RUN.sub(_masked_run, exc.partial["h"])
-            elif key not in _STRUCTURAL_KEYS:
-                number = int(key)
-                value = exc.partial[key]
-                shown[key] = (_shown_value(number, value) if key in _SENSITIVE_KEYS
-                              else _FIELD_DIGIT_RUN.sub(_masked_run, value))
-        return shown, _hex_masked(raw, ranges)
 
 
 # --------------------------------------------------------------------------------------------
@@ -632,11 +424,11 @@ class Journal:
         if self._lost:
             log.warning("journal writer fell behind: %d entries were not written to %s", self._lost, self.path)
             self._lost = 0
-        items = []
+        items: list[tuple[_Record, bool | None, tuple[str, ...], str, bool]] = []
         pending = self._pending
         while pending:
             item = pending.popleft()
-            if type(item) is _Update:
+            if isinstance(item, _Update):
                 record = item.record
                 items.append((record, False, record.faults, record.note, True))
             else:
@@ -748,200 +540,3 @@ class Journal:
             self._file = None
 
 
-# --------------------------------------------------------------------------------------------
-# Reading the file (the CLI)
-
-
-class JournalFileError(ValueError):
-    """A line of a journal file that is not a journal entry."""
-
-
-ErrorHandler = Callable[[int, str], None]
-
-
-def _parse_line(line: bytes, number: int, on_error: ErrorHandler | None) -> dict[str, Any] | None:
-    text = line.strip()
-    if not text:
-        return None
-    try:
-        document = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        reason = f"not JSON ({exc})"
-    else:
-        if isinstance(document, dict) and isinstance(document.get("seq"), int):
-            return document
-        reason = "not a journal entry (no integer 'seq')"
-    if on_error is None:
-        raise JournalFileError(f"line {number}: {reason}")
-    on_error(number, reason)
-    return None
-
-
-def read_journal_file(path: str | os.PathLike[str], *, on_error: ErrorHandler | None = None
-                      ) -> Iterator[dict[str, Any]]:
-    """Every entry of a journal file in order. A bad line raises ``JournalFileError``, or with
-    ``on_error`` is reported as (line number, reason) and skipped (a crash can cut the last line)."""
-    with open(path, "rb") as file:
-        for number, line in enumerate(file, start=1):
-            document = _parse_line(line, number, on_error)
-            if document is not None:
-                yield document
-
-
-@dataclass(frozen=True, slots=True)
-class EntryFilter:
-    """The CLI's filters over entries read from a file (the same meaning as ``Journal.query``'s)."""
-
-    terminal: str | None = None
-    mti: str | None = None
-    stan: str | None = None
-    faults_only: bool = False
-
-    def matches(self, entry: dict[str, Any]) -> bool:
-        if self.mti is not None and entry.get("mti") != self.mti:
-            return False
-        if self.stan is not None and entry.get("stan") != _normalized_stan(self.stan):
-            return False
-        if self.terminal is not None:
-            terminal = entry.get("terminal")
-            if not isinstance(terminal, str) or terminal.rstrip() != self.terminal.rstrip():
-                return False
-        return not (self.faults_only and not entry.get("faults"))
-
-
-def _text(value: Any) -> str:
-    return printable(str(value))
-
-
-def format_entry_line(entry: dict[str, Any]) -> str:
-    """One readable line: time, seq, connection, arrow (<- in, -> out), MTI and meaning, STAN,
-    terminal, response code, faults, note. Anything a peer sent is escaped for the terminal."""
-    stamp = entry.get("time")
-    try:
-        when = datetime.fromtimestamp(float(stamp)).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    except (TypeError, ValueError, OverflowError, OSError):
-        when = "????-??-?? ??:??:??.???"
-    direction = entry.get("direction")
-    arrow = "<-" if direction == DIRECTION_IN else "->" if direction == DIRECTION_OUT else "??"
-    parts = [when, f"#{_text(entry.get('seq'))}", f"c{_text(entry.get('connection'))}", arrow]
-    mti = entry.get("mti")
-    if isinstance(mti, str):
-        parts.append(f"{printable(mti)} {mti_meaning(mti)}")
-    else:
-        parts.append("(undecodable)")
-    for label, key in (("STAN", "stan"), ("TID", "terminal")):
-        if entry.get(key) is not None:
-            parts.append(f"{label} {_text(entry[key])}")
-    code = entry.get("response_code")
-    if code is not None:
-        meaning = RESPONSE_CODES.get(code) if isinstance(code, str) else None
-        parts.append(f"RC {_text(code)}" + (f" {meaning}" if meaning else ""))
-    if entry.get("request_seq") is not None:
-        parts.append(f"re #{_text(entry['request_seq'])}")
-    if entry.get("update") == UPDATE_UNSENT:
-        parts.append("[response not sent]")
-    faults = entry.get("faults")
-    if faults:
-        names = faults if isinstance(faults, list) else [faults]
-        parts.append("faults: " + ",".join(_text(name) for name in names))
-    if entry.get("note"):
-        parts.append(f"({_text(entry['note'])})")
-    if entry.get("error"):
-        parts.append(f"error: {_text(entry['error'])}")
-    return "  ".join(parts)
-
-
-class JournalFollower:
-    """Reads a journal file incrementally, across rotation (the file replaced) and truncation.
-
-    Truncation is noticed when the file becomes shorter than what was read, as with ``tail -F``;
-    the journal itself never truncates in place (rotation renames, or unlinks with no backups).
-
-    ``poll()`` returns the entries appended since the last call; the first call returns the whole
-    file. It never sleeps: the caller decides how often to poll (``follow_journal``).
-    """
-
-    def __init__(self, path: str | os.PathLike[str], *, on_error: ErrorHandler | None = None):
-        self.path = Path(path)
-        self._on_error = on_error
-        self._file: BinaryIO | None = None
-        self._identity: tuple[int, int] | None = None
-        self._buffer = b""
-        self._line_number = 0
-        self._position = 0
-
-    def _open(self) -> bool:
-        try:
-            handle = open(self.path, "rb")  # noqa: SIM115 - kept open between polls
-        except FileNotFoundError:
-            return False
-        status = os.fstat(handle.fileno())
-        self._file, self._identity = handle, (status.st_dev, status.st_ino)
-        self._buffer, self._line_number, self._position = b"", 0, 0
-        return True
-
-    def _read(self) -> list[dict[str, Any]]:
-        assert self._file is not None
-        data = self._file.read()
-        if not data:
-            return []
-        self._position += len(data)
-        lines = (self._buffer + data).split(b"\n")
-        self._buffer = lines.pop()  # an incomplete last line waits for the rest
-        entries = []
-        for line in lines:
-            self._line_number += 1
-            document = _parse_line(line, self._line_number, self._on_error)
-            if document is not None:
-                entries.append(document)
-        return entries
-
-    def _finish_file(self) -> list[dict[str, Any]]:
-        entries = self._read()
-        if self._buffer.strip():  # the writer only writes whole lines: this one was cut
-            self._line_number += 1
-            document = _parse_line(self._buffer, self._line_number, self._on_error)
-            if document is not None:
-                entries.append(document)
-        self.close()
-        return entries
-
-    def poll(self) -> list[dict[str, Any]]:
-        if self._file is None and not self._open():
-            return []
-        entries = self._read()
-        try:
-            status = os.stat(self.path)
-        except FileNotFoundError:
-            return entries  # rotated away and not yet recreated: keep reading the old one
-        if (status.st_dev, status.st_ino) != self._identity:
-            entries += self._finish_file()  # lines written to it just before the rotation
-            if self._open():
-                entries += self._read()
-        elif status.st_size < self._position:  # truncated in place: start again
-            assert self._file is not None
-            self._file.seek(0)
-            self._buffer, self._line_number, self._position = b"", 0, 0
-            entries += self._read()
-        return entries
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
-def follow_journal(follower: JournalFollower, emit: Callable[[dict[str, Any]], None], *,
-                   interval: float = 0.5, stop: Callable[[], bool] = lambda: False,
-                   sleep: Callable[[float], None] | None = None) -> None:
-    """Emit new entries as they are appended until ``stop()`` is true (the CLI stops on Ctrl-C).
-
-    ``sleep`` defaults to ``time.sleep`` looked up at call time, so a test can replace it.
-    """
-    sleep = sleep or time.sleep
-    while not stop():
-        for entry in follower.poll():
-            emit(entry)
-        if stop():
-            break
-        sleep(interval)
