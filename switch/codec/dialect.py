@@ -9,6 +9,7 @@ from that, so a field layout is written once and a dialect that differs only in 
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -292,7 +293,7 @@ class DialectRegistry:
     User directories come first, so a user can shadow a shipped dialect by name.
     """
 
-    def __init__(self, extra_dirs: Iterable[str | Path] = ()):
+    def __init__(self, extra_dirs: Iterable[str | os.PathLike[str]] = ()):
         self.search_path = [Path(d) for d in extra_dirs] + [specs.dialects_dir()]
         for directory in self.search_path[:-1]:
             if not directory.is_dir():
@@ -452,7 +453,7 @@ def _framing_defaults(raw: Mapping[str, Any], source: str) -> FramingDefaults:
 _default_registry: DialectRegistry | None = None
 
 
-def load_dialect(name: str = "iso87-binary", dialect_path: Iterable[str | Path] = ()) -> Dialect:
+def load_dialect(name: str = "iso87-binary", dialect_path: Iterable[str | os.PathLike[str]] = ()) -> Dialect:
     """Load a dialect by name (or path to a .toml file), searching ``dialect_path`` first."""
     global _default_registry
     extra = list(dialect_path)
