@@ -26,7 +26,7 @@ import re
 import ssl
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -54,6 +54,7 @@ from switch.codec.message import Codec, Message, MessageEncodeError
 from switch.describe import STRUCTURAL_NAMES, parse_hex
 from switch.profiles import TerminalSecurityProfile
 from terminal.policy import (
+    BalanceInquiry,
     Command,
     Drain,
     Echo,
@@ -230,7 +231,10 @@ def _frame(
 
 EXIT_OUTCOME_UNKNOWN = 2
 EXIT_TERMINAL_USAGE = 3
+EXIT_SETTLED_UNBALANCED = 4
+EXIT_INTERRUPTED = 130
 OUTCOME_EXIT_CODES = {
+    "unbalanced": EXIT_SETTLED_UNBALANCED,
     "approved": 0,
     "completed": 0,
     "declined": 1,
@@ -240,7 +244,8 @@ OUTCOME_EXIT_CODES = {
     "unknown": EXIT_OUTCOME_UNKNOWN,
     "failed": EXIT_TERMINAL_USAGE,
 }
-"""Exit status per ``Outcome.kind``: 0 done, 1 declined/refused, 2 money may have moved, 3 not done."""
+"""Exit status per ``Outcome.kind``: 0 done, 1 declined/refused, 2 money may have moved, 3 not done,
+4 the batch was settled unbalanced (uploaded, closed by the host: contact the acquirer)."""
 
 DEFAULT_TERMINAL_ID = "TERM0001"
 DEFAULT_MERCHANT_ID = "MERCHANT0000001"
@@ -304,7 +309,7 @@ class TerminalCommand(click.Command):
         try:
             return super().make_context(info_name, args, parent=parent, **extra)
         except click.UsageError as exc:
-            exc.exit_code = EXIT_TERMINAL_USAGE
+            exc.exit_code = EXIT_TERMINAL_USAGE  # type: ignore[misc]  # per instance, on purpose
             raise
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -314,7 +319,7 @@ class TerminalCommand(click.Command):
             raise CliError(str(exc), EXIT_TERMINAL_USAGE) from None
         except click.ClickException as exc:
             if exc.exit_code == EXIT_USAGE:
-                exc.exit_code = EXIT_TERMINAL_USAGE
+                exc.exit_code = EXIT_TERMINAL_USAGE  # type: ignore[misc]  # per instance, on purpose
             raise
 
 
@@ -357,6 +362,9 @@ def terminal_options(func: F) -> F:
                   metavar="SECONDS", help="Bound on one connection attempt.")
     @click.option("--connect-attempts", type=click.IntRange(1, 100), default=3, show_default=True,
                   help="Connection attempts (with backoff) before the command gives up.")
+    @click.option("--signon-code", "signon_codes", multiple=True, metavar="CODE",
+                  help="A response code by which this host demands a new sign-on, besides A0 and 99 (and the "
+                       "CUP header's 3); repeatable. E.g. 58 for a host that answers 58 to an unsigned terminal.")
     @click.option("--store", "store_option", default=None, metavar="PATH",
                   help="The terminal's SQLite store (default: a per-user data file per terminal id).")
     @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
@@ -374,7 +382,8 @@ def terminal_options(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, host: str, port: int, dialect: Dialect, framing_overrides: FramingOverrides,
                 tpdu_hex: str | None, terminal_id: str, merchant_id: str, currency: str, currency_exponent: int,
-                timeout: float, connect_timeout: float, connect_attempts: int, store_option: str | None,
+                timeout: float, connect_timeout: float, connect_attempts: int, signon_codes: tuple[str, ...],
+                store_option: str | None,
                 as_json: bool, verbose: bool, profiles_path: str | None, tls: bool, tls_ca: str | None,
                 tls_insecure: bool, **kwargs: Any) -> Any:
         security = None
@@ -410,6 +419,12 @@ def terminal_options(func: F) -> F:
                 profile = dataclasses.replace(profile, merchant_id=merchant_id)
             if tpdu is None and security.tpdu is not None:
                 tpdu = security.tpdu
+        if signon_codes:
+            demand = frozenset(profile.signon_demand_codes or ()) | frozenset(c.upper() for c in signon_codes)
+            try:
+                profile = dataclasses.replace(profile, signon_demand_codes=demand)
+            except ProfileError as exc:
+                raise CliError(f"--signon-code: {exc}", EXIT_TERMINAL_USAGE) from None
         ssl_context = None
         if tls or tls_ca is not None or tls_insecure:
             from terminal.client import client_ssl_context
@@ -523,38 +538,80 @@ def _open_store(settings: TerminalSettings) -> TerminalStore:
     return TerminalStore.open(settings.store_path, settings.profile.terminal_id)
 
 
-async def _drive(settings: TerminalSettings, store: TerminalStore, command: Command) -> Outcome:
+async def _drive(settings: TerminalSettings, store: TerminalStore, command: Command,
+                 confirmation: Callable[[], Awaitable[None]] | None = None) -> tuple[Outcome, bool]:
+    """(outcome, interrupted). Ctrl-C cancels the command instead of raising KeyboardInterrupt through
+    Trio's task groups: the policy is told (``interrupt``) so the store says what was in flight."""
+    import signal
+
+    import trio
+
     from terminal.client import TerminalClient, TrioClock, tcp_connector
     from terminal.policy import TerminalPolicy
 
     clock = TrioClock.wall()
     policy = TerminalPolicy(settings.profile, store, clock.now())
     connect = tcp_connector(settings.host, settings.port, ssl_context=settings.ssl_context)
-    async with TerminalClient(policy, Codec(settings.dialect), settings.framing, connect, clock,
-                              tpdu=settings.tpdu) as client:
-        return await client.run_command(command)
+    finished: list[Outcome] = []
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        async with TerminalClient(policy, Codec(settings.dialect), settings.framing, connect, clock,
+                                  tpdu=settings.tpdu, confirmation=confirmation) as client, \
+                trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                finished.append(await client.run_command(command))
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(run)
+            async for _ in interrupts:
+                nursery.cancel_scope.cancel()
+                break
+    if finished:
+        return finished[0], False
+    if not policy.busy:  # interrupted after the operation finished, before its result was taken
+        return Outcome("failed", command.name, "interrupted"), True
+    return policy.interrupt(clock.now()), True
 
 
-def run_terminal_command(settings: TerminalSettings, command: Command) -> NoReturn:
-    """Run one command against the host, print its outcome, exit with its status."""
+def run_terminal_command(settings: TerminalSettings, command: Command,
+                         confirmation: Callable[[], Awaitable[None]] | None = None) -> NoReturn:
+    """Run one command against the host, print its outcome, exit with its status.
+
+    Ctrl-C prints one line and exits 2 ("outcome unknown") when an exchange was in flight — its
+    reversal or repeat is stored and goes out before the next transaction — else 130.
+    """
     import trio
 
     with _notes_to_stderr(settings.verbose):
         store = _open_store(settings)
         try:
-            outcome = trio.run(_drive, settings, store, command)
-        except KeyboardInterrupt:
+            outcome, interrupted = trio.run(_drive, settings, store, command, confirmation)
+        except BaseException as exc:  # a second Ctrl-C during shutdown: KeyboardInterrupt, maybe grouped
+            if not _is_interrupt(exc):
+                raise
             raise CliError(
                 "interrupted: anything owed to the host is stored and goes out before the next transaction",
-                130,
+                EXIT_INTERRUPTED,
             ) from None
         finally:
             store.close()
     if settings.as_json:
-        click.echo(json.dumps(outcome.as_dict()))
+        click.echo(json.dumps({**outcome.as_dict(), "interrupted": interrupted}))
     else:
         click.echo(outcome_line(outcome, settings.profile.currency_exponent))
-    click.get_current_context().exit(OUTCOME_EXIT_CODES[outcome.kind])
+    code = OUTCOME_EXIT_CODES[outcome.kind]
+    if interrupted and code != EXIT_OUTCOME_UNKNOWN:
+        code = EXIT_INTERRUPTED
+    click.get_current_context().exit(code)
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(KeyboardInterrupt)[1]
+        return rest is None or _is_interrupt(rest)
+    return False
 
 
 @cli.command(cls=TerminalCommand, short_help="Sign on to the host (0800, network code 001).")
@@ -578,10 +635,33 @@ def echo(settings: TerminalSettings) -> None:
     run_terminal_command(settings, Echo())
 
 
+async def _enter_confirms(timeout: float) -> None:
+    """The cardholder confirms by pressing Enter; at end of input nobody will, so wait for the deadline."""
+    import trio
+
+    click.echo(f"waiting up to {timeout:g}s for the cardholder to confirm: press Enter", err=True)
+    line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+    if not line:
+        await trio.sleep_forever()
+
+
+async def _never_confirms() -> None:
+    import trio
+
+    await trio.sleep_forever()
+
+
 @cli.command(cls=TerminalCommand, short_help="A card sale (0200), reversed by itself if the answer is lost.")
 @terminal_options
 @card_options
-def purchase(settings: TerminalSettings, card: dict[str, Any]) -> None:
+@click.option("--confirm-timeout", type=click.FloatRange(0, min_open=True), default=None, metavar="SECONDS",
+              help="After approval, the cardholder must confirm (Enter on stdin) within this time; otherwise the "
+                   "sale is reversed (0400, field 39 = 17 customer cancellation).")
+@click.option("--no-confirm", is_flag=True,
+              help="Simulate a cardholder who never confirms (with --confirm-timeout): the approved sale is "
+                   "reversed when the time is up.")
+def purchase(settings: TerminalSettings, card: dict[str, Any], confirm_timeout: float | None,
+             no_confirm: bool) -> None:
     """A sale (0200). Stored reversals and other items owed to the host go out first.
 
     \b
@@ -593,7 +673,12 @@ def purchase(settings: TerminalSettings, card: dict[str, Any]) -> None:
     Example:
       iso-terminal purchase --amount 12.34
     """
-    run_terminal_command(settings, Purchase(**card))
+    if no_confirm and confirm_timeout is None:
+        raise CliError("--no-confirm needs --confirm-timeout SECONDS", EXIT_TERMINAL_USAGE)
+    confirmation = None
+    if confirm_timeout is not None:
+        confirmation = _never_confirms if no_confirm else functools.partial(_enter_confirms, confirm_timeout)
+    run_terminal_command(settings, Purchase(**card, confirm_timeout=confirm_timeout), confirmation)
 
 
 @cli.command(cls=TerminalCommand, short_help="A refund to the card (0200, processing code 20).")
@@ -602,6 +687,16 @@ def purchase(settings: TerminalSettings, card: dict[str, Any]) -> None:
 def refund(settings: TerminalSettings, card: dict[str, Any]) -> None:
     """A refund (0200, processing code 20): a credit in settlement. Exit codes as for purchase."""
     run_terminal_command(settings, Refund(**card))
+
+
+@cli.command(cls=TerminalCommand, short_help="Balance inquiry (0200, processing code 31): nothing moves.")
+@terminal_options
+@click.option("--pan", default=TEST_PAN, show_default=True, help="Card number (Luhn-checked).")
+@click.option("--expiry", default=None, metavar="YYMM", help="Card expiry (default: December, 3 years ahead).")
+def balance(settings: TerminalSettings, pan: str, expiry: str | None) -> None:
+    """Balance inquiry (0200, processing code 310000; CUP 60.1 = 01): no amount, no reversal. The
+    balance comes from the answer's field 54. Exit 0 answered, 1 declined, 3 no answer."""
+    run_terminal_command(settings, BalanceInquiry(pan.strip(), expiry or default_expiry(date.today())))
 
 
 @cli.command("reverse-last", cls=TerminalCommand, short_help="Void the last approved transaction (0400).")
@@ -620,8 +715,13 @@ def reverse_last(settings: TerminalSettings) -> None:
 def settle(settings: TerminalSettings) -> None:
     """Settle the open batch with totals from the terminal's journal (0500).
 
-    On 95 (totals differ) the batch is uploaded (0320 per record, then the end marker) and settled
-    again; on 00 the batch closes and the next one opens. Exit 0 closed, 1 declined.
+    ISO: 0500 920000 with the totals; on 95 (totals differ) every record is uploaded (0320) and a
+    0500 960000 ("after upload") follows. CUP: 0500; on flag '2' the upload ends with a 0320 (60.3
+    207). The batch closes (and the next number opens) only when the host closed it.
+
+    \b
+    Exit: 0 balanced and closed; 4 unbalanced, uploaded and closed by the host (contact the
+    acquirer); 1 declined (batch stays open); 2 unanswered (repeated before the next transaction).
     """
     run_terminal_command(settings, Settle())
 
@@ -672,7 +772,10 @@ def store_status(store: TerminalStore) -> dict[str, Any]:
     return {
         "store": store.path,
         "summary": store.summary(),
-        "signed_on_trusted": False,  # sessions do not survive restarts: the next command signs on again
+        "signed_on_trusted": False,
+        "clock": None if store.clock_offset is None else {
+            "offset_seconds": store.clock_offset[0], "synced_at": store.clock_offset[1],
+        },  # sessions do not survive restarts: the next command signs on again
         "open_batch_totals": _batch_totals(entries),
         "pending_reversals": reversals,
         "pending_advices": advices,
@@ -681,6 +784,13 @@ def store_status(store: TerminalStore) -> dict[str, Any]:
         },
         "open_batch_entries": [entry.as_dict() for entry in entries],
     }
+
+
+def _clock_line(clock: dict[str, float] | None) -> str:
+    if clock is None:
+        return "clock: not synchronised with the host yet (the next sign-on does it)"
+    return (f"clock: host − terminal {clock['offset_seconds']:+.0f}s, learnt at sign-on {_utc(clock['synced_at'])}; "
+            "fields 7/12/13 use the host's time")
 
 
 def status_lines(status: dict[str, Any], exponent: int) -> list[str]:
@@ -698,6 +808,7 @@ def status_lines(status: dict[str, Any], exponent: int) -> list[str]:
         f"{totals['credit_count']} credits {money(totals['credit_amount'])}, net {money(totals['net_amount'])}",
         ("signed on: never, or signed off" if signed is None else f"last signed on {_utc(signed)}")
         + " (not trusted across runs: the next command signs on first)",
+        _clock_line(status.get("clock")),
         f"pending reversals: {len(status['pending_reversals']) or 'none'}",
     ]
     for item in status["pending_reversals"]:

@@ -61,6 +61,7 @@ from switch.codec.message import Codec, Message, MessageDecodeError, MessageEnco
 from switch.codec.stream import FrameStream
 from switch.security import MacError, MacPlacement, SecurityError, apply_mac, with_mac_placeholder
 from terminal.policy import (
+    AwaitConfirmation,
     AwaitReply,
     Command,
     Connect,
@@ -283,7 +284,10 @@ class TerminalClient:
         tpdu: bytes | None = None,
         offload_store: bool = False,
         on_note: Callable[[Note], None] | None = None,
+        confirmation: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``confirmation``: returns when the cardholder confirms an approved sale that asks for it
+        (``Purchase.confirm_timeout``); None: there is no confirmation step, a sale is confirmed at once."""
         if tpdu is not None and not framing.tpdu:
             raise ValueError("a TPDU was given but the framing carries none")
         if tpdu is not None and len(tpdu) != TPDU_LENGTH:
@@ -303,6 +307,7 @@ class TerminalClient:
         self._clock = clock
         self._offload = offload_store
         self._on_note = on_note
+        self._confirmation = confirmation
         self._exit_stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
         self._link: _Link | None = None
@@ -328,7 +333,7 @@ class TerminalClient:
     ) -> bool:
         stack, self._exit_stack = self._exit_stack, None
         assert stack is not None, "__aexit__ without __aenter__"
-        return await stack.__aexit__(exc_type, exc, tb)
+        return bool(await stack.__aexit__(exc_type, exc, tb))
 
     async def _shutdown(self) -> None:
         try:
@@ -386,6 +391,8 @@ class TerminalClient:
                     await self._wait(action.deadline)
                 elif isinstance(action, Sleep):
                     await self._wait(action.until)
+                elif isinstance(action, AwaitConfirmation):
+                    await self._await_confirmation(action.deadline)
                 elif isinstance(action, Idle):
                     raise ClientError(f"the policy went idle during {command.name} without an outcome")
                 self._log_notes()
@@ -474,6 +481,16 @@ class TerminalClient:
             self._time_floor = max(self._time_floor, until)
             return
         await self._feed(item)
+
+    async def _await_confirmation(self, deadline: float) -> None:
+        """Wait for the cardholder until ``deadline``; the policy reverses the sale if it passes."""
+        if self._confirmation is not None:
+            with trio.move_on_at(self.clock.to_trio(deadline)) as scope:
+                await self._confirmation()
+            if scope.cancelled_caught:
+                self._time_floor = max(self._time_floor, deadline)
+                return
+        await self._call(self.policy.cardholder_confirmed, self._now())
 
     async def _take_arrivals(self) -> None:
         """Feed whatever arrived while no command ran (late replies, the host closing the connection)."""

@@ -726,15 +726,15 @@ def compare_views(
     by_key: dict[tuple[str, str, str], HostPosting] = {}
     repeated: list[HostPosting] = []  # a second posting of one key: the host booked one request twice
     cup_candidates: dict[tuple[str, str], list[HostPosting]] = {}
-    for posting in postings:
-        if posting.transmission_time:
-            key = (posting.terminal, posting.stan, posting.transmission_time)
+    for booked in postings:
+        if booked.transmission_time:
+            key = (booked.terminal, booked.stan, booked.transmission_time)
             if key in by_key:
-                repeated.append(posting)
+                repeated.append(booked)
             else:
-                by_key[key] = posting
-        elif _in_window(posting, low, high):
-            cup_candidates.setdefault((posting.terminal, posting.stan), []).append(posting)
+                by_key[key] = booked
+        elif _in_window(booked, low, high):
+            cup_candidates.setdefault((booked.terminal, booked.stan), []).append(booked)
     mismatches: list[Mismatch] = []
     undecided: list[Mismatch] = []
     matched: set[int] = set()  # id() of the postings some entry was compared with
@@ -742,6 +742,7 @@ def compare_views(
     for terminal, journal in entries.items():
         terminal = terminal.rstrip(" ")
         for entry in journal:
+            posting: HostPosting | None
             if entry.transmission_time:
                 posting = by_key.get((terminal, entry.stan, entry.transmission_time))
             else:

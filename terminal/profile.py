@@ -27,9 +27,10 @@ __all__ = ["DEFAULT_CURRENCY", "SIGNON_DEMAND_CODES", "ProfileError", "TerminalP
 
 SIGNON_DEMAND_CODES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
-        # A0 (MAC check failed, sign on again) and 99 (PIN format error, sign on again) are CUP's; 58 is
-        # the "sign on first" answer ISO 8583 hosts (ours included) give to an unsigned terminal.
-        "iso87": frozenset({"A0", "99", "58"}),
+        # A0 (MAC check failed, sign on again) and 99 (PIN format error, sign on again) are the codes
+        # that say "sign on again". 58 is "not permitted to terminal": a genuine decline unless a host
+        # uses it as "sign on first" — then the profile adds it (``--signon-code 58``).
+        "iso87": frozenset({"A0", "99"}),
         "cup": frozenset({"A0", "99"}),
     }
 )
@@ -84,6 +85,7 @@ class TerminalProfile:
     signon_demand_codes: frozenset[str] | None = None  # None: SIGNON_DEMAND_CODES[family]
     retry_codes: frozenset[str] = frozenset({"91", "96"})  # "not processed, try again" on queued items
     reversal_cleared_codes: frozenset[str] = frozenset({"00", "25"})  # 25: original never reached the host
+    clock_codes: frozenset[str] = frozenset({"22"})  # declines the operator is told may come from a wrong clock
     resignon_limit: int = 2  # host demands for a new sign-on one operation tolerates
     utc_offset_minutes: int = 0  # local time (fields 12/13) = UTC + this
     cup_header: str = CupHeader.DEFAULT.format()
@@ -161,7 +163,7 @@ class TerminalProfile:
             and self.resignon_limit >= 0
         ):
             problems.append(f"resignon_limit must be an integer >= 0, got {self.resignon_limit!r}")
-        for name in ("signon_demand_codes", "retry_codes", "reversal_cleared_codes"):
+        for name in ("signon_demand_codes", "retry_codes", "reversal_cleared_codes", "clock_codes"):
             codes = getattr(self, name)
             if codes is None:
                 continue

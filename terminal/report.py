@@ -230,9 +230,10 @@ def histogram_svg(histogram: Sequence[Mapping[str, float]], latency: Mapping[str
     parts.append(f'<text x="{(left + right) / 2:.1f}" y="{height - 8}" font-size="12" text-anchor="middle" '
                  f'fill="{_COLOURS["axis"]}">latency (time to the outcome), log scale</text>')
     for row, name in enumerate(("p50", "p99", "p99.9")):
-        value = latency.get(name)
-        if value is None or value <= 0:
+        quantile = latency.get(name)
+        if quantile is None or quantile <= 0:
             continue
+        value = float(quantile)
         x = x_of(value)
         label_y = 14 + row * 13
         parts.append(f'<line x1="{x:.1f}" y1="{label_y + 3}" x2="{x:.1f}" y2="{bottom}" stroke="{_COLOURS["marker"]}" '

@@ -392,6 +392,20 @@ class TerminalStore:
     def record_signon(self, at: float | None) -> None:
         self._set_meta("signed_on_at", None if at is None else repr(float(at)))
 
+    @property
+    def clock_offset(self) -> tuple[float, float] | None:
+        """(seconds to add to the terminal's clock to get the host's, when it was learnt) from the
+        last sign-on reply that carried the host's date/time (fields 12/13); None: never synced.
+        Kept across restarts: a terminal clock's error does not change when the process does."""
+        value = self._meta("clock_offset")
+        if value is None:
+            return None
+        offset, at = value.split(" ")
+        return float(offset), float(at)
+
+    def record_clock_offset(self, offset: float, at: float) -> None:
+        self._set_meta("clock_offset", f"{float(offset)!r} {float(at)!r}")
+
     # -- journal --------------------------------------------------------------------------------
 
     def add_entry(
@@ -660,6 +674,7 @@ class TerminalStore:
             "last_stan": self.last_stan,
             "batch": self.batch,
             "signed_on_at": self.signed_on_at,
+            "clock_offset": None if self.clock_offset is None else self.clock_offset[0],
             "pending_reversals": len(self.reversals()),
             "pending_advices": len(self.advices()),
             "pending_settlement": None if pending is None else pending.message.get(11),

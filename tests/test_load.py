@@ -140,7 +140,7 @@ def test_stats_count_up_and_add_up() -> None:
     summary = stats.summary(elapsed=41.5)
     assert summary["transactions"] == {"started": 10, "finished": 9, "in_flight": 1}
     assert summary["outcomes"] == {"approved": 3, "declined": 2, "reversed": 2, "unknown-queued": 1,
-                                   "unknown": 0, "refused": 0, "failed": 1, "completed": 0}
+                                   "unknown": 0, "refused": 0, "failed": 1, "completed": 0, "unbalanced": 0}
     assert sum(summary["outcomes"].values()) + summary["transactions"]["in_flight"] == stats.started
     assert summary["errors"] == 3  # the purchase reversed, the failed echo, the unknown one; the void is fine
     assert summary["declined_by_code"] == {"05": 1, "51": 1}

@@ -298,10 +298,11 @@ async def test_zero_amount_refused_locally_and_settlement_95_uploads_then_closes
     """Amount 0: the terminal refuses it (exit 1, "refused") without connecting, so the host never
     sees it; a 0200 for 0.00 sent by hand is declined 13 and only booked as a decline. Then two
     purchases and a settlement: the first 0500 is answered 95 (the scenario's rule), the terminal
-    uploads both records and the end marker, settles again, and the host closes the batch as
-    uploaded (00, exit 0) with no discrepancy. Finally card ...0062, "approved" by the fault engine
-    without being booked, makes the totals really differ: the host itself answers 95, the upload
-    shows the sale it never saw, and the batch closes with that discrepancy recorded."""
+    uploads both records and sends 0500 960000 ("after upload"); the host closes the batch as
+    uploaded (00) with no discrepancy, and the terminal reports it as unbalanced (exit 4). Finally
+    card ...0062, "approved" by the fault engine without being booked, makes the totals really
+    differ: the host itself answers 95, the upload shows the sale it never saw, and the batch closes
+    with that discrepancy recorded."""
     store = tmp_path / "terminal.sqlite"
     with trio.fail_after(TEST_LIMIT):
         async with running_switch(tmp_path, "zero-amount") as switch, \
@@ -323,15 +324,14 @@ async def test_zero_amount_refused_locally_and_settlement_95_uploads_then_closes
                 assert (bought.exit_code, bought.outcome["kind"]) == (0, "approved"), bought
             mark = len(await journal(admin))
             settled = await terminal(switch, store, "settle")
-            assert (settled.exit_code, settled.outcome["kind"], settled.outcome["batch"]) == (0, "approved",
+            assert (settled.exit_code, settled.outcome["kind"], settled.outcome["batch"]) == (4, "unbalanced",
                                                                                              "000001"), settled
             assert "upload-started" in settled.stderr
             assert traffic(await journal(admin))[mark:] == [
                 ("in", "0800", ""), ("out", "0810", "00"),
                 ("in", "0500", ""), ("out", "0510", "95"),  # the rule: answered 95 unprocessed
                 ("in", "0320", ""), ("out", "0330", "00"), ("in", "0320", ""), ("out", "0330", "00"),
-                ("in", "0320", ""), ("out", "0330", "00"),  # the end marker (field 70 = 202)
-                ("in", "0500", ""), ("out", "0510", "00"),
+                ("in", "0500", ""), ("out", "0510", "00"),  # 960000: totals after upload
             ]
             book = await ledger(switch)
             (batch,) = [b for b in book["batches"] if b["terminal"] == TID]
@@ -345,7 +345,7 @@ async def test_zero_amount_refused_locally_and_settlement_95_uploads_then_closes
             assert [p for p in (await ledger(switch))["postings"] if p["terminal"] == TID and
                     p["stan"] == unbooked.outcome["stan"]] == []
             settled = await terminal(switch, store, "settle")
-            assert (settled.exit_code, settled.outcome["kind"], settled.outcome["batch"]) == (0, "approved",
+            assert (settled.exit_code, settled.outcome["kind"], settled.outcome["batch"]) == (4, "unbalanced",
                                                                                              "000002"), settled
             response = await admin.get("/api/v1/ledger/settlements", params={"terminal": TID})
             results = [s["result"] for s in response.json()["settlements"]]

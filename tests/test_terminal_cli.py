@@ -10,10 +10,11 @@ timeout rules are proven on a virtual clock in ``test_terminal_client.py``, not 
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 
@@ -217,10 +218,13 @@ def test_signon_purchase_zero_amount_settle_and_status(switch: tuple[int, Path],
     assert "open batch 000001: 3 entries (approved 2, declined 1)" in lines[1]
     assert lines[2] == "open batch totals: 1 debits 12.34, 1 credits 2.00, net 10.34"
     assert "not trusted across runs" in lines[3]
-    assert lines[4:] == ["pending reversals: none", "pending advices: none", "pending settlement: none"]
+    # the host's 0810 carried its time (12/13): same machine, so within a second of ours
+    assert re.fullmatch(r"clock: host − terminal [+-][01]s, learnt at sign-on .* use the host's time", lines[4])
+    assert lines[5:] == ["pending reversals: none", "pending advices: none", "pending settlement: none"]
 
     settled = invoke("settle", *common)
-    assert (settled.exit_code, settled.stdout) == (0, "settle: settled: batch 000001 closed, batch 000002 open\n")
+    assert (settled.exit_code, settled.stdout) == (
+        0, "settle: settled, balanced: batch 000001 closed, batch 000002 open\n")
     after = json.loads(invoke("status", "--json", *common).stdout)
     assert after["summary"]["batch"] == "000002" and after["open_batch_entries"] == []
 
@@ -239,7 +243,8 @@ def test_void_exits_2_because_money_went_back(switch: tuple[int, Path], tmp_path
     assert invoke("purchase", "--amount", "3", *common).exit_code == 0
     voided = invoke("reverse-last", *common)
     assert voided.exit_code == 2 and voided.stdout.startswith("reverse-last 3.00 STAN ")
-    assert "reversed: reversal acknowledged (00 approved)" in voided.stdout
+    assert "voided: the host acknowledged the reversal (answer 00)" in voided.stdout
+    assert "approved" not in voided.stdout  # a reversal acknowledgement is never "approved"
     nothing = invoke("reverse-last", *common)
     assert nothing.exit_code == 1 and "refused: no approved transaction in the open batch" in nothing.stdout
     drained = invoke("drain", *common)
@@ -284,7 +289,8 @@ def test_connection_reset_mid_purchase_exits_2_and_blocks_the_next_sale(tmp_path
         common = host_args(port, tmp_path / "t.sqlite")
         lost = invoke("purchase", "--amount", "9.99", "--pan", RESET_CARD, *common)
         assert lost.exit_code == 2, lost.output
-        assert ": outcome unknown, reversal stored: " in lost.stdout and lost.stdout.count("\n") == 1
+        assert ": outcome unknown: the card may be debited, do not charge again; " in lost.stdout
+        assert lost.stdout.count("\n") == 1
 
         status = invoke("status", *common).stdout.splitlines()
         assert "pending reversals: 1" in status
@@ -296,3 +302,134 @@ def test_connection_reset_mid_purchase_exits_2_and_blocks_the_next_sale(tmp_path
         as_json = json.loads(invoke("status", "--json", *common).stdout)
         assert [r["attempts"] for r in as_json["pending_reversals"]] == [6]
         assert [e["state"] for e in as_json["open_batch_entries"]] == ["unknown"]  # the new sale never left
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C (SIGINT) while a command waits on the host: one line, a consistent store, exit 2 or 130
+
+
+def _interrupt_cli(args: list[str], wait_for: Callable[[], None]) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m terminal ARGS``, call ``wait_for`` (returns once the command is waiting on the
+    host), send SIGINT, and collect the result — all bounded in time."""
+    import signal
+
+    process = subprocess.Popen([sys.executable, "-m", "terminal", *args], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for()
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_signing_on_to_a_silent_host_exits_130(tmp_path: Path) -> None:
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(1)
+        server.settimeout(20)
+        port = server.getsockname()[1]
+        accepted: list[socket.socket] = []
+
+        def signon_arrived() -> None:
+            connection, _ = server.accept()
+            accepted.append(connection)
+            connection.settimeout(20)
+            assert connection.recv(4096)  # the 0800, never answered
+
+        store = tmp_path / "t.sqlite"
+        result = _interrupt_cli(["purchase", "--amount", "1", *host_args(port, store), "--timeout", "60"],
+                                signon_arrived)
+        for connection in accepted:
+            connection.close()
+    assert result.returncode == 130, result
+    assert result.stdout.count("\n") == 1 and "interrupted while waiting for the signon answer" in result.stdout
+    assert "Traceback" not in result.stderr and "ExceptionGroup" not in result.stderr
+    with TerminalStore.open(store, "TERM0001") as opened:
+        assert opened.entries() == [] and opened.reversals() == []  # no payment was sent
+
+
+DELAY_SCENARIO = """
+[scenario]
+name = "silent-sale"
+description = "every 0200 is held for a minute: the terminal is left waiting"
+
+[[fault]]
+id = "hold-sale"
+when = { mti = ["0200"] }
+delay_request = "60s"
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_sale_is_in_flight_exits_2_with_its_reversal_stored(tmp_path: Path) -> None:
+    scenario = tmp_path / "silent.toml"
+    scenario.write_text(DELAY_SCENARIO)
+    store = tmp_path / "t.sqlite"
+    with start_switch(tmp_path, "--scenario", str(scenario)) as switch:
+
+        def sale_sent() -> None:
+            import time
+
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if store.exists():
+                    with TerminalStore.open(store, "TERM0001") as opened:
+                        if any(e.state == "in-flight" for e in opened.entries()):
+                            return
+                time.sleep(0.05)
+            raise AssertionError("the sale never went out")
+
+        result = _interrupt_cli(["purchase", "--amount", "2.50", *host_args(switch.port, store), "--timeout", "60"],
+                                sale_sent)
+    assert result.returncode == 2, result
+    assert result.stdout.count("\n") == 1
+    assert ("interrupted: outcome unknown: the card may be debited, do not charge again; "
+            "the reversal goes out automatically") in result.stdout
+    assert "Traceback" not in result.stderr
+    with TerminalStore.open(store, "TERM0001") as opened:
+        (entry,) = opened.entries()
+        assert entry.state == "unknown" and [r.journal_id for r in opened.reversals()] == [entry.id]
+
+
+UNBALANCED_SCENARIO = """
+[scenario]
+name = "unbalanced-once"
+description = "the first settlement is answered 95: the terminal uploads, then settles after upload"
+
+[[fault]]
+id = "first-settlement-95"
+when = { mti = ["0500"], first = 1 }
+respond = "95"
+"""
+
+
+def test_settle_after_95_upload_and_00_exits_4_and_says_unbalanced(tmp_path: Path) -> None:
+    scenario = tmp_path / "unbalanced.toml"
+    scenario.write_text(UNBALANCED_SCENARIO)
+    with start_switch(tmp_path, "--scenario", str(scenario)) as switch:
+        common = host_args(switch.port, tmp_path / "t.sqlite")
+        assert invoke("purchase", "--amount", "3", *common).exit_code == 0
+        settled = invoke("settle", *common)
+        assert settled.exit_code == 4, settled.output  # not 0: never "balanced" after 95 → upload → 00
+        assert settled.stdout.startswith("settle: settlement unbalanced: uploaded, contact the acquirer.")
+        assert "The host closed batch 000001 after the upload (answered 00)" in settled.stdout
+        assert settled.stdout.count("\n") == 1
+        after = json.loads(invoke("status", "--json", *common).stdout)
+        assert after["summary"]["batch"] == "000002"  # closed because the host closed it
+
+
+def test_no_confirm_needs_a_confirm_timeout(tmp_path: Path) -> None:
+    result = invoke("purchase", "--amount", "1", "--no-confirm", *host_args(free_port(), tmp_path / "t.sqlite"))
+    assert result.exit_code == 3 and "--no-confirm needs --confirm-timeout" in result.output
+
+
+def test_balance_inquiry_against_the_switch(switch: tuple[int, Path], tmp_path: Path) -> None:
+    port, _ = switch
+    result = invoke("balance", *host_args(port, tmp_path / "t.sqlite", terminal="CLI00009"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("balance: available ") and result.stdout.count("\n") == 1

@@ -15,7 +15,7 @@ would turn approved purchases into timeouts that never happen in real time. So t
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,7 +78,9 @@ class Rig:
         return client_side
 
     @asynccontextmanager
-    async def terminal(self, store: TerminalStore | None = None, **settings: Any) -> AsyncIterator[TerminalClient]:
+    async def terminal(self, store: TerminalStore | None = None, *,
+                       confirmation: Callable[[], Awaitable[None]] | None = None,
+                       **settings: Any) -> AsyncIterator[TerminalClient]:
         """A client for terminal TID over ``store`` (default: a throw-away in-memory one)."""
         own_store = store is None
         store = store or TerminalStore.open(":memory:", TID)
@@ -88,7 +90,7 @@ class Rig:
         framing = Framing.from_dialect(self.dialect)
         try:
             async with TerminalClient(policy, codec, framing, self.connect, self.clock,
-                                      on_note=self.notes.append) as client:
+                                      on_note=self.notes.append, confirmation=confirmation) as client:
                 yield client
         finally:
             if own_store:
@@ -315,7 +317,7 @@ async def test_settle_balanced_closes_the_batch_on_both_sides(autojump_clock: An
         assert "upload-started" not in rig.note_kinds()
 
 
-async def test_settle_answered_95_uploads_the_batch_and_settles_again(
+async def test_settle_answered_95_uploads_then_960000_closes_and_reports_unbalanced(
     autojump_clock: Any, inline_threads: None
 ) -> None:
     async with switch() as rig, rig.terminal() as client:
@@ -323,7 +325,8 @@ async def test_settle_answered_95_uploads_the_batch_and_settles_again(
             assert (await client.run_command(sale(amount))).kind == "approved"
         rig.faults.add({"when": {"mti": "0500", "first": 1}, "respond": "95"})
         outcome = await client.run_command(Settle())
-        assert outcome.kind == "approved", outcome
+        assert outcome.kind == "unbalanced", outcome  # never reported as balanced after 95 → upload → 00
+        assert outcome.text.startswith("settlement unbalanced: uploaded, contact the acquirer")
         assert "upload-started" in rig.note_kinds()
         uploads = rig.ledger.uploads(TID, "000001")
         assert sorted(record.amount for record in uploads) == [1100, 2200]
@@ -407,3 +410,27 @@ async def test_client_must_be_entered_and_tpdu_must_fit_the_framing() -> None:
     with pytest.raises(ValueError, match="5 bytes"):
         TerminalClient(policy, Codec(CUP), Framing.from_dialect(CUP), client._connect, tpdu=b"\x60")
     store.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Cardholder confirmation against the real host (virtual clock)
+
+
+async def test_an_unconfirmed_sale_is_reversed_at_the_host(autojump_clock: Any, inline_threads: None) -> None:
+    async with switch() as rig, rig.terminal(confirmation=trio.sleep_forever) as client:
+        started = trio.current_time()
+        outcome = await client.run_command(Purchase(1500, PAN, EXPIRY, confirm_timeout=45.0))
+        assert outcome.kind == "reversed" and outcome.text.startswith("cancelled: the cardholder did not confirm")
+        assert trio.current_time() - started >= 45.0
+        posting = only_posting(rig)
+        assert posting.approved and posting.reversed  # approved, then reversed: nothing charged
+
+
+async def test_a_confirmed_sale_stands(autojump_clock: Any, inline_threads: None) -> None:
+    async def confirms_after_a_while() -> None:
+        await trio.sleep(10)
+
+    async with switch() as rig, rig.terminal(confirmation=confirms_after_a_while) as client:
+        outcome = await client.run_command(Purchase(1500, PAN, EXPIRY, confirm_timeout=45.0))
+        assert outcome.kind == "approved"
+        assert only_posting(rig).reversed is False

@@ -8,6 +8,7 @@ so whatever the policy builds is proven encodable. Time is a plain float moved b
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ from switch.codec import Codec, MessageDecodeError, load_dialect
 from switch.codec.composite import CupField60, CupHeader, OriginalData, SettlementTotals
 from switch.codec.message import Message
 from terminal.policy import (
+    AwaitConfirmation,
     AwaitReply,
+    BalanceInquiry,
     Connect,
     Drain,
     Echo,
@@ -160,6 +163,10 @@ class FakeHost:
         return posting
 
     def _financial(self, request: Message) -> Message:
+        if request[3].startswith("31"):  # balance inquiry: nothing posted
+            return self.reply(request, "00", f54="0002" + request[49] + "C000000123456")
+        if self.cup and request[60][:2] == "23":  # 撤销: a void names its original in 61 (batch + trace)
+            return self._void(request)
         key = (request[11], request.get(7, ""))
         if key in self.postings:
             return self.reply(request, "94")
@@ -177,6 +184,17 @@ class FakeHost:
             extra["f38"] = f"{len(self.postings) * 7919 % 1_000_000:06d}"
         return self.reply(request, code, **extra)
 
+    def _void(self, request: Message) -> Message:
+        key = ("void", request[11])
+        if key not in self.reversals:
+            posting = self.postings.get((request[61][6:12], ""))
+            if posting is None or not posting.moved or posting.batch in self.closed:
+                self.reversals[key] = "25" if posting is None else "12"
+            else:
+                posting.reversed = True
+                self.reversals[key] = "00"
+        return self.reply(request, self.reversals[key])
+
     def _advice(self, request: Message) -> Message:
         if request[11] in self.advice_keys:
             return self.reply(request, "00")
@@ -188,8 +206,12 @@ class FakeHost:
         return self.reply(request, "00", f37=f"{len(self.postings):012d}")
 
     def _reversal(self, request: Message) -> Message:
-        original = OriginalData.parse(request[90])
-        key = (original.stan, "" if original.transmission_time == "0" * 10 else original.transmission_time)
+        if self.cup:  # CUP reversals keep the original's STAN and carry no field 90
+            assert 90 not in request
+            key = (request[11], "")
+        else:
+            original = OriginalData.parse(request[90])
+            key = (original.stan, "" if original.transmission_time == "0" * 10 else original.transmission_time)
         if key in self.reversals:
             return self.reply(request, self.reversals[key])
         if self.reversal_answer is not None:
@@ -207,9 +229,14 @@ class FakeHost:
         return self.reply(request, code)
 
     def _upload(self, request: Message) -> Message:
-        network = request[60][8:11] if self.cup else request.get(70, "")
-        if network == "202":
-            self.upload_ended.add(self.batch_of(request))
+        """CUP: the end-of-upload (60.3 202/207) closes the batch; ISO: a record per 0320."""
+        batch = self.batch_of(request)
+        if self.cup and request[60][8:11] in ("202", "207"):
+            self.upload_ended.add(batch)
+            if batch not in self.closed:
+                self.closed[batch] = self.net_totals(batch)
+        elif not self.cup:
+            self.upload_ended.add(batch)  # at least one record: a 960000 is then accepted
         return self.reply(request, "00")
 
     def _settlement(self, request: Message) -> Message:
@@ -219,13 +246,14 @@ class FakeHost:
             if self.cup:
                 totals, _ = SettlementTotals.from_cup48(request[48])
             else:
-                totals = SettlementTotals.from_iso_fields(request.fields)
+                totals = SettlementTotals.from_iso_fields(request.fields).netted()
+            after_upload = not self.cup and request.get(3) == "960000"
             if batch in self.closed:
                 code = "00" if totals == self.closed[batch] else "95"
             elif self.unbalanced_answers and batch not in self.upload_ended:
                 self.unbalanced_answers -= 1
                 code = "95"
-            elif batch in self.upload_ended or totals == self.net_totals(batch):
+            elif (after_upload and batch in self.upload_ended) or totals == self.net_totals(batch):
                 self.closed[batch] = self.net_totals(batch)
                 self.iso_batch += 0 if self.cup else 1
                 code = "00"
@@ -253,6 +281,8 @@ class Harness:
         self.family = family
         self.dialect = load_dialect("cup-pos" if family == "cup" else "iso87-binary")
         self.codec = Codec(self.dialect)
+        if family == "iso87":  # this fake ISO host answers 58 to an unsigned terminal: configured as a demand
+            profile_settings.setdefault("signon_demand_codes", frozenset({"A0", "99", "58"}))
         self.profile = TerminalProfile.for_dialect(self.dialect, TID, "SHOP01", **profile_settings)
         self.path = str(path)
         self.host = FakeHost(family)
@@ -267,6 +297,7 @@ class Harness:
         self.inbox: list[tuple[str, object]] = []  # what arrives during the current wait
         self.late: list[tuple[float, Message]] = []  # (deliver at or after, reply)
         self.delayed: list[Message] = []  # requests stuck in the network
+        self.confirm_after: float | None = 1.0  # when the cardholder confirms an approved sale (None: never)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -319,6 +350,12 @@ class Harness:
         elif isinstance(action, Sleep):
             assert action.until > self.now
             self.now = action.until
+        elif isinstance(action, AwaitConfirmation):  # confirm_after: None never, else seconds after approval
+            if self.confirm_after is not None and self.now + self.confirm_after < action.deadline:
+                self.now += self.confirm_after
+                policy.cardholder_confirmed(self.now)
+            else:
+                self.now = action.deadline
         else:
             raise AssertionError(f"unexpected action {action}")
 
@@ -562,6 +599,30 @@ def test_resigns_on_when_the_host_demands_and_never_reuses_the_stan(harness):
     h.assert_consistent()
 
 
+@pytest.mark.parametrize("command", [purchase(2000), Refund(2000, PAN, EXPIRY)], ids=["purchase", "refund"])
+def test_58_is_a_genuine_decline_by_default(harness, command):
+    h = harness(signon_demand_codes=frozenset({"A0", "99"}))
+    h.run(SignOn())
+    original = h.host.handle
+    h.host.handle = lambda r: h.host.reply(r, "58") if r.mti == "0200" else original(r)  # type: ignore
+    outcome = h.run(command)
+    assert (outcome.kind, outcome.response_code, outcome.meaning) == ("declined", "58", "not permitted to terminal")
+    assert h.sent_mtis() == ["0800", "0200"]  # no re-sign-on, and never sent a second time
+    assert h.policy.signed_on and "signon-demanded" not in h.note_kinds()
+    assert h.store.reversals() == []
+
+
+def test_a_configured_signon_code_resigns_on_and_sends_a_new_transaction_once(harness):
+    h = harness(signon_demand_codes=frozenset({"A0", "99", "N7"}))
+    h.run(SignOn())
+    original = h.host.handle
+    h.host.handle = lambda r: h.host.reply(r, "N7") if r.mti == "0200" else original(r)  # type: ignore
+    outcome = h.run(purchase(2000))
+    assert outcome.kind == "declined" and outcome.response_code == "N7"
+    assert h.sent_mtis() == ["0800", "0200", "0800", "0200"]  # one re-sign-on, one new STAN, no more
+    assert h.sent[1].message[11] != h.sent[3].message[11]
+
+
 def test_a_host_that_keeps_demanding_signon_is_not_retried_forever(harness):
     h = harness(resignon_limit=2)
     h.run(SignOn())
@@ -743,7 +804,9 @@ def test_timeout_sends_0400_then_0401_repeats_with_the_same_stan(harness):
 def test_unanswered_reversal_is_queued_and_goes_out_before_the_next_transaction(harness):
     h = harness(reversal_attempts=2)
     outcome = h.run(purchase(), faults=["ok", "ok", "drop-response", "drop-response", "drop-response"])
-    assert outcome.kind == "unknown-queued" and "reversal stored" in outcome.text
+    assert outcome.kind == "unknown-queued"
+    assert outcome.text.startswith("outcome unknown: the card may be debited, do not charge again; "
+                                   "the reversal goes out automatically")
     assert h.sent_mtis() == ["0800", "0200", "0400", "0401"]
     (reversal,) = h.store.reversals()
     assert reversal.attempts == 2
@@ -882,7 +945,7 @@ def test_reversal_of_a_stale_stan_after_wrapping(harness):
 def test_offline_sale_is_stored_even_without_a_connection(harness):
     h = harness(connect_attempts=2)
     outcome = h.run(OfflineSale(500, PAN, EXPIRY, "OFF123"), faults=["reset-before", "reset-before"])
-    assert outcome.kind == "unknown-queued" and "advice stored" in outcome.text
+    assert outcome.kind == "unknown-queued" and "the advice goes out automatically" in outcome.text
     assert [e.state for e in h.store.entries()] == ["advice-pending"]
     assert len(h.store.advices()) == 1 and h.sent == []
     assert h.run(Drain()).kind == "completed"
@@ -917,33 +980,74 @@ def test_settlement_totals_come_from_the_journal(harness):
     h.run(purchase(1113))  # declined
     h.run(OfflineSale(400, PAN, EXPIRY))
     outcome = h.run(Settle())
-    assert outcome.kind == "approved" and outcome.batch == "000001"
+    assert outcome.kind == "approved" and outcome.batch == "000001" and outcome.meaning == "balanced"
     request = h.sent[-1].message
-    assert request.mti == "0500"
+    assert (request.mti, request[3]) == ("0500", "920000")
     totals = SettlementTotals.from_iso_fields(request.fields)
-    assert totals == SettlementTotals(debit_count=2, debit_amount=1400, credit_count=1, credit_amount=300)
-    assert all(request[n] == "0" * w for n, w in ((75, 10), (77, 10), (87, 16), (89, 16)))
-    assert request[97] == "D" + f"{1100:016d}"
+    # ISO reading: gross in 74/76 and 86/88, the voided purchase also in the reversal columns 77/89
+    assert totals == SettlementTotals(debit_count=3, debit_amount=3400, credit_count=1, credit_amount=300,
+                                      debit_reversal_count=1, debit_reversal_amount=2000)
+    assert (request[75], request[87]) == ("0" * 10, "0" * 16)
+    assert request[97] == "D" + f"{1100:016d}"  # net = gross − reversals
+    totals = totals.netted()
     assert h.store.batch == "000002"
     assert h.host.closed["000001"] == totals
     h.assert_consistent()
 
 
-def test_settlement_mismatch_uploads_the_batch_and_settles_again(harness):
+def test_settlement_mismatch_uploads_then_settles_after_upload_and_reports_unbalanced(harness):
     h = harness()
     h.run(purchase(1000))
     h.run(purchase(2000))
     entry = h.store.entries()[-1]
     h.store.update_entry(entry.id, now=h.now, amount=1999)  # the terminal's journal disagrees
     outcome = h.run(Settle())
-    assert outcome.kind == "approved"
-    assert h.sent_mtis()[-5:] == ["0500", "0320", "0320", "0320", "0500"]
-    first, record1, record2, end, second = (s.message for s in h.sent[-5:])
+    # never "balanced": unbalanced, uploaded, closed by the host, operator told what to do
+    assert outcome.kind == "unbalanced" and outcome.response_code == "00"
+    assert outcome.text.startswith("settlement unbalanced: uploaded, contact the acquirer")
+    assert outcome.meaning != "balanced" and "closed batch 000001" in outcome.text
+    # the fake host echoes the request's totals: an echo is not the host's own figures
+    assert "the host gave no totals; the terminal's were debits 2 / 29.99, credits 0 / 0.00" in outcome.text
+    assert h.sent_mtis()[-4:] == ["0500", "0320", "0320", "0500"]
+    first, record1, record2, second = (s.message for s in h.sent[-4:])
+    assert (first[3], second[3]) == ("920000", "960000")
     assert OriginalData.parse(record1[90]).stan == h.store.entries()[0].stan
     assert record2[4] == "000000001999" and record1[37] == h.store.entries()[0].rrn
-    assert end[70] == "202" and 90 not in end
+    assert 70 not in record1 and 70 not in record2  # no ISO end-of-upload 0320 any more
     assert second[11] != first[11]  # a new settlement, not a repeat
     assert "upload-started" in h.note_kinds()
+    assert h.store.batch == "000002"  # closed because the host closed it
+
+
+def test_settlement_reports_the_differences_when_the_host_gives_its_totals(harness):
+    h = harness()
+    h.run(purchase(1000))
+    h.store.update_entry(h.store.entries()[-1].id, now=h.now, amount=1250)
+    original = h.host.handle
+
+    def with_totals(request: Message) -> Message | None:
+        answer = original(request)
+        if answer is not None and request.mti == "0500" and answer.get(39) == "95":
+            return answer.copy(**{f"f{n}": v for n, v in SettlementTotals(1, 1000, 0, 0).to_iso_fields().items()})
+        return answer
+
+    h.host.handle = with_totals  # type: ignore[method-assign]
+    outcome = h.run(Settle())
+    assert outcome.kind == "unbalanced"
+    assert "terminal − host: debits +0 / +2.50" in outcome.text
+
+
+def test_settlement_after_upload_declined_keeps_the_batch_open(harness):
+    h = harness()
+    h.run(purchase(1000))
+    h.store.update_entry(h.store.entries()[-1].id, now=h.now, amount=999)
+    original = h.host.handle
+    h.host.handle = lambda r: (h.host.reply(r, "12") if r.mti == "0500" and r[3] == "960000"  # type: ignore
+                               else original(r))
+    outcome = h.run(Settle())
+    assert (outcome.kind, outcome.response_code) == ("declined", "12")
+    assert "batch 000001 stays open" in outcome.text
+    assert h.store.batch == "000001" and h.store.pending_settlement is None
 
 
 def test_cup_settlement_reads_the_flag_in_field_48(harness):
@@ -952,16 +1056,24 @@ def test_cup_settlement_reads_the_flag_in_field_48(harness):
     entry = h.store.entries()[-1]
     h.store.update_entry(entry.id, now=h.now, amount=999)
     outcome = h.run(Settle())
-    assert outcome.kind == "approved"
-    settle, record, end, again = (s.message for s in h.sent[-4:])
+    assert outcome.kind == "unbalanced" and "contact the acquirer" in outcome.text
+    settle, record, end = (s.message for s in h.sent[-3:])
     assert SettlementTotals.from_cup48(settle[48]) == (SettlementTotals(1, 999, 0, 0), "0")
     assert CupField60.parse(settle[60]) == CupField60("00", "000001", "201")
     assert CupField60.parse(record[60]).network_code == "201" and record.mti == "0320"
-    assert CupField60.parse(end[60]).network_code == "202"
-    assert again.mti == "0500" and again[11] != settle[11]
+    assert end.mti == "0320" and CupField60.parse(end[60]).network_code == "207"  # closes: no second 0500
+    assert [s.message.mti for s in h.sent].count("0500") == 1
     assert h.store.batch == "000002"
     h.run(purchase(5))
     assert CupField60.parse(h.sent[-1].message[60]).batch == "000002"
+
+
+def test_cup_balanced_settlement_closes_without_upload(harness):
+    h = harness("cup")
+    h.run(purchase(1000))
+    outcome = h.run(Settle())
+    assert (outcome.kind, outcome.meaning) == ("approved", "balanced")
+    assert h.sent_mtis()[-1] == "0500" and h.store.batch == "000002"
 
 
 def test_unanswered_settlement_is_repeated_before_anything_else(harness):
@@ -1068,7 +1180,7 @@ def test_profile_defaults_per_family():
     iso = TerminalProfile(TID, "SHOP01")
     cup = TerminalProfile(TID, "SHOP01", family="cup")
     assert (iso.currency, cup.currency) == ("840", "156")
-    assert "58" in iso.signon_demand_codes and "58" not in cup.signon_demand_codes
+    assert iso.signon_demand_codes == cup.signon_demand_codes == frozenset({"A0", "99"})  # 58 is a decline
     assert iso.merchant_id == "SHOP01         " and iso.timeout_for("0401") == 30.0
     assert TerminalProfile(TID, "S", timeouts={"0400": 9}).timeout_for("0401") == 9
     assert [iso.backoff(n) for n in (1, 2, 3, 10)] == [2.0, 4.0, 8.0, 60.0]
@@ -1108,12 +1220,15 @@ def test_killed_between_any_two_steps_loses_nothing(tmp_path, family, scenario):
             if stored:
                 assert after[0] in ("0400", "0401"), (crash_after, after)  # the stored reversal goes first
                 assert {e.id for e in in_flight} <= {r.journal_id for r in stored}
-            stans = [s.message[11] for s in h.sent[sent_before:] if s.message.mti[3] == "0"]
+            stans = [s.message[11] for s in h.sent[sent_before:] if s.message.mti[3] == "0"
+                     and not (family == "cup" and s.message.mti == "0400")]  # CUP reversals keep the STAN
             assert len(stans) == len(set(stans)), f"STAN reused: {stans}"
             assert h.store.last_stan >= stan_before
             h.flush_network()
             h.assert_consistent()
-            assert h.run(Settle()).kind == "approved"
+            forced_95 = h.host.unbalanced_answers > 0  # the crash came before the host's forced 95
+            final = h.run(Settle())
+            assert final.kind == ("unbalanced" if forced_95 else "approved"), (crash_after, final)
             h.assert_consistent()
         finally:
             h.close()
@@ -1214,8 +1329,11 @@ class TerminalAgainstHost(RuleBasedStateMachine):
 
     @invariant()
     def stans_are_never_reused_within_the_window(self) -> None:
-        first_sends = [s.message for s in self.h.sent if s.message.mti[3] == "0"]
-        keys = [(m[11], m.get(7, "")) for m in first_sends]
+        first_sends: list[Message] = []
+        for sent in self.h.sent:  # a CUP void (0200) is resent unchanged: that is a repeat, not a reuse
+            if sent.message.mti[3] == "0" and sent.message not in first_sends:
+                first_sends.append(sent.message)
+        keys = [(m[11], m.get(7, ""), m.mti == "0400" and self.h.family == "cup") for m in first_sends]
         assert len(keys) == len(set(keys))
 
     def teardown(self) -> None:
@@ -1248,3 +1366,213 @@ TestTerminalAgainstHost = TerminalAgainstHost.TestCase
 TestTerminalAgainstHost.settings = _STATEFUL
 TestCupTerminalAgainstHost = CupTerminalAgainstHost.TestCase
 TestCupTerminalAgainstHost.settings = settings(_STATEFUL, max_examples=120)
+
+
+# ---------------------------------------------------------------------------------------------
+# Clock: the host's time from the 0810; operator texts
+
+
+def _host_clock_reply(h: Harness, skew: float):
+    """Make the fake host answer sign-ons with its local time ``skew`` seconds ahead of the terminal."""
+    original = h.host.handle
+
+    def handle(request: Message) -> Message | None:
+        answer = original(request)
+        if answer is not None and request.mti == "0800":
+            host_now = datetime.fromtimestamp(h.now + skew, UTC)
+            answer = answer.copy(f12=host_now.strftime("%H%M%S"), f13=host_now.strftime("%m%d"))
+        return answer
+
+    h.host.handle = handle  # type: ignore[method-assign]
+
+
+def test_signon_reply_sets_the_clock_used_in_fields_7_12_13(harness):
+    h = harness()
+    _host_clock_reply(h, 300)  # the terminal's clock is 5 minutes slow
+    h.run(purchase(1000))
+    sale = h.sent[-1].message
+    host_time = datetime.fromtimestamp(h.sent_at[-1] + 300, UTC)
+    assert (sale[12], sale[13]) == (host_time.strftime("%H%M%S"), host_time.strftime("%m%d"))
+    assert sale[7] == host_time.strftime("%m%d%H%M%S")  # field 7 in UTC, on the host's clock
+    assert h.store.clock_offset is not None and h.store.clock_offset[0] == 300
+    assert "clock-synced" in h.note_kinds()
+    # durable: a restarted terminal stamps its first messages with the host's time before signing on
+    restarted = TerminalPolicy(h.profile, h.store, h.now)
+    assert restarted.clock.offset == 300
+
+
+def test_clock_sync_across_new_year_and_without_fields():
+    from terminal.clock import host_offset
+
+    new_year_eve = datetime(2025, 12, 31, 23, 59, 50, tzinfo=UTC).timestamp()
+    assert host_offset("000010", "0101", new_year_eve, 0) == 20  # the host is already in 2026
+    assert host_offset(None, "0101", new_year_eve, 0) is None
+    assert host_offset("256161", "0230", new_year_eve, 0) is None  # not a time
+    assert host_offset("120000", "0301", T0, 8 * 60) == -8 * 3600  # a terminal on UTC+8 vs a host on UTC
+
+
+def test_a_stale_time_decline_tells_the_operator_to_check_the_clock(harness):
+    h = harness()
+    h.run(SignOn())
+    original = h.host.handle
+    h.host.handle = lambda r: h.host.reply(r, "22") if r.mti == "0200" else original(r)  # type: ignore
+    outcome = h.run(purchase(1000))
+    assert outcome.kind == "declined" and outcome.meaning == "suspected malfunction"  # not "order expired"
+    assert "check the terminal clock" in outcome.text
+    h.host.handle = original  # type: ignore[method-assign]
+    h.host.handle = lambda r: h.host.reply(r, "05") if r.mti == "0200" else original(r)  # type: ignore
+    assert "clock" not in h.run(purchase(1000)).text
+
+
+def test_a_reversal_is_never_reported_as_approved(harness):
+    h = harness()
+    outcome = h.run(purchase(1000), faults=["ok", "ok", "drop-response"])
+    assert outcome.kind == "reversed" and "approved" not in outcome.text
+    assert outcome.text.startswith("not charged: no valid answer, so the terminal reversed it")
+    h.run(purchase(2000))
+    voided = h.run(ReverseLast())
+    assert voided.kind == "reversed" and "approved" not in voided.text and voided.text.startswith("voided: ")
+
+
+def test_a_refused_reversal_says_what_to_do(harness):
+    h = harness()
+    h.host.reversal_answer = "12"
+    outcome = h.run(purchase(1000), faults=["ok", "ok", "drop-response"])
+    assert outcome.kind == "unknown"
+    assert outcome.text.startswith("outcome unknown: the card may be debited, do not charge again")
+
+
+# ---------------------------------------------------------------------------------------------
+# CUP messages are CUP
+
+
+def test_cup_timeout_reversal_keeps_the_stan_has_no_field_90_and_is_maced(harness):
+    from switch.security import WorkingKeys
+
+    h = harness("cup")
+    outcome = h.run(purchase(1000), faults=["ok", "ok", "drop-response"])
+    assert outcome.kind == "reversed"
+    sale, reversal = h.sent[1].message, h.sent[2].message
+    assert (sale.mti, reversal.mti) == ("0200", "0400")
+    assert reversal[11] == sale[11] and 90 not in reversal and 7 not in reversal
+    assert reversal[39] == "98" and CupField60.parse(reversal[60]).txn_type == "22"
+    assert reversal[4] == sale[4] and 35 not in reversal and 52 not in reversal
+    keys = WorkingKeys(bytes.fromhex("0123456789ABCDEF"), bytes.fromhex("FEDCBA9876543210"))
+    maced = TerminalPolicy(dataclasses.replace(h.profile, mac="cup-ecb", static_keys=keys), h.store, h.now)
+    assert maced.request_mac(reversal) == ("cup-ecb", keys.mac_key)  # the driver MACs it into 64
+
+
+def test_iso_timeout_reversal_has_its_own_stan_and_field_90(harness):
+    h = harness()
+    h.run(purchase(1000), faults=["ok", "ok", "drop-response"])
+    sale, reversal = h.sent[1].message, h.sent[2].message
+    assert reversal.mti == "0400" and reversal[11] != sale[11]
+    original = OriginalData.parse(reversal[90])
+    assert (original.mti, original.stan, original.transmission_time) == ("0200", sale[11], sale[7])
+
+
+# ---------------------------------------------------------------------------------------------
+# Cardholder confirmation (seed 004's own meaning: did not sign / confirm in time)
+
+
+def test_a_sale_the_cardholder_confirms_in_time_stands(harness):
+    h = harness()
+    h.confirm_after = 5.0
+    outcome = h.run(purchase(1000, confirm_timeout=30.0))
+    assert outcome.kind == "approved" and "cardholder-confirmed" in h.note_kinds()
+    assert h.sent_mtis() == ["0800", "0200"]
+    waits = [a for a in h.actions if isinstance(a, AwaitConfirmation)]
+    assert waits and h.sent_at[-1] + 30.0 <= waits[0].deadline < h.sent_at[-1] + 31.0  # from the approval
+
+
+def test_a_sale_never_confirmed_is_reversed_with_customer_cancellation(harness):
+    h = harness()
+    h.confirm_after = None
+    outcome = h.run(purchase(1000, confirm_timeout=30.0))
+    assert outcome.kind == "reversed"
+    assert outcome.text.startswith("cancelled: the cardholder did not confirm in time; the approved sale was reversed")
+    assert "approved" not in outcome.text.replace("the approved sale", "")
+    sale, reversal = h.sent[1].message, h.sent[2].message
+    assert reversal.mti == "0400" and reversal[39] == "17"  # ISO 8583 response code 17: customer cancellation
+    assert OriginalData.parse(reversal[90]).stan == sale[11]
+    assert h.sent_at[2] >= h.sent_at[1] + 30.0
+    assert h.store.entries()[0].state == "reversed" and h.store.reversals() == []
+    h.assert_consistent()
+
+
+def test_a_confirmation_after_the_deadline_is_too_late(harness):
+    h = harness()
+    h.confirm_after = 31.0
+    assert h.run(purchase(1000, confirm_timeout=30.0)).kind == "reversed"
+
+
+def test_a_declined_sale_asks_for_no_confirmation(harness):
+    h = harness()
+    h.confirm_after = None
+    outcome = h.run(purchase(1113, confirm_timeout=30.0))
+    assert outcome.kind == "declined" and not any(isinstance(a, AwaitConfirmation) for a in h.actions)
+
+
+def test_a_bad_confirmation_timeout_is_refused_locally(harness):
+    h = harness()
+    assert h.run(purchase(1000, confirm_timeout=0)).kind == "refused" and h.sent == []
+
+
+@pytest.mark.parametrize("family", ["iso87", "cup"])
+def test_balance_inquiry_has_no_amount_and_stores_no_reversal(harness, family):
+    h = harness(family)
+    outcome = h.run(BalanceInquiry(PAN, EXPIRY))
+    assert outcome.kind == "approved" and "available 1234.56" in outcome.text
+    request = h.sent[-1].message
+    assert (request.mti, request[3]) == ("0200", "310000") and 4 not in request
+    if family == "cup":
+        assert CupField60.parse(request[60]).txn_type == "01"
+    assert h.store.entries() == [] and h.store.reversals() == []
+
+
+def test_an_unanswered_balance_inquiry_fails_without_a_reversal(harness):
+    h = harness()
+    outcome = h.run(BalanceInquiry(PAN, EXPIRY), faults=["ok", "ok", "drop-response"])
+    assert outcome.kind == "failed" and h.store.reversals() == []
+    assert [m for m in h.sent_mtis() if m.startswith("04")] == []
+
+
+def test_cup_void_is_a_new_0200_naming_its_original(harness):
+    h = harness("cup")
+    bought = h.run(purchase(1000))
+    voided = h.run(ReverseLast())
+    assert voided.kind == "reversed" and voided.text.startswith("voided: ") and "approved" not in voided.text
+    void = h.sent[-1].message
+    assert (void.mti, void[3], void[4]) == ("0200", "200000", "000000001000")
+    assert void[11] != bought.stan  # its own STAN
+    sixty = CupField60.parse(void[60])
+    assert (sixty.txn_type, sixty.batch) == ("23", "000001")
+    assert void[61] == "000001" + bought.stan and void[37] == bought.rrn and void[38].strip() == bought.auth_code
+    assert 90 not in void and 39 not in void
+    assert h.store.entries()[0].state == "reversed"
+    h.assert_consistent()
+
+
+def test_cup_void_declined_leaves_the_sale_standing(harness):
+    h = harness("cup")
+    h.run(purchase(1000))
+    original = h.host.handle
+    h.host.handle = lambda r: h.host.reply(r, "25") if r.mti == "0200" and r[60][:2] == "23" else original(r)  # type: ignore
+    outcome = h.run(ReverseLast())
+    assert outcome.kind == "declined" and outcome.response_code == "25"  # 25 does not clear a void
+    assert h.store.entries()[0].state == "approved" and h.store.reversals() == []
+
+
+def test_ctrl_c_before_the_cardholder_confirms_queues_the_reversal(harness):
+    h = harness()
+    h.policy.start(purchase(1000, confirm_timeout=30.0), h.now)
+    for _ in range(20):
+        action = h.policy.next_action(h.now)
+        if isinstance(action, AwaitConfirmation):
+            break
+        h.perform(action, "ok")
+    else:
+        raise AssertionError("never asked for the confirmation")
+    outcome = h.policy.interrupt(h.now)
+    assert outcome.kind == "unknown-queued" and "do not charge again" in outcome.text
+    assert [r.reason for r in h.store.reversals()] == ["17"] and not h.policy.busy
