@@ -19,3 +19,18 @@ def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
         return fn(*args)
 
     monkeypatch.setattr(trio.to_thread, "run_sync", run_inline)
+
+
+_SLOW_MODULES = frozenset({
+    "test_admin_e2e", "test_cli", "test_consistency", "test_durability", "test_fuzz_e2e", "test_scenarios_e2e",
+    "test_switch_process", "test_terminal_cli", "test_tls",
+})
+"""Modules whose tests start real switches, subprocesses or whole terminal-against-host runs."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark end-to-end modules slow in one place, so `pytest -m "not slow"` is the fast tier."""
+    slow = pytest.mark.slow
+    for item in items:
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1] in _SLOW_MODULES:
+            item.add_marker(slow)
