@@ -8,7 +8,8 @@ messages on the plan they started with).
 
 Endpoints (JSON): ``GET /health`` (never needs the token, for liveness probes), ``GET /metrics``
 (Prometheus text), and under ``/api/v1``: ``/faults`` (GET, POST), ``/faults/{id}`` (GET, PATCH,
-DELETE), ``POST /scenario``, ``POST /reset``, ``PUT /maintenance``, ``GET /journal``,
+DELETE), ``POST /scenario``, ``POST /reset``, ``PUT /maintenance``, ``GET /journal``, ``GET /held``,
+``POST /held/{id}/release`` (``switch.admin_held``),
 ``GET /ledger/postings | batches | discrepancies | settlements``.
 
 Errors: a bad payload is answered 422 with FastAPI's shape, ``{"detail": [{"loc": [...], "msg":
@@ -40,6 +41,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 from pydantic import BaseModel, ConfigDict, Field
 
+from switch.admin_held import add_held_routes
 from switch.faults import FaultRuleError, parse_fault_rules
 from switch.host import HostConfig
 from switch.metrics import CONTENT_TYPE, SwitchMetrics
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from switch.codec import Dialect
     from switch.commit import GroupCommitter
     from switch.faults import FaultEngine, FaultRule
+    from switch.held import HeldRequests
     from switch.host import Host
     from switch.journal import Journal
     from switch.ledger import Ledger
@@ -119,6 +122,8 @@ class SwitchRuntime:
     commit_stall_seconds: float = COMMIT_STALL_SECONDS
     scenario_paths: tuple[str, ...] = ()
     """``--scenario-path`` directories: besides shipped names, the API loads ``.toml`` files only here."""
+    held: HeldRequests | None = None
+    """Requests parked by ``hold`` faults (``GET /api/v1/held``); None: the API lists none."""
     allowed_hosts: tuple[str, ...] = ()
     """``--admin-allow-host`` names accepted in the Host header on top of localhost names, IP
     addresses and the listen address (``serve_admin`` adds the latter)."""
@@ -515,6 +520,8 @@ def create_admin_app(runtime: SwitchRuntime) -> FastAPI:
         faults.maintenance = request.mode
         log.info("admin: maintenance %s (code %s)", faults.maintenance, faults.maintenance_code)
         return {"mode": faults.maintenance, "code": faults.maintenance_code}
+
+    add_held_routes(app, runtime)
 
     # -- journal and ledger ----------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from switch.codec.dialect import load_dialect
 from switch.codec.framing import LENGTH_HEADERS, Framing, FramingError
 from switch.commit import GroupCommitter
 from switch.faults import FaultEngine
+from switch.held import HeldRequests
 from switch.host import Host, HostConfig
 from switch.journal import Journal
 from switch.ledger import Ledger
@@ -291,6 +292,7 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
     journal_path = resolve_journal_path(options.journal, ledger_path)
     journal = Journal(codec, path=journal_path)  # one file; masked by the main dialect (others: PAN-safe)
     metrics = SwitchMetrics()
+    held = HeldRequests(metrics=metrics)  # one per switch: the cap and the ids span every listener
     servers = []
     for index, (item, config, placement, context) in enumerate(zip(listeners, configs, placements, contexts,
                                                                     strict=True)):
@@ -305,13 +307,13 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
             config=ServerConfig(host=item.host, port=item.port, idle_timeout=options.idle_timeout,
                                 grace_period=options.grace_period, ssl_context=context,
                                 max_connections=options.max_connections),
-            faults=faults, journal=journal, metrics=metrics,
+            faults=faults, journal=journal, metrics=metrics, held=held,
         ))
     server = servers[0]
     runtime = SwitchRuntime(faults=faults, host=server.host, ledger=ledger, journal=journal, metrics=metrics,
                             dialect_name=dialect.name, scenario=scenario.name, seed=options.seed,
                             token=options.admin_token, dialect=dialect, host_overrides=cli_overrides,
-                            committer=committer, scenario_paths=tuple(options.scenario_paths),
+                            committer=committer, held=held, scenario_paths=tuple(options.scenario_paths),
                             allowed_hosts=tuple(options.admin_allow_hosts),
                             more_listeners=tuple((extra.host, item.dialect)
                                                  for extra, item in zip(servers[1:], listeners[1:], strict=True)))

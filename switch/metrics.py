@@ -70,6 +70,10 @@ class SwitchMetrics:
         self._connections_total = Counter(
             "connections", "Terminal connections accepted since start.", namespace=namespace, registry=self.registry,
         )
+        self._held = Gauge(
+            "held_requests", "Requests parked by a hold fault, waiting for a release through the admin API.",
+            namespace=namespace, registry=self.registry,
+        )
         self._message_children: dict[tuple[str, str | None], Counter] = {}
         self._fault_children: dict[str, Counter] = {}
         self._open = 0
@@ -102,6 +106,10 @@ class SwitchMetrics:
     def connection_closed(self) -> None:
         self._open -= 1
         self._connections_open.dec()
+
+    def held(self, count: int) -> None:
+        """Requests held right now (``switch.held``)."""
+        self._held.set(count)
 
     # -- reading --------------------------------------------------------------------------------
 

@@ -148,8 +148,8 @@ class SwitchServer(_FaultedServer):
                     if conn.scope is not None:
                         conn.scope.cancel()
                     return
-                if conn.in_flight:
-                    conn.last_activity = now  # busy, not idle: look again later
+                if conn.in_flight or conn.held:
+                    conn.last_activity = now  # busy, not idle (a held request awaits its release): look again later
                     continue
                 if not conn.reader_done:
                     log.info("%s: idle for %.0fs, closing", conn.peer, idle)
@@ -217,6 +217,7 @@ class SwitchServer(_FaultedServer):
             await self._write_loop(conn)
         finally:
             watchdog.cancel()  # nothing more to write: the reader alone decides when the connection ends
+            self._held_connection_closed(conn)  # requests held here are dropped, as a real host drops them
 
     async def _write_loop(self, conn: _Connection) -> None:
         """The connection's one writer: waits for durability of a batch of replies, then sends it."""
@@ -291,6 +292,9 @@ class SwitchServer(_FaultedServer):
 
     def _begin_drain(self, handlers: trio.Nursery) -> None:
         self._draining = True
+        dropped = self.held.drop_all(self)  # the drain must not wait for releases that will never come
+        if dropped:
+            log.info("shutdown: %d held requests dropped unanswered", dropped)
         for conn in list(self._connections):
             conn.reader_scope.cancel()
         handlers.cancel_scope.deadline = trio.current_time() + self.config.grace_period

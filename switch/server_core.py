@@ -28,6 +28,7 @@ from switch.codec.framing import Framing
 from switch.codec.stream import FrameStream
 from switch.commit import GroupCommitter
 from switch.faults import FaultEngine
+from switch.held import HeldRequest, HeldRequests
 from switch.host import Host
 from switch.journal import Journal
 from switch.ledger import Ledger
@@ -134,8 +135,8 @@ class _Connection:
     the idle timeout has a peer that does not read, and is closed.
     """
 
-    __slots__ = ("frames", "in_flight", "last_activity", "max_pending", "number", "outbox", "peer", "reader_done",
-                 "reader_scope", "room", "scope", "sending", "wakeup")
+    __slots__ = ("closed", "frames", "held", "in_flight", "last_activity", "max_pending", "number", "outbox", "peer",
+                 "reader_done", "reader_scope", "room", "scope", "sending", "wakeup")
 
     def __init__(self, frames: FrameStream, peer: str, number: int, max_pending: int = DEFAULT_MAX_PENDING):
         self.frames = frames
@@ -151,6 +152,8 @@ class _Connection:
         self.outbox: list[_Outgoing] = []
         self.wakeup = trio.Event()
         self.room = trio.Event()  # set when in_flight drops below max_pending
+        self.held: set[HeldRequest] = set()  # parked by a hold fault; not in in_flight (no backpressure)
+        self.closed = False  # the writer has ended: nothing more can be sent here
 
     def post(self, item: _Outgoing | None) -> None:
         """Hand a reply (or, with None, the end of a request that gets none) to the writer."""
@@ -194,7 +197,8 @@ class _ServerCore:
     def __init__(self, *, codec: Codec, framing: Framing, host: Host, ledger: Ledger,
                  committer: GroupCommitter, config: ServerConfig | None = None,
                  clock: Callable[[], datetime] = utc_now, faults: FaultEngine | None = None,
-                 journal: Journal | None = None, metrics: SwitchMetrics | None = None):
+                 journal: Journal | None = None, metrics: SwitchMetrics | None = None,
+                 held: HeldRequests | None = None):
         self.codec = codec
         self.framing = framing
         self.host = host
@@ -205,6 +209,7 @@ class _ServerCore:
         self.faults = faults or FaultEngine(seed=0)
         self.journal = journal
         self.metrics = metrics
+        self.held = held if held is not None else HeldRequests(metrics=metrics)  # shared by a switch's listeners
         self.stats = ServerStats()
         self._started = time.monotonic()
         self._debug = log.isEnabledFor(logging.DEBUG)  # once: the per-request check is measurable

@@ -18,13 +18,15 @@ from switch.codec import Message, MessageDecodeError
 from switch.codec.composite import CompositeFieldError, CupHeader
 from switch.commit import CommitError
 from switch.faults import FaultDecision
-from switch.server_core import _CloseConnection, _Connection, _Outgoing, _ServerCore, _socket_of, _with_wire_mac, _xor
+from switch.server_core import _CloseConnection, _Connection, _Outgoing, _socket_of, _with_wire_mac, _xor
+from switch.server_held import _HeldServer
 
 log = logging.getLogger("switch.server")
 
 
-class _FaultedServer(_ServerCore):
-    """Adds the fault actions to the server core; ``SwitchServer`` adds the connection tasks."""
+class _FaultedServer(_HeldServer):
+    """Adds the fault actions to the server core (``hold``: ``_HeldServer``); ``SwitchServer`` adds the
+    connection tasks."""
 
     async def _serve_faulted(self, conn: _Connection, request: Message | None, error: MessageDecodeError | None,
                              plan: FaultDecision, applied: tuple[str, ...], tpdu: bytes | None,
@@ -39,6 +41,10 @@ class _FaultedServer(_ServerCore):
                 await self._end_unanswered(conn, request, error, request_seq, applied, reset=plan.reset_before,
                                            close=plan.close_before, when="before processing",
                                            dropped="request dropped unprocessed")
+                return
+            if plan.hold is not None:
+                finished = True  # _hold settles this request's in-flight count itself
+                await self._hold(conn, request, error, plan, applied, tpdu, request_seq, arrived, raw)
                 return
             if plan.respond is not None:
                 reply = self.host.unprocessed_reply(request, plan.respond) if request is not None else None

@@ -600,6 +600,8 @@ def run_terminal_command(settings: TerminalSettings, command: Command,
     else:
         click.echo(outcome_line(outcome, settings.profile.currency_exponent))
     code = OUTCOME_EXIT_CODES[outcome.kind]
+    if isinstance(command, ReverseLast) and outcome.kind == "reversed":
+        code = 0  # the void asked for was done; 2 stays "money may have moved"
     if interrupted and code != EXIT_OUTCOME_UNKNOWN:
         code = EXIT_INTERRUPTED
     click.get_current_context().exit(code)
@@ -704,8 +706,8 @@ def balance(settings: TerminalSettings, pan: str, expiry: str | None) -> None:
 def reverse_last(settings: TerminalSettings) -> None:
     """Void: reverse the last approved transaction of the open batch (0400, reason 17).
 
-    Exit 2 when the host acknowledged the reversal (money returned), 1 when it refused it or there
-    is nothing to void.
+    Exit 0 when the host acknowledged the void (what the operator asked for happened; nothing stays
+    charged), 1 when it refused it or there is nothing to void, 2 when its outcome is unknown.
     """
     run_terminal_command(settings, ReverseLast())
 

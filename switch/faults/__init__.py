@@ -35,7 +35,8 @@ messages it fires on. Messages that race on different connections are matched in
 
 **Several rules on one message** all fire and combine: delays add, flags OR, and for a value only
 one can have (garbage, truncate, wrong length, MAC mask, check value mask, slice, bandwidth, respond,
-each wrong-echo field) the first rule in plan order wins. Actions made pointless by another are then
+each wrong-echo field, hold) the first rule in plan order wins; a hold wins over everything but
+the endings before processing (reset, close, drop request). Actions made pointless by another are then
 removed, in the order the executor runs them (see ``FaultDecision``), so the decision lists only what
 happens.
 
@@ -48,6 +49,7 @@ from switch.faults.parse import parse_fault_rules, rule_from_table
 from switch.faults.rule import (
     ACTION_KEYS,
     CHECK_VALUE_BYTES,
+    DEFAULT_HOLD_CODE,
     DELAY_KINDS,
     GARBAGE_MAX,
     LENGTH_DELTA_MAX,
@@ -63,12 +65,15 @@ from switch.faults.rule import (
     Delay,
     FaultRule,
     FaultRuleError,
+    Hold,
+    HoldOutcome,
     format_duration,
 )
 
 __all__ = [
     "ACTION_KEYS",
     "CHECK_VALUE_BYTES",
+    "DEFAULT_HOLD_CODE",
     "DELAY_KINDS",
     "EMPTY_DECISION",
     "GARBAGE_MAX",
@@ -87,6 +92,8 @@ __all__ = [
     "FaultEngine",
     "FaultRule",
     "FaultRuleError",
+    "Hold",
+    "HoldOutcome",
     "combine",
     "format_duration",
     "parse_fault_rules",

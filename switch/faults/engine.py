@@ -27,6 +27,7 @@ from switch.faults.rule import (
     WRONG_ECHO_FIELDS,
     FaultRule,
     FaultRuleError,
+    Hold,
     _is_int,
     _shown,
 )
@@ -45,6 +46,7 @@ class FaultDecision:
 
     1. wait ``delay_request`` seconds;
     2. ``reset_before`` (RST) / ``close_before`` (FIN) / ``drop_request`` (ignore): stop, unprocessed;
+       ``hold``: park the request unprocessed (``switch.held``); its release, not this plan, answers it;
     3. ``respond``: build an answer with that code from the request, without the host; else process
        (the host decides, the ledger commits);
     4. wait ``delay_response`` seconds;
@@ -80,6 +82,7 @@ class FaultDecision:
     respond: str | None = None
     wrong_check_value: bytes | None = None  # XOR mask for the last check value of field 62
     signon_again: bool = False
+    hold: Hold | None = None
 
     @property
     def is_clean(self) -> bool:
@@ -93,6 +96,7 @@ class FaultDecision:
             ("reset_before", self.reset_before),
             ("close_before", self.close_before),
             ("drop_request", self.drop_request),
+            ("hold", self.hold is not None),
             ("respond", self.respond is not None),
             ("delay_response", self.delay_response > 0),
             ("reset_after", self.reset_after),
@@ -195,7 +199,7 @@ def combine(fired: Sequence[tuple[FaultRule, random.Random]], message: Message |
             single["wrong_check_value"] = _mac_mask(rng, CHECK_VALUE_BYTES)
         if actions.signon_again:
             flags.add("signon_again")
-        for name in ("slice", "bandwidth", "respond"):
+        for name in ("slice", "bandwidth", "respond", "hold"):
             if getattr(actions, name) is not None and name not in single:
                 single[name] = getattr(actions, name)
     ids = tuple(rule.id for rule, _ in fired)
@@ -204,6 +208,8 @@ def combine(fired: Sequence[tuple[FaultRule, random.Random]], message: Message |
         if ending in flags:
             ended = {ending: True}
             return FaultDecision(rules=ids, delay_request=delay_request, **ended)
+    if "hold" in single:  # held unprocessed: what other rules would do to the reply cannot happen
+        return FaultDecision(rules=ids, delay_request=delay_request, hold=single["hold"])
     for ending in ("reset_after", "close_after", "drop_response"):
         if ending in flags:
             ended = {ending: True}

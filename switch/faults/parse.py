@@ -9,12 +9,14 @@ from typing import Any
 from switch.faults.rule import (
     ACTION_KEYS,
     DELAY_KINDS,
+    HOLD_KEYS,
     RULE_KEYS,
     WHEN_KEYS,
     Actions,
     Delay,
     FaultRule,
     FaultRuleError,
+    Hold,
     _shown,
 )
 from switch.scenario import (
@@ -85,6 +87,23 @@ def _parse_delay(value: Any, key: KeyPath, src: ScenarioSource) -> Delay:
         raise src.error((*key, *exc.path), exc.reason) from None
 
 
+def _parse_hold(value: Any, key: KeyPath, src: ScenarioSource) -> Hold | None:
+    """``true`` (held until released), ``false`` (no hold) or ``{ timeout = "30s", then = "decline", code = "05" }``."""
+    if isinstance(value, bool):
+        return Hold() if value else None
+    if not isinstance(value, Mapping):
+        raise src.error(key, 'must be true or a table { timeout = "30s", then = "approve"|"decline"|"drop", '
+                             f'code = "05" }}, got {_shown(value)}')
+    _check_keys(value, key, HOLD_KEYS, src)
+    arguments: dict[str, Any] = {name: value[name] for name in ("then", "code") if name in value}
+    if "timeout" in value:
+        arguments["timeout"] = _duration(value["timeout"], (*key, "timeout"), src)
+    try:
+        return Hold(**arguments)
+    except FaultRuleError as exc:
+        raise src.error((*key[:-1], *exc.path), exc.reason) from None
+
+
 def _parse_actions(table: Mapping[str, Any], key: KeyPath, src: ScenarioSource) -> Actions:
     arguments: dict[str, Any] = {}
     for name in ACTION_KEYS:
@@ -93,6 +112,8 @@ def _parse_actions(table: Mapping[str, Any], key: KeyPath, src: ScenarioSource) 
         value = table[name]
         if name in ("delay_request", "delay_response"):
             value = _parse_delay(value, (*key, name), src)
+        elif name == "hold":
+            value = _parse_hold(value, (*key, name), src)
         elif name == "slice":
             at = (*key, name)
             if not isinstance(value, Mapping):

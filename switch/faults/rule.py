@@ -9,6 +9,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
@@ -37,6 +38,7 @@ ACTION_KEYS = (
     "slice",
     "bandwidth",
     "respond",
+    "hold",
 )
 WHEN_KEYS = ("connection", "nth", "every", "first", "after", "before")
 """Keys of a fault rule's ``when`` on top of the response-rule criteria (``switch.rules.Match``)."""
@@ -244,6 +246,61 @@ class Delay:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Hold: park a request unanswered until the admin API (or a timeout) releases it
+
+
+class HoldOutcome(StrEnum):
+    """How a held request is released: processed by the host, declined unprocessed, or never answered."""
+
+    APPROVE = "approve"  # the host decides as usual (it may still decline), committed before the reply
+    DECLINE = "decline"  # ``Host.unprocessed_reply(request, code)``: nothing posted
+    DROP = "drop"  # nothing sent, nothing posted
+
+
+HOLD_KEYS = ("timeout", "then", "code")
+DEFAULT_HOLD_CODE = "05"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """A ``hold`` action: the request is parked with an id until released through the admin API.
+
+    ``timeout`` None: held until released (or its connection closes, or the switch stops);
+    otherwise released as ``then`` (with ``code`` for a decline) that many seconds after it was held.
+    """
+
+    timeout: float | None = None
+    then: HoldOutcome = HoldOutcome.DROP
+    code: str = DEFAULT_HOLD_CODE
+
+    def __post_init__(self) -> None:
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", _seconds(self.timeout, ("hold", "timeout")))
+        try:
+            object.__setattr__(self, "then", HoldOutcome(self.then))
+        except ValueError:
+            raise FaultRuleError(("hold", "then"), "must be one of "
+                                 f"{', '.join(o.value for o in HoldOutcome)}, got {_shown(self.then)}") from None
+        if not isinstance(self.code, str) or not _RESPONSE_CODE.fullmatch(self.code):
+            raise FaultRuleError(("hold", "code"),
+                                 f'must be a 2-character response code (e.g. "05"), got {_shown(self.code)}')
+        if self.timeout is None and (self.then is not HoldOutcome.DROP or self.code != DEFAULT_HOLD_CODE):
+            raise FaultRuleError(("hold", "then"), "needs a timeout: it says how a request is released when "
+                                                   'the timeout expires (e.g. { timeout = "30s", then = "decline" })')
+        if self.then is not HoldOutcome.DECLINE and self.code != DEFAULT_HOLD_CODE:
+            raise FaultRuleError(("hold", "code"), 'applies to then = "decline" only')
+
+    def to_toml(self) -> bool | dict[str, Any]:
+        """``true``, or ``{ timeout = "30s", then = "decline", code = "05" }``; reads back with the parser."""
+        if self.timeout is None:
+            return True
+        table: dict[str, Any] = {"timeout": format_duration(self.timeout), "then": self.then.value}
+        if self.then is HoldOutcome.DECLINE:
+            table["code"] = self.code
+        return table
+
+
+# ---------------------------------------------------------------------------------------------------
 # Actions
 
 _SHAPES_RESPONSE = (
@@ -282,6 +339,7 @@ class Actions:
     slice: tuple[int, float] | None = None  # (chunk bytes, pause seconds): write the response piecemeal
     bandwidth: int | None = None  # bytes per second for the response write
     respond: str | None = None  # answer with this response code without processing (host untouched)
+    hold: Hold | None = None  # park unanswered until the admin API (or the hold's timeout) releases it
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -311,6 +369,8 @@ class Actions:
         ):
             raise FaultRuleError(("respond",),
                                  f'must be a 2-character response code (e.g. "91"), got {_shown(self.respond)}')
+        if self.hold is not None and not isinstance(self.hold, Hold):
+            raise FaultRuleError(("hold",), f"must be a Hold, got {_shown(self.hold)}")
         self._check_combination()
 
     @staticmethod
@@ -358,6 +418,14 @@ class Actions:
                 f"cannot be combined with {endings[0]}: each ends the exchange; choose one (or use two rules)",
             )
         names = self.names()
+        if self.hold is not None and before:
+            raise FaultRuleError(("hold",), f"cannot be combined with {before[0]}: each ends the exchange "
+                                            "before processing; choose one (or use two rules)")
+        if self.hold is not None:
+            moot = [name for name in names if name not in ("delay_request", "hold")]
+            if moot:
+                raise FaultRuleError((moot[0],), "has no effect: a held request is released through the admin API "
+                                                 "as a plain reply (only delay_request combines with hold)")
         if before:
             moot = [name for name in names if name not in ("delay_request", before[0])]
             if moot:
@@ -378,7 +446,7 @@ class Actions:
         table: dict[str, Any] = {}
         for name in self.names():
             value = getattr(self, name)
-            if isinstance(value, Delay):
+            if isinstance(value, Delay | Hold):
                 value = value.to_toml()
             elif name == "wrong_echo":
                 value = list(value)
