@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 
-from switch.codec.composite import mask_field, mask_pan
+from switch.codec.composite import luhn_valid, mask_field, mask_pan
 from switch.codec.message import Codec, MessageDecodeError
 
 SENSITIVE_FIELDS = (2, 34, 35, 36, 45, 52, 55)
@@ -75,17 +75,6 @@ def _shown_value(number: int, value: str) -> str:
 
 def _masked_run(match: re.Match[str]) -> str:
     return mask_pan(match.group())
-
-
-def luhn_valid(digits: str) -> bool:
-    """The Luhn (mod 10) check every card number passes."""
-    total = 0
-    for index, char in enumerate(reversed(digits)):
-        digit = ord(char) - 48
-        if index % 2:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0
 
 
 def pan_runs(text: str) -> list[str]:

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
+from switch.codec.composite import luhn_valid
 from switch.codec.message import Message
 from terminal.profile import format_amount
 
@@ -77,17 +78,6 @@ class PolicyError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 # Local checks
-
-
-def luhn_valid(pan: str) -> bool:
-    """Whether ``pan`` (digits) ends in a correct Luhn (mod 10) check digit."""
-    total = 0
-    for position, char in enumerate(reversed(pan)):
-        digit = ord(char) - 48
-        if position % 2:
-            digit = digit * 2 - 9 if digit > 4 else digit * 2
-        total += digit
-    return total % 10 == 0
 
 
 def card_problem(pan: object, expiry: object, today: datetime) -> str | None:
