@@ -15,7 +15,10 @@ Two layers with one rule between them:
   an answer whose row is not yet committed (``Decision.commit_seq`` + ``switch.commit``).
 
 Every row carries a sequence number from one counter (``next_sequence``), which is also what RRNs
-are made from, so RRNs stay unique across restarts. State is a pure function of the rows in sequence
+are made from, so RRNs stay unique across restarts. A reply that posts nothing but must carry an RRN
+(a fault's or maintenance's approval code) takes one from a range of its own, ``unposted_rrn`` (RRNs
+starting with 9), claimed durably in blocks, so it is unique across restarts too without a row that
+would pretend something was posted. State is a pure function of the rows in sequence
 order, so ``Ledger.open`` on an existing file replays them into the same indexes: a host killed with
 SIGKILL restarts with every approval it flushed (and therefore every approval it sent).
 
@@ -59,6 +62,7 @@ __all__ = [
     "REVERSAL_EFFECTS",
     "SCHEMA_VERSION",
     "SETTLEMENT_RESULTS",
+    "UNPOSTED_RRN_BASE",
     "BatchSummary",
     "Discrepancy",
     "Ledger",
@@ -72,6 +76,16 @@ __all__ = [
 
 SCHEMA_VERSION = "2"
 FIRST_BATCH = "000001"
+
+UNPOSTED_RRN_BASE = 9 * 10**11
+"""RRNs of replies that post nothing are 9xxxxxxxxxxx: ledger sequences (the posted RRNs) would need
+900 billion rows to reach this range."""
+UNPOSTED_RRN_SPAN = 10**11
+UNPOSTED_BLOCK = 1_000_000
+"""How many unposted RRNs one durable claim covers (see ``Ledger.unposted_rrn_number``)."""
+_UNPOSTED_KEY = "unposted_rrn_next"
+_CLAIM_UNPOSTED = ("INSERT INTO meta VALUES ('unposted_rrn_next', ?) ON CONFLICT(key) DO UPDATE SET "
+                   "value = CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)")
 
 
 class LedgerError(RuntimeError):
@@ -220,6 +234,8 @@ class Ledger:
         self._settlements: dict[int, Settlement] = {}
         self._settlement_by_stan: dict[tuple[str, str], int] = {}
         self._discrepancies: list[Discrepancy] = []
+        self._unposted_next = 0  # next unposted RRN number; numbers below _unposted_claimed are claimed
+        self._unposted_claimed = 0
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -245,6 +261,8 @@ class Ledger:
             cls._create_schema(conn, name)
             ledger = cls(conn, name)
             ledger._load()
+            ledger._unposted_next = cls._claim_unposted_at_open(conn)
+            ledger._unposted_claimed = ledger._unposted_next + UNPOSTED_BLOCK
         except sqlite3.DatabaseError as exc:
             conn.close()
             raise LedgerError(f"{name}: not a usable ledger database: {exc}") from None
@@ -270,6 +288,21 @@ class Ledger:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+
+    @staticmethod
+    def _claim_unposted_at_open(conn: sqlite3.Connection) -> int:
+        """Claim, durably and before anything is answered, the next block of unposted RRN numbers;
+        return its first number. Every open claims a fresh block, so no restart reuses a number."""
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (_UNPOSTED_KEY,)).fetchone()
+            start = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
+            conn.execute(_CLAIM_UNPOSTED, (str(start + UNPOSTED_BLOCK),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return start
 
     def _load(self) -> None:
         """Replay every committed row, in sequence order, through the same code live writes use."""
@@ -315,6 +348,30 @@ class Ledger:
         """A new sequence number (monotonic, never reused after a restart: RRNs are made from it)."""
         self._sequence += 1
         return self._sequence
+
+    def unposted_rrn_number(self) -> int:
+        """A number for the RRN (and auth code) of a reply that posts nothing (``Host.unprocessed_reply``
+        with an approval code): ``UNPOSTED_RRN_BASE`` + a counter, never a ledger sequence, so no row
+        pretends something was posted and no posted RRN is shadowed.
+
+        Unique across restarts without waiting for a commit: each ``open`` durably claims a block of
+        ``UNPOSTED_BLOCK`` numbers before the host answers anything, and once half a block is used the
+        next block is claimed through the normal group commit, long before it is needed (only a
+        committer stalled for half a block of such replies, which ``/health`` reports long before,
+        could leave that claim unwritten). After ``UNPOSTED_RRN_SPAN`` numbers the range wraps, as RRN
+        counters do; every open uses up a block, so that is 100,000 opens of one ledger file.
+        """
+        number = self._unposted_next
+        if number >= self._unposted_claimed:  # the claim ahead cannot have been skipped; never reuse
+            self._claim_unposted()
+        self._unposted_next = number + 1
+        if self._unposted_claimed - self._unposted_next < UNPOSTED_BLOCK // 2:
+            self._claim_unposted()
+        return UNPOSTED_RRN_BASE + number % UNPOSTED_RRN_SPAN
+
+    def _claim_unposted(self) -> None:
+        self._unposted_claimed += UNPOSTED_BLOCK
+        self._append(self.next_sequence(), _CLAIM_UNPOSTED, (str(self._unposted_claimed),))
 
     @property
     def pending_seq(self) -> int:

@@ -189,6 +189,12 @@ class BatchSummary(_Record):
 
     Debit/credit counts and amounts are NET: approved, captured, not reversed (what settlement
     compares). The reversal columns count what was reversed, for information.
+
+    A partial reversal does not reverse a transaction, it lowers its amount: the sale stays one sale
+    in the count (and is not a reversal count), its amount column holds what it still captures, and
+    the amount undone is in the reversal amount column. So ``gross_totals`` reads as a terminal reports
+    it (one debit of the original amount, 0 reversals, the undone amount in 87/89) and
+    ``gross_totals.netted() == net_totals`` always holds.
     """
 
     terminal: str

@@ -836,20 +836,38 @@ field_values = st.one_of(
 )
 
 
+HOST_SETTING_VALUES = st.fixed_dictionaries({}, optional={
+    "resend_answer": st.sampled_from(["94", "original"]),
+    "settlement_compare": st.sampled_from(["net", "gross"]),
+    "luhn_code": st.sampled_from([None, "14"]),
+    "timezone": st.sampled_from(["UTC", "+08:00", "-05:30", "+14:00"]),
+    "unknown_original_code": st.sampled_from(["00", "25"]),
+    "reversal_mismatch_code": st.sampled_from(["25", "12"]),
+    "duplicate_window": st.sampled_from([0, 1, 86400]),
+    "session_timeout": st.sampled_from([None, 1, 3600]),
+    "stale_window": st.sampled_from([1, 300]),
+    "balance": st.sampled_from([0, 10**12 - 1]),
+    "signon_required_code": st.sampled_from(["A0", "58"]),
+})
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(family=st.sampled_from(FAMILIES), base=st.sampled_from(sorted(VALID_REQUESTS["iso87"])),
        mti=st.one_of(st.none(), st.sampled_from(KNOWN_MTIS), st.text(max_size=5)),
        drop=st.sets(st.integers(2, 128), max_size=3),
        noise=st.dictionaries(st.integers(2, 128), field_values, max_size=3),
        header=st.one_of(st.none(), st.text(max_size=14)), signed_on=st.booleans(),
-       offset=st.one_of(st.just(0), st.integers(-400 * 86400, 400 * 86400)), lenient=st.booleans())
+       offset=st.one_of(st.just(0), st.integers(-400 * 86400, 400 * 86400)), lenient=st.booleans(),
+       host_settings=HOST_SETTING_VALUES)
 def test_handle_never_raises(family: str, base: str, mti: str | None, drop: set[int], noise: dict[int, str],
-                             header: str | None, signed_on: bool, offset: int, lenient: bool) -> None:
+                             header: str | None, signed_on: bool, offset: int, lenient: bool,
+                             host_settings: dict[str, object]) -> None:
     """Arbitrary field dicts never make the host raise; most examples stay close to valid requests
     so that every handler is reached, not only the format checks. ``lenient``: with almost nothing
-    mandatory (the lenient scenario's settings), so handlers meet requests missing any field."""
+    mandatory (the lenient scenario's settings), so handlers meet requests missing any field.
+    ``host_settings``: any value of every other ``[host]`` setting that changes a decision path."""
     settings = {"required_fields": LENIENT_REQUIRED, "stale_check": True} if lenient else {}
-    rig = make_rig(family, require_signon=not signed_on, **settings)
+    rig = make_rig(family, require_signon=not signed_on, **settings, **host_settings)
     template = VALID_REQUESTS[family][base]
     mti = template.mti if mti is None else mti
     fields = {k: v for k, v in template.fields.items() if k not in drop} | noise
@@ -873,6 +891,7 @@ operation = st.one_of(
     st.tuples(st.just("reverse"), st.integers(0, 50), st.sampled_from(["0400", "0401", "0420", "0421"]),
               st.booleans()),
     st.tuples(st.just("reverse-unknown"), st.integers(0, 5000)),
+    st.tuples(st.just("reverse-partial"), st.integers(0, 50), st.integers(0, 6000)),
     st.tuples(st.just("advice"), st.integers(1, 5000), st.booleans()),
     st.tuples(st.just("settle"), st.booleans()),
     st.tuples(st.just("authorize"), st.integers(1, 5000)),
@@ -910,6 +929,10 @@ def test_ledger_totals_are_approved_not_reversed(family: str, operations: list[t
                 assert decision.outcome in ("duplicate", "batch-closed")
             elif kind == "reverse" and sent:
                 rig.send(term.reversal(sent[op[1] % len(sent)], mti=op[2], with90=op[3]))
+            elif kind == "reverse-partial" and sent:
+                partial = term.reversal(sent[op[1] % len(sent)])
+                partial.fields[95] = f"{op[2]:012d}" + "0" * 30  # the actual amount: may keep all, or none
+                rig.send(partial)
             elif kind == "reverse-unknown":
                 rig.send(term.reversal(term.purchase(f"{900000 + op[1]:06d}")))
             elif kind == "advice":
@@ -945,16 +968,22 @@ def _check_invariants(ledger: Ledger) -> None:
         mine = [p for p in postings if p.terminal == batch.terminal and p.batch == batch.batch]
         debits = [p for p in mine if p.captured and p.direction == "debit"]
         credits = [p for p in mine if p.captured and p.direction == "credit"]
-        assert (batch.debit_count, batch.debit_amount) == (len(debits), sum(p.amount for p in debits))
-        assert (batch.credit_count, batch.credit_amount) == (len(credits), sum(p.amount for p in credits))
+        # a partially reversed sale is still one sale, for what it still captures
+        assert (batch.debit_count, batch.debit_amount) == (len(debits), sum(map(ledger.captured_amount, debits)))
+        assert (batch.credit_count, batch.credit_amount) == (len(credits), sum(map(ledger.captured_amount, credits)))
+        settled = [p for p in mine if p.approved and p.kind != "authorization"]
+        gross = batch.gross_totals  # gross − reversals = net, column by column
+        assert gross.debit_amount == sum(p.amount for p in settled if p.direction == "debit")
+        assert gross.credit_amount == sum(p.amount for p in settled if p.direction == "credit")
+        assert gross.netted() == batch.net_totals
     reversals = {r.seq: r for r in ledger.reversals()}
-    undone = [r.original_seq for r in reversals.values() if r.effect == "reversed"]
+    undone = [r.original_seq for r in reversals.values() if r.effect in ("reversed", "partially-reversed")]
     assert len(undone) == len(set(undone))  # nothing reversed twice
     for posting in postings:
         if posting.reversal_seq is not None:
             assert posting.approved
             assert reversals[posting.reversal_seq].effect == "reversed"
             assert reversals[posting.reversal_seq].original_seq == posting.seq
-    keys = [(p.terminal, p.stan, p.transmission_time) for p in postings]
-    assert len(keys) == len(set(keys))  # a duplicate never posted twice
+    keys = [(p.terminal, p.stan, p.identity) for p in postings]
+    assert len(keys) == len(set(keys))  # a duplicate (same identity: field 7 is not part of it) never posted twice
     assert len({p.rrn for p in postings}) == len(postings)

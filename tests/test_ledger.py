@@ -292,3 +292,37 @@ def test_identity_partial_reversal_and_gross_totals_survive_reopen(tmp_path: Pat
     summary = reopened.batch_summary("TERM0001", FIRST_BATCH)
     assert (summary.debit_count, summary.debit_amount, summary.debit_reversal_amount) == (0, 0, 10000)
     reopened.close()
+
+
+def test_unposted_rrn_numbers_are_their_own_range_and_unique_across_restarts(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Replies that post nothing take RRN numbers from 9xxxxxxxxxxx, claimed in blocks: each open claims
+    one durably before anything is answered, and half-way through a block the next one is claimed through
+    the group commit, so a crash (no flush, no close) never lets a restart hand out a number again."""
+    monkeypatch.setattr("switch.ledger.UNPOSTED_BLOCK", 4)
+    path = tmp_path / "ledger.sqlite"
+    first = Ledger.open(path)
+    seq_before = first.pending_seq
+    numbers = [first.unposted_rrn_number() for _ in range(3)]  # the 3rd claims the next block ahead
+    assert numbers == [900_000_000_000, 900_000_000_001, 900_000_000_002]
+    first.flush()  # what the group committer does within milliseconds
+    numbers += [first.unposted_rrn_number() for _ in range(3)]  # into the block claimed ahead; then "crash"
+    posted = posting(first, "000001")
+    assert posted.seq < 900_000_000_000 and first.postings() == [posted]  # no row pretends a posting
+    assert first.pending_seq > seq_before  # the claims travel with the group commit
+    second = Ledger.open(path)  # the first was never closed nor flushed again
+    numbers += [second.unposted_rrn_number() for _ in range(3)]  # 8, 9, 10: the 3rd claims 12-15 ahead
+    second.flush()
+    numbers += [second.unposted_rrn_number() for _ in range(2)]  # 11, then 12 from the block claimed ahead
+    assert len(numbers) == len(set(numbers)), numbers
+    assert second.postings() == []  # the posting was not flushed: it is lost, its RRN was never sent
+    third = Ledger.open(path)  # the second "crashed" too
+    assert third.unposted_rrn_number() == 900_000_000_016
+    for ledger in (first, second, third):
+        ledger.close()
+
+
+def test_unposted_rrn_numbers_of_a_memory_ledger() -> None:
+    ledger = Ledger.open(":memory:")
+    numbers = {ledger.unposted_rrn_number() for _ in range(1000)}
+    assert len(numbers) == 1000 and min(numbers) == 900_000_000_000

@@ -10,9 +10,8 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta, tzinfo
-from functools import lru_cache
 
-from switch.codec.composite import CompositeFieldError, CupField60
+from switch.codec.composite import CompositeFieldError, CupField60, luhn_valid
 
 __all__ = [
     "Problem",
@@ -106,15 +105,6 @@ def check_cup60(value: str) -> str | None:
     except CompositeFieldError as exc:
         return exc.reason
     return None
-
-
-_DOUBLED = {str(d): (2 * d if d < 5 else 2 * d - 9) for d in range(10)}
-
-
-@lru_cache(maxsize=4096)
-def luhn_valid(pan: str) -> bool:
-    """The card number's check digit (ISO/IEC 7812) is right (digits only; cached: cards repeat)."""
-    return (sum(map(int, pan[-1::-2])) + sum(map(_DOUBLED.__getitem__, pan[-2::-2]))) % 10 == 0
 
 
 def transmission_datetime(f7: str, now: datetime) -> datetime | None:

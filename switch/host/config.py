@@ -44,6 +44,12 @@ PIN_FORMAT_DEFAULT = "99"
 MESSAGE_CLASSES = ("financial", "reversal", "upload", "settlement", "network")
 """The classes ``required_fields`` is given per."""
 
+INDISPENSABLE_FIELDS: Mapping[str, tuple[int, ...]] = MappingProxyType({
+    "financial": (4, 11), "reversal": (11,), "upload": (11,), "settlement": (11,), "network": ()})
+"""Fields ``required_fields`` cannot leave out: without the STAN (11) no transaction has an identity
+(repeats, reversals and settlements are found by it), and without the amount (4) a financial request
+has nothing to approve (a balance inquiry, 31xxxx, never needs 4)."""
+
 
 class ResendAnswer(StrEnum):
     """What a plain resend (same MTI, same transaction) gets: 94, or the first answer again."""
@@ -61,6 +67,10 @@ class SettlementCompare(StrEnum):
 
 def _code(value: object) -> bool:
     return isinstance(value, str) and len(value) == 2 and value.isascii() and value.isalnum()
+
+
+_SWITCH_WORDS = frozenset({"on", "no"})
+"""Two-letter words a setting that takes a code or "off" must not read as a code (``luhn_code = "on"``)."""
 
 
 def _seconds(value: object) -> bool:
@@ -117,7 +127,7 @@ class HostConfig:
                 problems.append(f"{name} must be a 2-character response code, got {getattr(self, name)!r}")
         for name in ("signon_required_code", "mac_failure_code", "pin_format_code", "luhn_code"):
             value = getattr(self, name)
-            if value is not None and not _code(value):
+            if value is not None and (not _code(value) or (name == "luhn_code" and value.lower() in _SWITCH_WORDS)):
                 problems.append(f"{name} must be a 2-character response code or None, got {value!r}")
         timeout = self.session_timeout
         if timeout is not None and not (_seconds(timeout) and timeout > 0):
@@ -187,6 +197,12 @@ def _required(value: object) -> dict[str, tuple[int, ...]]:
         if not isinstance(numbers, list | tuple) or not all(
                 isinstance(n, int) and not isinstance(n, bool) and 2 <= n <= 128 for n in numbers):
             raise ValueError(f"{name} must be a list of field numbers 2..128, got {numbers!r}")
+        indispensable = INDISPENSABLE_FIELDS[name]
+        if any(n not in numbers for n in indispensable):
+            many = len(indispensable) > 1
+            needed = " and ".join(str(n) for n in indispensable)
+            raise ValueError(f"{name} must include field{'s' if many else ''} {needed} (the host cannot identify "
+                             f"or decide a {name} request without {'them' if many else 'it'}), got {list(numbers)!r}")
         result[name] = tuple(numbers)
     return result
 
@@ -217,6 +233,9 @@ def _code_setting(value: Any) -> str:
 def _code_or_off(value: Any) -> str | None:
     if value == "off":
         return None
+    if isinstance(value, str) and value.lower() in _SWITCH_WORDS:
+        raise ValueError(f'must be a 2-character response code (the check is on by default, answering 14) or '
+                         f'"off", got {value!r}, which reads as a switch, not a code')
     try:
         return _code_setting(value)
     except ValueError:

@@ -21,15 +21,19 @@ from enum import StrEnum
 
 from switch.codec.composite import CupHeader, mask_pan
 from switch.codec.message import Message
-from switch.host.checks import Problem, auth_code_for, identity_of, response_mti, rrn_for
+from switch.host.checks import Problem, auth_code_for, response_mti, rrn_for
 from switch.host.config import APPROVAL_CODES, HostConfig
 from switch.host.family import Family, family_for
 from switch.ledger import Ledger, Posting
 from switch.profiles import ProfileSet
-from switch.rules import ResponseRule, ResponseRules, pan_of
+from switch.rules import ResponseRule, ResponseRules
 from switch.security import MacPlacement, WorkingKeys
 
-__all__ = ["NOT_ECHOED", "Decision", "HostCore", "Outcome"]
+__all__ = ["NOT_ECHOED", "Decision", "HostCore", "Outcome", "Txn"]
+
+Txn = tuple[str, str, str, str]
+"""A financial request's (terminal, STAN, card number, identity): worked out once per request by
+``FinancialMixin._financial_fields`` and handed to the repeat check and the posting."""
 
 NOT_ECHOED = frozenset({14, 35, 36, 45, 52, 53, 55, 64, 96, 128})
 """Request fields never copied into a response: expiry, tracks, PIN, ICC data, MACs."""
@@ -219,7 +223,9 @@ class HostCore:
         return self.family.batch_number(fields, self.ledger, terminal)
 
     def _closed_batch(self, request: Message, terminal: str, batch: str) -> Decision:
-        return Decision(self._reply(request, "12"), None, Outcome.BATCH_CLOSED,
+        """12: the answer rests on the settlement row that closed the batch, so that must be durable."""
+        closed_seq = self.ledger.batch_summary(terminal, batch).closed_seq
+        return Decision(self._reply(request, "12"), closed_seq, Outcome.BATCH_CLOSED,
                         f"batch {batch} of terminal {terminal} is already settled; answered 12")
 
     def _within_window(self, received_at: float, ts: float) -> bool:
@@ -230,22 +236,23 @@ class HostCore:
 
     # -- postings -----------------------------------------------------------------------------
 
-    def _post(self, request: Message, ts: float, terminal: str, stan: str, code: str, approved: bool,
-              batch: str, amount: int, auth_code: str | None = None) -> tuple[int, dict[int, str]]:
-        """Record the request's posting; (its ledger seq, the fields the response carries for it)."""
+    def _post(self, request: Message, ts: float, txn: Txn, code: str, approved: bool, batch: str, amount: int,
+              auth_code: str | None = None) -> tuple[int, dict[int, str]]:
+        """Record the request's posting; (its ledger seq, the fields the response carries for it).
+        ``txn`` is what ``_financial_fields`` worked out once per request (terminal, STAN, card, identity)."""
         fields = request.fields
         mti = request.mti
+        terminal, stan, pan, identity = txn
         seq = self.ledger.next_sequence()
         rrn = rrn_for(seq)
         auth_code = (auth_code or auth_code_for(seq)) if approved else ""
-        pan = pan_of(request)
         f7 = fields.get(7, "")
         requested = int(fields[4]) if fields.get(4) else amount
         self.ledger.append_posting(
             seq, ts, terminal, stan, "" if f7 == "0000000000" else f7, mti, KINDS[mti],
             "credit" if fields.get(3, "0")[0] == "2" else "debit", amount, fields.get(49, ""),
             mask_pan(pan) if pan else "", batch, code, approved, rrn, auth_code,
-            identity_of(mti, fields, pan), None if requested == amount else requested)
+            identity, None if requested == amount else requested)
         return seq, self._posting_fields(request, rrn, approved, auth_code)
 
     def _posting_fields(self, request: Message, rrn: str, approved: bool, auth_code: str) -> dict[int, str]:
@@ -262,8 +269,8 @@ class HostCore:
             extra[4] = f"{first.amount:0{len(request.fields[4])}d}"
         return extra
 
-    def _decline(self, request: Message, ts: float, terminal: str, stan: str, code: str, batch: str,
+    def _decline(self, request: Message, ts: float, txn: Txn, code: str, batch: str,
                  outcome: str, reason: str, rule: ResponseRule | None = None) -> Decision:
         amount = int(request.fields[4]) if request.fields.get(4) else 0
-        seq, extra = self._post(request, ts, terminal, stan, code, False, batch, amount)
+        seq, extra = self._post(request, ts, txn, code, False, batch, amount)
         return Decision(self._reply(request, code, extra, rule), seq, outcome, f"{reason}; answered {code}")

@@ -6,7 +6,8 @@
 * settlement totals: ISO 74-77/86-89/97 with 39 in the reply; CUP field 48 with the result as its flag;
 * the reply header (CUP's processing requirement 3 = sign on again);
 * how a stale request is recognised (ISO field 7 UTC, else 12/13 local; CUP 12/13 local);
-* the CUP void (60.1 = 23) and refund (60.1 = 25).
+* the CUP void (60.1 = 23) and refund (60.1 = 25);
+* at sign-on: the batch number handed back (CUP 60.2) and the key layout asked for (CUP 60.3).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from switch.host.checks import (
     local_datetime,
     transmission_datetime,
 )
-from switch.ledger import Ledger
+from switch.ledger import Ledger, next_batch_number
+from switch.security import layout_for_network_code
 
 __all__ = ["CupFamily", "Family", "SettlementStep", "family_for"]
 
@@ -107,6 +109,14 @@ class Family:
         """CUP's 60.1 transaction type when it is a void or refund; ISO has neither (None)."""
         return None
 
+    def signon_batch_fields(self, fields: Mapping[int, str], ledger: Ledger, terminal: str) -> dict[int, str]:
+        """Fields a sign-on reply (with profiles) adds about the batch: ISO terminals carry none."""
+        return {}
+
+    def requested_key_layout(self, code: str) -> int | None:
+        """The working-key layout a sign-on's network code asks for; ISO's 001 asks for none."""
+        return None
+
 
 class CupFamily(Family):
     """银联 CUP POS: field 60, field 48 totals, header processing requirement, no field 7."""
@@ -176,6 +186,18 @@ class CupFamily(Family):
                      ) -> tuple[str, datetime | None] | None:
         """CUP terminals send no field 7: their local date/time 12/13 is what can be stale."""
         return _local_time(fields, now, zone)
+
+    def signon_batch_fields(self, fields: Mapping[int, str], ledger: Ledger, terminal: str) -> dict[int, str]:
+        """A sign-on whose 60.2 names a batch already settled gets the next batch number in 60.2."""
+        sixty = CupField60.parse(fields[60])
+        if not ledger.batch_is_closed(terminal, sixty.batch):
+            return {}
+        batch = next_batch_number(ledger.last_closed_batch(terminal) or sixty.batch)
+        return {60: CupField60(sixty.txn_type, batch, sixty.network_code, sixty.rest).format()}
+
+    def requested_key_layout(self, code: str) -> int | None:
+        """60.3 001 / 003 / 004 ask for the 24 / 40 / 60-byte key layouts."""
+        return layout_for_network_code(code)
 
     def void_or_refund(self, fields: Mapping[int, str]) -> str | None:
         sixty = fields.get(60)

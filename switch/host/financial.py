@@ -15,7 +15,7 @@ from datetime import datetime
 from switch.codec.message import Message
 from switch.host.checks import card_expiry, check_amount, identity_of, luhn_valid
 from switch.host.config import APPROVAL_CODES, ResendAnswer
-from switch.host.core import KINDS, Decision, Outcome
+from switch.host.core import KINDS, Decision, Outcome, Txn
 from switch.host.family import CUP_VOID
 from switch.host.reversals import ReversalMixin
 from switch.host.sessions import SessionsMixin
@@ -30,8 +30,9 @@ _BALANCE_INQUIRY = "31"
 class FinancialMixin(ReversalMixin, SessionsMixin):
     """Financial requests and advices."""
 
-    def _financial_fields(self, request: Message, ts: float, required: tuple[int, ...]) -> tuple[str, str] | Decision:
-        """Format + card + sign-on checks: (terminal, STAN) or the answer."""
+    def _financial_fields(self, request: Message, ts: float, required: tuple[int, ...]) -> Txn | Decision:
+        """Format + card + sign-on checks: (terminal, STAN, card, identity) or the answer. The identity
+        (``checks.identity_of``) is computed here once; the repeat check and the posting both use it."""
         fields = request.fields
         problem = self._format_problem(fields, required)
         pan = pan_of(request)
@@ -48,11 +49,11 @@ class FinancialMixin(ReversalMixin, SessionsMixin):
         if luhn is not None and pan.isascii() and pan.isdigit() and not luhn_valid(pan):
             return Decision(self._reply(request, luhn), None, Outcome.DECLINED,
                             f"card number fails the Luhn check; answered {luhn}, nothing posted")
-        return terminal, fields[11]
+        return terminal, fields[11], pan, identity_of(request.mti, fields, pan)
 
-    def _repeat(self, request: Message, terminal: str, stan: str, ts: float) -> Decision | None:
+    def _repeat(self, request: Message, txn: Txn, ts: float) -> Decision | None:
         """The answer to a transaction already decided (repeat MTI or resend), else None."""
-        identity = identity_of(request.mti, request.fields, pan_of(request))
+        terminal, stan, _, identity = txn
         first = self.ledger.find_posting(terminal, stan, identity)
         if first is None or not self._within_window(first.received_at, ts):
             return None
@@ -78,51 +79,52 @@ class FinancialMixin(ReversalMixin, SessionsMixin):
         checked = self._financial_fields(request, ts, self.required("financial"))
         if isinstance(checked, Decision):
             return checked
-        terminal, stan = checked
+        txn = checked
+        terminal, stan = txn[0], txn[1]
         if self.family.void_or_refund(fields) == CUP_VOID and request.mti[:3] == "020":
-            repeat = self._repeat(request, terminal, stan, ts)
+            repeat = self._repeat(request, txn, ts)
             return repeat if repeat is not None else self._void(request, ts, terminal)
-        repeat = self._repeat(request, terminal, stan, ts)
+        repeat = self._repeat(request, txn, ts)
         if repeat is not None:
             return repeat
         batch = self._batch_number(fields, terminal)
         cfg = self.config
         early = self._reversed_before_arrival(terminal, stan, ts)
         if early is not None:
-            return self._decline(request, ts, terminal, stan, cfg.stale_code, batch, Outcome.REVERSED_BEFORE_ARRIVAL,
+            return self._decline(request, ts, txn, cfg.stale_code, batch, Outcome.REVERSED_BEFORE_ARRIVAL,
                                  f"its reversal (seq {early.seq}) arrived first: the terminal gave it up")
         if cfg.stale_check:
             stale = self._stale(fields, now)
             if stale is not None:
-                return self._decline(request, ts, terminal, stan, cfg.stale_code, batch, Outcome.STALE, stale)
+                return self._decline(request, ts, txn, cfg.stale_code, batch, Outcome.STALE, stale)
         amount = int(fields[4])
         if amount == 0:
-            return self._decline(request, ts, terminal, stan, "13", batch, Outcome.DECLINED, "amount is zero")
+            return self._decline(request, ts, txn, "13", batch, Outcome.DECLINED, "amount is zero")
         expiry = card_expiry(fields)
         if expiry is not None and 200000 + int(expiry) < now.year * 100 + now.month:
-            return self._decline(request, ts, terminal, stan, "54", batch, Outcome.DECLINED,
+            return self._decline(request, ts, txn, "54", batch, Outcome.DECLINED,
                                  f"card expired (YYMM {expiry}, host date {now:%y%m})")
         if self.profiles is not None and 41 in fields:
             pin_refusal = self._pin_refusal(request, terminal)
             if pin_refusal is not None:
-                return self._decline(request, ts, terminal, stan, pin_refusal[0], batch, Outcome.DECLINED,
+                return self._decline(request, ts, txn, pin_refusal[0], batch, Outcome.DECLINED,
                                      pin_refusal[1])
         rule = None
         if self.rules is not None:
             rule = self.rules.first_match(request)
             if rule is not None and rule.response_code not in APPROVAL_CODES:
-                return self._decline(request, ts, terminal, stan, rule.response_code, batch, Outcome.DECLINED,
+                return self._decline(request, ts, txn, rule.response_code, batch, Outcome.DECLINED,
                                      f"response rule {rule.name!r}", rule)
         if KINDS[request.mti] != "authorization" and self.ledger.batch_is_closed(terminal, batch):
             return self._closed_batch(request, terminal, batch)
         if rule is None:
-            seq, extra = self._post(request, ts, terminal, stan, "00", True, batch, amount)
+            seq, extra = self._post(request, ts, txn, "00", True, batch, amount)
             return Decision(self._reply(request, "00", extra), seq, Outcome.APPROVED, "approved")
         code = rule.response_code
         approved_amount = amount
         if 4 in rule.fields and check_amount(rule.fields[4]) is None:
             approved_amount = min(amount, int(rule.fields[4]))  # a partial approval (10) never exceeds the ask
-        seq, extra = self._post(request, ts, terminal, stan, code, True, batch, approved_amount)
+        seq, extra = self._post(request, ts, txn, code, True, batch, approved_amount)
         extra[4] = f"{approved_amount:0{len(fields[4])}d}"
         response = self._reply(request, code, None, rule)
         response.fields.update(extra)
@@ -177,9 +179,10 @@ class FinancialMixin(ReversalMixin, SessionsMixin):
         checked = self._financial_fields(request, ts, self.required("financial"))
         if isinstance(checked, Decision):
             return checked
-        terminal, stan = checked
+        txn = checked
+        terminal = txn[0]
         fields = request.fields
-        repeat = self._repeat(request, terminal, stan, ts)
+        repeat = self._repeat(request, txn, ts)
         if repeat is not None:
             return repeat
         amount = int(fields[4])
@@ -192,7 +195,7 @@ class FinancialMixin(ReversalMixin, SessionsMixin):
         if self.ledger.batch_is_closed(terminal, batch):
             return self._closed_batch(request, terminal, batch)
         offline_code = fields.get(38)
-        seq, extra = self._post(request, ts, terminal, stan, "00", True, batch, amount,
+        seq, extra = self._post(request, ts, txn, "00", True, batch, amount,
                                 offline_code if offline_code and offline_code.strip() else None)
         return Decision(self._reply(request, "00", extra, rule), seq, Outcome.ADVICE_POSTED,
                         f"advice posted: RRN {extra[37]}, batch {batch}")

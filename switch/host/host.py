@@ -114,8 +114,11 @@ class Host(SettlementMixin, FinancialMixin):
 
         For the fault engine's ``respond`` action and maintenance mode, where the host is meant to
         look inoperative (91, 96, 90...): nothing is posted, so a terminal that treats the answer as
-        a decline stays consistent with the ledger. None when the MTI has no response (response
-        class or not a request). CUP settlement answers carry the code as field 48's flag.
+        a decline stays consistent with the ledger. An approval code (a fault approving without
+        the host) still carries 37 and 38, from the ledger's unposted range
+        (``Ledger.unposted_rrn_number``: 9xxxxxxxxxxx, unique across restarts; no posting row).
+        None when the MTI has no response (response class or not a request). CUP settlement answers
+        carry the code as field 48's flag.
         """
         if response_mti(request.mti) is None:
             return None
@@ -126,8 +129,8 @@ class Host(SettlementMixin, FinancialMixin):
                 pass
         extra: dict[int, str] | None = None
         if code in APPROVAL_CODES and request.mti[:2] in ("01", "02"):
-            seq = self.ledger.next_sequence()  # no row: only the RRN's uniqueness is wanted
-            extra = self._posting_fields(request, rrn_for(seq), True, auth_code_for(seq))
+            number = self.ledger.unposted_rrn_number()  # its own range: unique, and nothing posted
+            extra = self._posting_fields(request, rrn_for(number), True, auth_code_for(number))
         return self._with_mac(self._reply(request, code, extra))
 
     def response_mac(self, response: Message) -> tuple[str, bytes] | None:

@@ -79,8 +79,8 @@ class ReversalMixin(HostCore):
         else:
             mismatch = self._mismatch(request, original, original_data)
             if mismatch is not None:
-                code = self.config.reversal_mismatch_code
-                return Decision(self._reply(request, code), None, Outcome.REVERSAL_MISMATCH,
+                code = self.config.reversal_mismatch_code  # the answer rests on the original's row
+                return Decision(self._reply(request, code), original.seq, Outcome.REVERSAL_MISMATCH,
                                 f"reversal names original RRN {original.rrn} but {mismatch}; answered {code}, "
                                 "original stays captured")
             effect, code, amount, reason = self._effect(request, terminal, original)
@@ -157,7 +157,7 @@ class ReversalMixin(HostCore):
                             "void names no original of this terminal (61.2 trace / 37 RRN); answered 25")
         earlier = ledger.reversal_of(original.seq)
         if earlier is not None:
-            if earlier.mti == request.mti and earlier.stan == fields[11]:
+            if earlier.mti[:3] == request.mti[:3] and earlier.stan == fields[11]:  # resend or 0201 repeat
                 code = earlier.response_code
                 extra = self._void_fields(request, earlier.seq, code)
                 return Decision(self._reply(request, code, extra), earlier.seq, Outcome.REPEAT,
@@ -169,7 +169,7 @@ class ReversalMixin(HostCore):
             mismatch = f"the original was declined ({original.response_code})"
         if mismatch is not None:
             code = self.config.reversal_mismatch_code
-            return Decision(self._reply(request, code), None, Outcome.REVERSAL_MISMATCH,
+            return Decision(self._reply(request, code), original.seq, Outcome.REVERSAL_MISMATCH,
                             f"void of RRN {original.rrn} refused: {mismatch}; answered {code}")
         if ledger.batch_is_closed(terminal, original.batch):
             return self._closed_batch(request, terminal, original.batch)

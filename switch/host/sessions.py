@@ -48,11 +48,10 @@ from __future__ import annotations
 import random
 from datetime import datetime
 
-from switch.codec.composite import CompositeFieldError, CupField60, CupHeader, mask_pan
+from switch.codec.composite import CompositeFieldError, CupHeader, mask_pan
 from switch.codec.message import Message
 from switch.host.core import Decision, HostCore, Outcome
 from switch.host.family import ECHO, SIGN_OFF
-from switch.ledger import next_batch_number
 from switch.profiles import TerminalSecurityProfile
 from switch.rules import pan_of
 from switch.security import (
@@ -62,7 +61,6 @@ from switch.security import (
     SecurityError,
     WorkingKeys,
     check_value,
-    layout_for_network_code,
     mac_field,
     verify_mac,
     verify_pin,
@@ -160,13 +158,7 @@ class SessionsMixin(HostCore):
             return None, ""
         count = self._signon_counts.get(terminal, 0) + 1
         self._signon_counts[terminal] = count
-        extra: dict[int, str] = {}
-        if self.family.name == "cup":
-            sixty = CupField60.parse(request.fields[60])
-            if self.ledger.batch_is_closed(terminal, sixty.batch):
-                last = self.ledger.last_closed_batch(terminal) or sixty.batch
-                batch = next_batch_number(last)
-                extra[60] = CupField60(sixty.txn_type, batch, sixty.network_code, sixty.rest).format()
+        extra = self.family.signon_batch_fields(request.fields, self.ledger, terminal)
         if profile.tmk is None:
             assert profile.static_keys is not None  # a profile has a TMK or static keys
             self.session_keys[terminal] = profile.static_keys
@@ -183,7 +175,7 @@ class SessionsMixin(HostCore):
     def _key_layout(self, profile: TerminalSecurityProfile, code: str) -> int:
         """The profile's layout, or the CUP layout the terminal asked for in 60.3 if its MAC key fits."""
         layout = profile.key_layout
-        requested = layout_for_network_code(code) if self.family.name == "cup" else None
+        requested = self.family.requested_key_layout(code)
         if (requested is None or requested == layout or KEY_LAYOUTS[layout].network_code is None
                 or profile.static_keys is not None):
             return layout

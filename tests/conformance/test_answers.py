@@ -79,3 +79,31 @@ def test_required_fields_are_configurable_per_class() -> None:
     sale = t.sale(1000, local=None)
     assert t.send("0200", sale)[39] == "30"
     assert t.send("0200", t.sale(1000))[39] == "00"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_fault_approval_gets_an_rrn_no_posting_and_no_restart_can_reissue(family: str, tmp_path) -> None:
+    """``unprocessed_reply`` with an approval code (a fault's ``respond = "00"``): 37 and 38 from the
+    ledger's unposted range (9xxxxxxxxxxx), no posting, and a restarted host never issues that RRN again,
+    for an unposted reply or a posting, even when the first host was killed before any flush."""
+    from switch.host import Host, HostConfig
+    from switch.ledger import Ledger
+
+    path = tmp_path / "ledger.sqlite"
+    t = talk(family)
+    t.ledger = t.host.ledger = Ledger.open(path)
+    request = wire(family, Message("0200", t.sale(700), CUP_HEADER if t.cup else ""))
+    faulted = t.host.unprocessed_reply(request, "00")
+    assert faulted is not None and faulted[37].startswith("9") and faulted[38]
+    assert t.ledger.postings() == []  # nothing pretends it was posted
+    approved = t.send("0200", t.sale(800))  # flushed (committed) before it leaves
+    assert approved[37] != faulted[37] and not approved[37].startswith("9")
+    killed = t.host.unprocessed_reply(request, "00")  # sent, then the host dies before the next flush
+    restarted = talk(family)
+    restarted.ledger = Ledger.open(path)
+    restarted.host = Host(HostConfig(family=family), restarted.ledger)
+    assert restarted.signon()[39] == "00"
+    again = restarted.host.unprocessed_reply(request, "00")
+    posted = restarted.send("0200", restarted.sale(900, stan="000777"))
+    rrns = [faulted[37], approved[37], killed[37], again[37], posted[37]]
+    assert len(set(rrns)) == len(rrns), rrns

@@ -85,3 +85,14 @@ def test_original_never_seen(family: str, configured: str | None) -> None:
     assert t.send("0400", t.reversal(sale))[39] == (configured or "00")
     late = t.send("0200", sale)  # the original arrives after its reversal: never posted
     assert late[39] != "00" and t.charged() == 0
+
+
+@pytest.mark.parametrize("family", ["iso87", "cup"])
+def test_a_refused_reversal_rests_on_its_original(family: str) -> None:
+    """25 for a wrong amount says "that original stays captured": it waits for the original's row."""
+    t = talk(family)
+    sale = t.sale(10000)
+    t.send("0200", sale)
+    t.send("0400", t.reversal(sale, f4=f"{100:012d}"))
+    assert t.last is not None and t.last.outcome == "reversal-mismatch"
+    assert t.last.commit_seq == t.ledger.postings()[0].seq

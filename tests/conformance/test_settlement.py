@@ -88,3 +88,72 @@ def test_cup_balanced_settlement_closes() -> None:
     _day(t)
     assert t.settlement_result(t.settle(NET)) == "00"
     assert t.ledger.batch_summary(TID, "000001").status == "closed"
+
+
+# -- after a partial reversal: a partially reversed sale is still one sale -----------------------------
+#
+# A sale of 100.00 with a partial reversal keeping 60.00 (field 95) stands in the batch as ONE debit of
+# 60.00. ISO totals carry it as 1 debit of 100.00 in 76/88 and the 40.00 undone in 89, with 77 (reversal
+# count) counting only sales reversed in full; CUP's net field 48 carries 1 debit of 60.00.
+
+
+def _partially_reversed_day(t: Conversation) -> dict[int, str]:
+    sale = t.sale(10000)
+    assert t.send("0200", sale)[39] == "00"
+    assert t.send("0400", t.reversal(sale, f95=f"{6000:012d}" + "0" * 30))[39] == "00"
+    summary = t.ledger.batch_summary(TID, "000001")
+    assert (summary.debit_count, summary.debit_amount) == (1, 6000)  # still one sale, 60.00 captured
+    assert (summary.debit_reversal_count, summary.debit_reversal_amount) == (0, 4000)
+    return sale
+
+
+PARTIAL_GROSS = SettlementTotals(1, 10000, 0, 0, debit_reversal_count=0, debit_reversal_amount=4000)
+PARTIAL_NET = SettlementTotals(1, 6000, 0, 0)
+
+
+@pytest.mark.parametrize("compare", ["net", "gross"])
+def test_iso_partially_reversed_sale_balances_as_one_sale(compare: str) -> None:
+    t = talk("iso87", settlement_compare=compare)
+    _partially_reversed_day(t)
+    assert t.ledger.batch_summary(TID, "000001").gross_totals == PARTIAL_GROSS
+    if compare == "net":
+        assert t.settle(PARTIAL_NET)[39] == "00"  # net figures with zero reversal columns balance too
+    else:
+        assert t.settle(PARTIAL_NET)[39] == "95"  # gross compares every column as sent
+        assert t.settle(PARTIAL_GROSS)[39] == "00"
+    assert t.ledger.batch_summary(TID, "000001").status == "closed"
+
+
+def test_iso_partial_reversal_counted_as_a_reversal_is_one_debit_short() -> None:
+    """A terminal that counts the partial reversal in 77 says no sale stands (1 − 1 = 0 debits) while
+    60.00 is captured: 95, and after the upload (the record with its remaining 60.00) the batch closes
+    with no record discrepancy, only the terminal's own totals contradicting its upload."""
+    t = talk("iso87")
+    sale = _partially_reversed_day(t)
+    counted = SettlementTotals(1, 10000, 0, 0, debit_reversal_count=1, debit_reversal_amount=4000)
+    assert t.settle(counted)[39] == "95"
+    assert t.upload({**sale, 4: f"{6000:012d}"})[39] == "00"
+    assert t.settle(counted, proc="960000")[39] == "00"
+    assert [d.kind for d in t.ledger.discrepancies()] == ["totals-differ-from-upload"]
+
+
+def test_cup_partially_reversed_sale_balances_as_one_sale() -> None:
+    t = talk("cup")
+    sale = _partially_reversed_day(t)
+    assert t.settlement_result(t.settle(SettlementTotals(1, 10000, 0, 0))) == "95"  # the amount before it
+    assert t.upload({**sale, 4: f"{6000:012d}"})[39] == "00"
+    assert t.upload_end()[39] == "00"
+    assert t.ledger.discrepancies()[0].kind == "totals-differ-from-upload"  # not the record: it is right
+    t2 = talk("cup")
+    _partially_reversed_day(t2)
+    assert t2.settlement_result(t2.settle(PARTIAL_NET)) == "00"
+
+
+def test_cup_sale_into_a_settled_batch_is_12_and_rests_on_the_closing_row() -> None:
+    t = talk("cup")
+    _day(t)
+    assert t.settlement_result(t.settle(NET)) == "00"
+    closed_seq = t.ledger.batch_summary(TID, "000001").closed_seq
+    assert t.send("0200", t.sale(700))[39] == "12"  # 60.2 still names batch 000001
+    assert t.last is not None and t.last.commit_seq == closed_seq
+    assert len(t.ledger.postings()) == 4

@@ -63,3 +63,28 @@ def test_refund_is_a_credit() -> None:
     posting = t.ledger.postings()[0]
     assert (posting.direction, posting.amount) == ("credit", 1500)
     assert t.charged() == -1500
+
+
+def test_a_0201_repeat_of_a_void_gets_the_voids_answer() -> None:
+    """A repeat MTI of an answered void is the same void: its first answer again (not 12, "another void")."""
+    t = talk("cup")
+    sale = t.sale(5100)
+    t.send("0200", sale)
+    void = _void(t, sale)
+    first = t.send("0200", void)
+    repeat = t.send("0201", void)
+    assert (repeat.mti, repeat[39], repeat[37], repeat[38]) == ("0210", "00", first[37], first[38])
+    assert t.charged() == 0 and len(t.ledger.reversals()) == 1
+
+
+def test_a_refused_void_waits_for_the_original_it_rests_on() -> None:
+    """Refusals that rest on a ledger row (the original, the closing settlement) carry its sequence as
+    ``commit_seq``, so the answer never leaves before what it describes is durable."""
+    t = talk("cup")
+    sale = t.sale(4200)
+    t.send("0200", sale)
+    original = t.ledger.postings()[0]
+    void = _void(t, sale)
+    void[4] = f"{100:012d}"
+    assert t.send("0200", void)[39] == "25"
+    assert t.last is not None and t.last.commit_seq == original.seq
