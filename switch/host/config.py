@@ -107,6 +107,7 @@ class HostConfig:
     duplicate_window: float = 86400.0
     resend_answer: str = ResendAnswer.DUPLICATE.value  # plain resend: "94" or "original"
     settlement_compare: str = SettlementCompare.NET.value
+    settlement_host_totals: bool = True  # ISO 95 answers carry the host's totals (74-77, 86-89, 97)
     luhn_code: str | None = "14"  # None: no Luhn check of the card number
     timezone: str = "UTC"  # host local time (0810 fields 12/13, stale check of 12/13)
     balance: int = 100000  # minor units answered in field 54 to a balance inquiry
@@ -119,7 +120,7 @@ class HostConfig:
         problems = []
         if self.family not in FAMILIES:
             problems.append(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
-        for name in ("require_signon", "stale_check"):
+        for name in ("require_signon", "stale_check", "settlement_host_totals"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("stale_code", "unknown_original_code", "reversal_mismatch_code"):
@@ -264,6 +265,7 @@ HOST_SETTINGS: Mapping[str, Callable[[Any], Any]] = MappingProxyType({
     "reversal_mismatch_code": _code_setting,
     "resend_answer": _choice(*(e.value for e in ResendAnswer)),
     "settlement_compare": _choice(*(e.value for e in SettlementCompare)),
+    "settlement_host_totals": _boolean,
     "luhn_code": _code_or_off,
     "timezone": _timezone,
     "balance": _balance,

@@ -89,9 +89,11 @@ class Family:
         totals = SettlementTotals.from_iso_fields({n: fields[n] for n in (*ISO_TOTAL_FIELDS, 97) if n in fields})
         return totals, None
 
-    def settlement_reply_fields(self, request: Message, code: str) -> tuple[str | None, dict[int, str]]:
-        """(field 39 or None, extra fields) of a settlement answer carrying ``code``."""
-        return code, {}
+    def settlement_reply_fields(self, request: Message, code: str, host_totals: SettlementTotals | None
+                                ) -> tuple[str | None, dict[int, str]]:
+        """(field 39 or None, extra fields) of a settlement answer carrying ``code``: ISO puts the
+        host's own totals, when given, in 74-77, 86-89 and 97 (the responder's figures)."""
+        return code, host_totals.to_iso_fields() if host_totals is not None else {}
 
     def upload_closes_batch(self) -> bool:
         """Whether an end-of-upload 0320 closes the batch itself (CUP) or the next 0500 does (ISO)."""
@@ -166,7 +168,8 @@ class CupFamily(Family):
             return domestic, None
         return domestic, SettlementTotals.from_cup48(fields[48], foreign=True)[0]
 
-    def settlement_reply_fields(self, request: Message, code: str) -> tuple[str | None, dict[int, str]]:
+    def settlement_reply_fields(self, request: Message, code: str, host_totals: SettlementTotals | None
+                                ) -> tuple[str | None, dict[int, str]]:
         """No field 39: field 48 echoes the totals with the result flag ('1' balanced, '2' not, '3' error)."""
         value = request.fields.get(48)
         if value is None:

@@ -126,7 +126,9 @@ class SettlementMixin(HostCore):
         previous = ledger.settlement_for(terminal, stan)
         if (previous is not None and self._within_window(previous.received_at, ts)
                 and not (step is SettlementStep.AFTER_UPLOAD and previous.result == "unbalanced")):
-            return Decision(self._settlement_reply(request, previous.response_code), previous.seq,
+            repeat_totals = self._host_totals(previous.response_code, terminal, previous.batch)
+            return Decision(self._settlement_reply(request, previous.response_code, host_totals=repeat_totals),
+                            previous.seq,
                             Outcome.SETTLEMENT_REPEAT,
                             f"settlement STAN {stan} already answered ({previous.result}); "
                             f"same answer {previous.response_code}")
@@ -139,7 +141,8 @@ class SettlementMixin(HostCore):
         matches = self._matches(totals, summary) and foreign_empty
         if summary.status == "closed":
             code = "00" if matches else "95"
-            return Decision(self._settlement_reply(request, code, rule), summary.closed_seq, Outcome.ALREADY_SETTLED,
+            return Decision(self._settlement_reply(request, code, rule, self._host_totals(code, terminal, batch, summary)),
+                            summary.closed_seq, Outcome.ALREADY_SETTLED,
                             f"batch {batch} of terminal {terminal} was already settled; its totals "
                             f"{'match' if matches else 'differ'}: answered {code}, nothing changed")
         net = totals.netted()
@@ -161,7 +164,9 @@ class SettlementMixin(HostCore):
         ledger.record_settlement(Settlement(
             seq, ts, terminal, batch, stan, fields.get(7, ""), result, code, result != "unbalanced",
             net.debit_count, net.debit_amount, net.credit_count, net.credit_amount), found)
-        return Decision(self._settlement_reply(request, code, rule), found[-1].seq if found else seq, result,
+        host_totals = self._host_totals(code, terminal, batch, summary)
+        return Decision(self._settlement_reply(request, code, rule, host_totals), found[-1].seq if found else seq,
+                        result,
                         f"{reason}; answered {code}")
 
     def _uploaded_totals(self, terminal: str, batch: str) -> SettlementTotals:
@@ -172,10 +177,19 @@ class SettlementMixin(HostCore):
             return totals == summary.gross_totals
         return _net(totals.netted()) == _net(summary.net_totals)
 
-    def _settlement_reply(self, request: Message, code: str, rule: ResponseRule | None = None) -> Message:
+    def _settlement_reply(self, request: Message, code: str, rule: ResponseRule | None = None,
+                          host_totals: SettlementTotals | None = None) -> Message:
         """ISO: field 39. CUP: no field 39; field 48 echoes the totals with the result flag."""
-        thirty_nine, extra = self.family.settlement_reply_fields(request, code)
+        thirty_nine, extra = self.family.settlement_reply_fields(request, code, host_totals)
         return self._reply(request, thirty_nine, extra, rule)
+
+    def _host_totals(self, code: str, terminal: str, batch: str, summary: BatchSummary | None = None
+                     ) -> SettlementTotals | None:
+        """The ledger's gross totals for a 95 answer (``settlement_host_totals``), so a terminal can tell
+        its operator what differs; None for any other answer, or when the setting is off."""
+        if code != "95" or not self.config.settlement_host_totals:
+            return None
+        return (summary or self.ledger.batch_summary(terminal, batch)).gross_totals
 
     def _discrepancies(self, terminal: str, batch: str, totals: SettlementTotals | None, ts: float
                        ) -> list[Discrepancy]:

@@ -17,6 +17,7 @@ BAD_VALUES: dict[str, object] = {
     "signon_required_code": '"A00"',
     "session_timeout": '"soon"',
     "stale_check": "1",
+    "settlement_host_totals": '"yes"',
     "stale_window": "-5",
     "stale_code": "22",
     "timezone": '"+25:00"',

@@ -157,3 +157,24 @@ def test_cup_sale_into_a_settled_batch_is_12_and_rests_on_the_closing_row() -> N
     assert t.send("0200", t.sale(700))[39] == "12"  # 60.2 still names batch 000001
     assert t.last is not None and t.last.commit_seq == closed_seq
     assert len(t.ledger.postings()) == 4
+
+
+def test_iso_95_carries_the_host_totals_so_the_terminal_can_say_what_differs() -> None:
+    t = talk("iso87")
+    _day(t)
+    wrong = SettlementTotals(3, 8000, 1, 500)
+    answer = t.settle(wrong)
+    assert answer[39] == "95"
+    host = SettlementTotals.from_iso_fields(answer.fields)
+    assert host == GROSS  # the ledger's figures, not an echo of the terminal's
+    assert answer[97] == GROSS.to_iso_fields()[97]
+    assert t.settle(wrong)[86] == GROSS.to_iso_fields()[86]  # the same STAN again: the same answer
+
+
+def test_iso_95_echoes_the_terminal_totals_when_host_totals_are_off() -> None:
+    t = talk("iso87", settlement_host_totals=False)
+    _day(t)
+    wrong = SettlementTotals(3, 8000, 1, 500)
+    answer = t.settle(wrong)
+    assert answer[39] == "95"
+    assert SettlementTotals.from_iso_fields(answer.fields) == wrong
