@@ -18,6 +18,9 @@ sessions when it restarts, so a terminal signs on again at start.
 
 One process per store file, like the host's ledger; ``check_same_thread=False`` lets a driver run
 calls in a worker thread, one at a time.
+
+The records themselves (``JournalEntry``, the pending reversal, advice and settlement, STAN and
+batch numbering) are values in ``terminal.records``; this module persists them and re-exports them.
 """
 
 from __future__ import annotations
@@ -25,13 +28,22 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from switch.codec.composite import mask_pan
 from switch.codec.message import Message
+from terminal.records import (
+    JOURNAL_KINDS,
+    JOURNAL_STATES,
+    JournalEntry,
+    PendingAdvice,
+    PendingReversal,
+    PendingSettlement,
+    next_batch_number,
+    next_stan,
+)
 
 __all__ = [
     "FIRST_BATCH",
@@ -54,39 +66,9 @@ FIRST_BATCH = "000001"
 SECRET_FIELDS = frozenset({35, 36, 45, 52, 53, 55})
 """Never written to the store: track 2/3/1, PIN block, security control, ICC data."""
 
-JOURNAL_KINDS = ("purchase", "refund", "authorization", "advice")
-JOURNAL_STATES = (
-    "in-flight",  # request persisted (and perhaps sent); its reversal is stored
-    "approved",  # approved and not reversed: money moved (an authorization holds funds)
-    "declined",  # the host declined it: nothing moved
-    "unknown",  # outcome unknown or a void under way: a reversal is queued
-    "reversed",  # the host acknowledged its reversal: nothing moved
-    "reversal-refused",  # the host answered its reversal with a refusal: the terminal cannot know
-    "advice-pending",  # offline sale approved locally, advice not yet acknowledged
-)
-_MONEY_MOVED: Mapping[str, bool | None] = {
-    "in-flight": None,
-    "approved": True,
-    "declined": False,
-    "unknown": None,
-    "reversed": False,
-    "reversal-refused": None,
-    "advice-pending": None,
-}
-
 
 class StoreError(RuntimeError):
     """The store cannot be opened or used (not a terminal store, another terminal's, misuse)."""
-
-
-def next_stan(stan: str) -> str:
-    """The STAN after ``stan``: 000001-999999, wrapping 999999 → 000001 (000000 is never used)."""
-    return f"{int(stan) % 999999 + 1:06d}"
-
-
-def next_batch_number(batch: str) -> str:
-    """The batch after ``batch``: n6, wrapping 999999 → 000001 (as the host's ledger counts)."""
-    return f"{int(batch) % 999999 + 1:06d}"
 
 
 def _message_json(message: Message) -> str:
@@ -97,91 +79,6 @@ def _message_json(message: Message) -> str:
 def _message_from(text: str) -> Message:
     raw = json.loads(text)
     return Message(raw["mti"], {int(k): v for k, v in raw["fields"].items()}, raw["header"])
-
-
-@dataclass(frozen=True, slots=True)
-class JournalEntry:
-    """One financial exchange of the terminal and what it believes became of it.
-
-    ``stan`` / ``transmission_time`` (field 7, "" in CUP) / ``amount`` identify it to a
-    consistency checker; ``money_moved`` says whether the terminal believes money moved.
-    ``request`` is the request as sent, minus secrets (``SECRET_FIELDS``).
-    """
-
-    id: int
-    batch: str
-    kind: str
-    direction: str  # "debit" (purchase, authorization, offline sale) | "credit" (refund)
-    mti: str
-    stan: str
-    transmission_time: str
-    amount: int
-    currency: str
-    pan: str  # masked
-    state: str
-    response_code: str
-    rrn: str
-    auth_code: str
-    reason: str  # why the state is what it is, for people
-    request: Message
-    created_at: float
-    updated_at: float
-
-    @property
-    def money_moved(self) -> bool | None:
-        """True approved and not reversed, False nothing moved, None the terminal cannot know yet."""
-        return _MONEY_MOVED[self.state]
-
-    @property
-    def captured(self) -> bool:
-        """Counts in settlement totals: money moved and the kind settles (authorizations do not)."""
-        return self.state == "approved" and self.kind != "authorization"
-
-    def as_dict(self) -> dict[str, Any]:
-        """JSON-ready view (the request as field-number → value) for ``status --json``."""
-        data = {name: getattr(self, name) for name in self.__slots__ if name != "request"}
-        data["money_moved"] = self.money_moved
-        data["request_mti"] = self.request.mti
-        return data
-
-
-@dataclass(frozen=True, slots=True)
-class PendingReversal:
-    """A reversal that must reach the host: stored before its original leaves.
-
-    ``message`` is the reversal as first transmitted (field 11 "" until then); ``attempts`` counts
-    transmissions so far across restarts: 0 means the next is the 0400, more means 0401 repeats.
-    ``reason`` is its field 39 (98 no reply, A0 MAC failure, 17 a void the operator asked for).
-    """
-
-    id: int
-    journal_id: int
-    reason: str
-    message: Message
-    attempts: int
-    created_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class PendingAdvice:
-    """An advice (0220) stored until the host answers it; ``attempts`` > 0 means repeats are 0221."""
-
-    id: int
-    journal_id: int
-    message: Message
-    attempts: int
-    created_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class PendingSettlement:
-    """A 0500 sent whose answer never came: repeated (0501, same STAN) before anything else."""
-
-    batch: str
-    message: Message
-    attempts: int
 
 
 _SCHEMA = (

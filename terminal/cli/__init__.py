@@ -1,0 +1,86 @@
+"""``iso-terminal``: the terminal's command line.
+
+The terminal commands (``signon``, ``echo``, ``purchase``, ``refund``, ``reverse-last``, ``settle``,
+``drain``, ``signoff``) each run one operation of ``terminal.policy`` through ``terminal.client``
+against a host, print its outcome in one line (or ``--json``) and exit with a status scripts can
+branch on: 0 approved/completed, 1 declined/refused, 2 outcome unknown or reversed, 3 usage or
+connection error. Exit 2 must mean "money may have moved" and nothing else, so in these commands
+every usage error (click's included) exits 3, not click's usual 2. ``status`` shows the durable
+store without connecting.
+
+``build`` is the inverse of ``iso-switch describe``: it encodes a message given field by field and
+prints its hex, so a test message can be crafted and piped
+(``iso-terminal build ... | iso-switch describe -``). Adding a command is one function decorated
+with ``@cli.command()``; shared options come from ``switch.cli_common``.
+
+Modules: ``app`` (the ``cli`` group and ``main``), ``terminal_command`` (what every terminal command
+shares: exit codes, ``TerminalSettings``, ``terminal_options``, running one operation),
+``operations`` (the single-terminal operation commands), ``status_command``, ``load_command``,
+``build_command``. Importing this package registers every command on ``cli``, in help order.
+"""
+
+from __future__ import annotations
+
+from terminal.cli.app import cli, main
+from terminal.cli.build_command import build, parse_field_args
+from terminal.cli.load_command import load
+from terminal.cli.operations import balance, drain, echo, purchase, refund, reverse_last, settle, signoff, signon
+from terminal.cli.status_command import status, status_lines, store_status
+from terminal.cli.terminal_command import (
+    DEFAULT_MERCHANT_ID,
+    DEFAULT_TERMINAL_ID,
+    EXIT_INTERRUPTED,
+    EXIT_OUTCOME_UNKNOWN,
+    EXIT_SETTLED_UNBALANCED,
+    EXIT_TERMINAL_USAGE,
+    OUTCOME_EXIT_CODES,
+    TEST_PAN,
+    TerminalCommand,
+    TerminalSettings,
+    card_options,
+    default_expiry,
+    default_store_path,
+    format_amount,
+    outcome_line,
+    parse_amount,
+    run_terminal_command,
+    terminal_options,
+)
+
+__all__ = [
+    "DEFAULT_MERCHANT_ID",
+    "DEFAULT_TERMINAL_ID",
+    "EXIT_INTERRUPTED",
+    "EXIT_OUTCOME_UNKNOWN",
+    "EXIT_SETTLED_UNBALANCED",
+    "EXIT_TERMINAL_USAGE",
+    "OUTCOME_EXIT_CODES",
+    "TEST_PAN",
+    "TerminalCommand",
+    "TerminalSettings",
+    "balance",
+    "build",
+    "card_options",
+    "cli",
+    "default_expiry",
+    "default_store_path",
+    "drain",
+    "echo",
+    "format_amount",
+    "load",
+    "main",
+    "outcome_line",
+    "parse_amount",
+    "parse_field_args",
+    "purchase",
+    "refund",
+    "reverse_last",
+    "run_terminal_command",
+    "settle",
+    "signoff",
+    "signon",
+    "status",
+    "status_lines",
+    "store_status",
+    "terminal_options",
+]

@@ -1,0 +1,184 @@
+"""The ``iso-terminal load`` command run: execute, summarise, check, report; its exit status."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TextIO
+
+import trio
+
+from terminal.load.consistency import CheckOptions, ConsistencyResult, check_consistency, run_window
+from terminal.load.options import (
+    EXIT_CHECK_REQUIRED,
+    EXIT_HOST_NOT_REACHED,
+    EXIT_INCONSISTENT,
+    EXIT_INTERRUPTED,
+    LoadConfig,
+)
+from terminal.load.progress import LiveProgress, PlainProgress
+from terminal.load.runner import LoadResult, LoadRunner
+from terminal.load.stats import LoadStats, Progress
+from terminal.store import StoreError
+
+# ---------------------------------------------------------------------------------------------
+# The command: run, summarise, check, report
+
+
+@contextlib.contextmanager
+def _store_directory(store_dir: str | None) -> Iterator[str]:
+    if store_dir is not None:
+        Path(store_dir).expanduser().mkdir(parents=True, exist_ok=True)
+        yield str(Path(store_dir).expanduser())
+        return
+    with tempfile.TemporaryDirectory(prefix="iso-terminal-load-") as directory:
+        yield directory
+
+
+def execute(config: LoadConfig, check: CheckOptions, *, report_dir: str | None = None, as_json: bool = False,
+            quiet: bool = False, live: bool | None = None, out: TextIO | None = None,
+            err: TextIO | None = None) -> int:
+    """Run the load, print the summary (text or ``as_json``), check consistency, write the report.
+
+    Progress goes to ``err`` (a live table when it is a terminal and ``live`` is not False, else a
+    plain line per second; nothing with ``quiet``), the summary to ``out``. Returns the exit status:
+    0 done; 3 no transaction reached the host; 4 the check found mismatches; 5 the check was
+    required but could not run; 130 interrupted (the summary covers what was done).
+    """
+    from terminal.report import summary_lines, write_report
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    stats = LoadStats()
+    with _store_directory(config.store_dir) as directory:
+        runner = LoadRunner(config, stats, directory)
+        display: LiveProgress | PlainProgress | None = None
+        if not quiet:
+            use_live = live if live is not None else err.isatty()
+            title = (f"iso-terminal load → {config.host}:{config.port}: {len(config.terminal_ids)} terminals, "
+                     + (f"{config.count} transactions" if config.count else f"{config.duration:g}s")
+                     + (f" at {config.rate:g}/s" if config.rate else ""))
+            display = LiveProgress(err, title) if use_live else PlainProgress(err)
+        wall_start = time.time()
+        try:
+            result = trio.run(_run_until_interrupted, runner, display, err)
+        except BaseException as exc:
+            if not _only_interrupts(exc):
+                _raise_plainly(exc)
+            result = None  # Ctrl-C before the signal watcher was up
+        finally:
+            if display is not None:
+                display.close()
+        interrupted = result is None
+        try:
+            if result is None:
+                now = time.time()
+                last = stats.last_outcome_at
+                result = LoadResult(runner.stores, wall_start, now, last if last is not None else now - wall_start,
+                                    interrupted=True)
+            summary = {"tool": "iso-terminal load", "format": 1,
+                       "started_at": _iso(result.started_at), "ended_at": _iso(result.ended_at),
+                       "interrupted": interrupted, "stopped_early": runner.stopping, "config": config.describe(),
+                       **stats.summary(result.elapsed)}
+            if interrupted:
+                consistency = ConsistencyResult("skipped", reason="the run was interrupted")
+            else:
+                journal = result.journal()
+                window = run_window((e for entries in journal.values() for e in entries),
+                                    result.started_at, result.ended_at)
+                consistency = check_consistency(check, journal, window, journalled=result.journalled_keys(),
+                                                exponent=config.profile.currency_exponent)
+            summary["consistency"] = consistency.as_dict()
+            summary["consistency"]["headline"] = consistency.headline(config.profile.currency_exponent)
+        finally:
+            for store in runner.stores.values():
+                store.close()
+    if report_dir is not None:
+        json_path, html_path = write_report(report_dir, summary)
+        summary["report"] = {"summary": str(json_path), "html": str(html_path)}
+    if as_json:
+        print(json.dumps(summary, indent=2), file=out)
+    else:
+        print("\n".join(summary_lines(summary)), file=out)
+    out.flush()
+    return exit_status(summary, check)
+
+
+async def _run_until_interrupted(runner: LoadRunner, display: Callable[[Progress], None] | None,
+                                 err: TextIO) -> LoadResult | None:
+    """``runner.run`` with Ctrl-C handled as load tools do: the first stops the run gracefully (what
+    is in flight finishes, terminals drain and settle, the check runs), the second abandons it at
+    once (None: whatever was sent is in the stores and goes out at the next run)."""
+    result: LoadResult | None = None
+    async with trio.open_nursery() as nursery:
+
+        async def watch() -> None:
+            with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+                async for _ in interrupts:
+                    if runner.stopping:
+                        nursery.cancel_scope.cancel()
+                        return
+                    runner.stop()
+                    print("stopping: no new transactions; those in flight finish, then the terminals drain "
+                          "(Ctrl-C again to abandon them)", file=err, flush=True)
+
+        if threading.current_thread() is threading.main_thread():  # signals reach the main thread only
+            nursery.start_soon(watch)
+        result = await runner.run(display)
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _raise_plainly(exc: BaseException) -> NoReturn:
+    """Re-raise a terminal's store or I/O failure as itself, out of Trio's exception groups, so the
+    CLI reports it in one line (a store that is another terminal's, a full disk); anything else as is."""
+    leaves = _leaves(exc)
+    plain = [leaf for leaf in leaves if isinstance(leaf, StoreError | OSError)]
+    if plain and all(isinstance(leaf, StoreError | OSError | trio.Cancelled) for leaf in leaves):
+        raise plain[0] from None
+    raise exc
+
+
+def _only_interrupts(exc: BaseException) -> bool:
+    """Whether ``exc`` is a KeyboardInterrupt, or a group of nothing else (Trio wraps them)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_interrupts(inner) for inner in exc.exceptions)
+    return isinstance(exc, KeyboardInterrupt)
+
+
+def exit_status(summary: Mapping[str, Any], check: CheckOptions) -> int:
+    if summary.get("interrupted"):
+        return EXIT_INTERRUPTED
+    consistency = summary["consistency"]
+    if consistency["status"] == "inconsistent":
+        return EXIT_INCONSISTENT
+    outcomes = summary["outcomes"]
+    finished = sum(outcomes.values())
+    if finished and outcomes.get("failed", 0) == finished:
+        return EXIT_HOST_NOT_REACHED
+    connect_failures = summary.get("terminal_events", {}).get("connect_failures", 0)
+    if finished and connect_failures and not any(summary.get("messages_sent", {}).values()):
+        return EXIT_HOST_NOT_REACHED  # e.g. voids refused and offline sales queued, nothing ever sent
+    if summary.get("stopped_early"):
+        return EXIT_INTERRUPTED  # Ctrl-C: checked, but not the run that was asked for (a script must not go on)
+    if consistency["status"] == "skipped" and check.required:
+        return EXIT_CHECK_REQUIRED
+    return 0
+
+
+def _iso(unix_seconds: float) -> str:
+    return datetime.fromtimestamp(unix_seconds, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
