@@ -141,7 +141,8 @@ class SettlementMixin(HostCore):
         matches = self._matches(totals, summary) and foreign_empty
         if summary.status == "closed":
             code = "00" if matches else "95"
-            return Decision(self._settlement_reply(request, code, rule, self._host_totals(code, terminal, batch, summary)),
+            closed_totals = self._host_totals(code, terminal, batch, summary)
+            return Decision(self._settlement_reply(request, code, rule, closed_totals),
                             summary.closed_seq, Outcome.ALREADY_SETTLED,
                             f"batch {batch} of terminal {terminal} was already settled; its totals "
                             f"{'match' if matches else 'differ'}: answered {code}, nothing changed")
