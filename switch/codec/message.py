@@ -17,6 +17,7 @@ from typing import Any
 import iso8583
 import iso8583.decoder
 
+from switch.codec.compiled import CompiledCodec
 from switch.codec.dialect import Dialect
 
 _STRUCTURAL = frozenset(("h", "t", "p", "1", "65"))
@@ -214,10 +215,10 @@ class Codec:
     present fields is planned once (``_Plan``) and reused by every message of that shape.
     """
 
-    __slots__ = ("_decode_plans", "_digit_keys", "_encode_plans", "_hex_bitmap", "_keys", "_numbers",
+    __slots__ = ("_decode_plans", "_digit_keys", "_encode_plans", "_fast", "_hex_bitmap", "_keys", "_numbers",
                  "_rule_keys", "_rules", "_signed", "_spec", "_text_length_keys", "dialect")
 
-    def __init__(self, dialect: Dialect):
+    def __init__(self, dialect: Dialect, *, fast: bool = True):
         self.dialect = dialect
         self._spec = dialect.spec
         self._keys = {number: str(number) for number in dialect.fields}  # field number -> pyiso8583 key
@@ -242,6 +243,9 @@ class Codec:
         self._hex_bitmap = self._spec["p"]["data_enc"] != "b"
         self._decode_plans: dict[str, _Plan] = {}  # by bitmap text
         self._encode_plans: dict[tuple[Any, ...], _Plan] = {}  # by the message's field numbers in order
+        # Generated straight-line functions (switch.codec.compiled) tried first; they only accept, and
+        # anything they decline runs the pyiso8583 path below, which stays the reference for every error.
+        self._fast: CompiledCodec | None = CompiledCodec(dialect) if fast else None
 
     def _plan(self, cache: dict[Any, _Plan], shape: Any, keys: list[str]) -> _Plan:
         if len(cache) >= _PLAN_CACHE_SIZE:
@@ -334,6 +338,13 @@ class Codec:
     def decode(self, raw: bytes | bytearray | memoryview) -> Message:
         """Decode one message (no length header, no TPDU). Raises only ``MessageDecodeError``."""
         data = bytes(raw)
+        if self._fast is not None:
+            try:
+                found = self._fast.decode(data)
+            except Exception:  # the generated code declines by any means; the reference decides
+                found = None
+            if found is not None:
+                return Message(*found)
         try:
             decoded, encoded = iso8583.decode(data, self._spec)
         except iso8583.DecodeError as exc:
@@ -401,6 +412,14 @@ class Codec:
         """Encode a message (no length header). Raises ``MessageEncodeError`` naming the field."""
         fields = message.fields
         shape = tuple(fields)
+        if self._fast is not None:
+            try:
+                encoder = self._fast.encoder(shape)
+                wire = None if encoder is None else encoder(message.mti, message.header, *fields.values())
+            except Exception:  # declined; the reference path below encodes or names the fault
+                wire = None
+            if wire is not None:
+                return wire
         plan = self._encode_plans.get(shape)
         if plan is None:
             undefined = [number for number in shape if number not in self._keys]
