@@ -17,6 +17,7 @@ import binascii
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from switch.codec.bcd import strip_odd_pad
 from switch.codec.dialect import Dialect
 
 _CACHE_SIZE = 512  # distinct bitmaps / field tuples remembered; hostile input cannot grow it further
@@ -27,23 +28,6 @@ _BCD_TRACK = b"0123456789D"
 
 Decoder = Callable[[bytes], Any]
 Encoder = Callable[..., bytes | None]
-
-
-def _strip_pad(nibbles: str, left: str, right: str) -> str | None:
-    """Same conventions as message._strip_odd_pad (kept local to avoid an import cycle)."""
-    if nibbles[-1:] == "F":
-        return nibbles[:-1]
-    if nibbles[:1] == "F":
-        return nibbles[1:]
-    if left and nibbles[:1] == left:
-        return nibbles[1:]
-    if right and nibbles[-1:] == right:
-        return nibbles[:-1]
-    if nibbles[:1] == "0":
-        return nibbles[1:]
-    if nibbles[-1:] == "0":
-        return nibbles[:-1]
-    return None
 
 
 def _signed_ok(value: str) -> bool:
@@ -169,7 +153,7 @@ class CompiledCodec:
 
     def _generate_decoder(self, numbers: list[int], offset: int) -> Decoder:
         lines = ["def decode(data):", "    n = len(data)"]
-        env: dict[str, Any] = {"_strip_pad": _strip_pad, "_signed_ok": _signed_ok, "_from_signed": _from_signed,
+        env: dict[str, Any] = {"_strip_pad": strip_odd_pad, "_signed_ok": _signed_ok, "_from_signed": _from_signed,
                                "_DIGITS": _DIGITS, "_HEX": _HEX, "_TRACK": _TRACK, "_BCD_TRACK": _BCD_TRACK}
         h = self.header_len
         if h:
@@ -375,7 +359,7 @@ def _from_signed(wire: str, digits: int, pad_side: str) -> str:
     sign = chr(int(wire[:2], 16))
     nibbles = wire[2:]
     if digits % 2:
-        stripped = _strip_pad(nibbles, "0" if pad_side == "left" else "", "0" if pad_side == "right" else "")
+        stripped = strip_odd_pad(nibbles, "0" if pad_side == "left" else "", "0" if pad_side == "right" else "")
         nibbles = stripped if stripped is not None else nibbles
     return sign + nibbles
 

@@ -17,6 +17,7 @@ from typing import Any
 import iso8583
 import iso8583.decoder
 
+from switch.codec.bcd import strip_odd_pad
 from switch.codec.compiled import CompiledCodec
 from switch.codec.dialect import Dialect
 
@@ -63,31 +64,8 @@ def _hex_fault(value: str) -> str | None:
     return "must be hex digits, two per byte"
 
 
-def _strip_odd_pad(nibbles: str, left: str, right: str) -> str | None:
-    """An odd digit count's value without its pad nibble, whichever convention the peer used.
-
-    Peers pad the spare nibble with F (on the right, or the left), with a leading 0, or with a
-    trailing 0. F is never a digit or track nibble, so an F pad is unambiguous and taken first;
-    then the dialect's own pad side (it decides the one ambiguous case, "01 20" = 120 or 012);
-    then a 0 on either side.
-    """
-    if nibbles[-1:] == "F":
-        return nibbles[:-1]
-    if nibbles[:1] == "F":
-        return nibbles[1:]
-    if left and nibbles[:1] == left:
-        return nibbles[1:]
-    if right and nibbles[-1:] == right:
-        return nibbles[:-1]
-    if nibbles[:1] == "0":
-        return nibbles[1:]
-    if nibbles[-1:] == "0":
-        return nibbles[:-1]
-    return None
-
-
 # pyiso8583 removes an odd BCD value's pad with the one convention its spec names and fails on any
-# other; fields a dialect marks ``pad_lenient`` take every convention instead (_strip_odd_pad). The
+# other; fields a dialect marks ``pad_lenient`` take every convention instead (strip_odd_pad). The
 # hook is pyiso8583's own helper, replaced for those fields only, so other specs decode as before.
 _pyiso8583_remove_pad = iso8583.decoder._remove_pad_field
 
@@ -95,7 +73,7 @@ _pyiso8583_remove_pad = iso8583.decoder._remove_pad_field
 def _remove_pad_field(s: Any, idx: int, doc_dec: dict[str, Any], doc_enc: Any, field_key: str,
                       field_spec: Mapping[str, Any], enc_field_len: int) -> str:
     if field_spec.get("pad_lenient"):
-        value = _strip_odd_pad(doc_dec[field_key], field_spec.get("left_pad", "")[:1],
+        value = strip_odd_pad(doc_dec[field_key], field_spec.get("left_pad", "")[:1],
                                field_spec.get("right_pad", "")[:1])
         if value is not None:
             return value
@@ -114,7 +92,7 @@ def _from_signed_bcd(wire: str, digits: int, pad_side: str) -> str:
     sign = chr(int(wire[:2], 16))
     nibbles = wire[2:]
     if digits % 2:
-        stripped = _strip_odd_pad(nibbles, "0" if pad_side == "left" else "", "0" if pad_side == "right" else "")
+        stripped = strip_odd_pad(nibbles, "0" if pad_side == "left" else "", "0" if pad_side == "right" else "")
         nibbles = stripped if stripped is not None else nibbles
     return sign + nibbles
 
