@@ -17,7 +17,7 @@ import binascii
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from switch.codec.bcd import strip_odd_pad
+from switch.codec.bcd import from_signed_bcd, strip_odd_pad, to_signed_bcd
 from switch.codec.dialect import Dialect
 
 _CACHE_SIZE = 512  # distinct bitmaps / field tuples remembered; hostile input cannot grow it further
@@ -153,7 +153,7 @@ class CompiledCodec:
 
     def _generate_decoder(self, numbers: list[int], offset: int) -> Decoder:
         lines = ["def decode(data):", "    n = len(data)"]
-        env: dict[str, Any] = {"_strip_pad": strip_odd_pad, "_signed_ok": _signed_ok, "_from_signed": _from_signed,
+        env: dict[str, Any] = {"_strip_pad": strip_odd_pad, "_signed_ok": _signed_ok, "_from_signed": from_signed_bcd,
                                "_DIGITS": _DIGITS, "_HEX": _HEX, "_TRACK": _TRACK, "_BCD_TRACK": _BCD_TRACK}
         h = self.header_len
         if h:
@@ -277,7 +277,7 @@ class CompiledCodec:
     def _generate_encoder(self, shape: tuple[int, ...]) -> Encoder:
         params = ", ".join(f"v{n}" for n in shape)
         lines = [f"def encode(mti, header, {params}):" if shape else "def encode(mti, header):"]
-        env: dict[str, Any] = {"_a2b": binascii.a2b_hex, "_signed_ok": _signed_ok, "_to_signed": _to_signed,
+        env: dict[str, Any] = {"_a2b": binascii.a2b_hex, "_signed_ok": _signed_ok, "_to_signed": to_signed_bcd,
                                "_DIGITS": _DIGITS, "_HEX": _HEX, "_TRACK": _TRACK, "_BCD_TRACK": _BCD_TRACK,
                                "_BITMAP": self._bitmap_bytes(sorted(shape))}
         lines.append("    if not (type(mti) is str and type(header) is str): return None")
@@ -352,23 +352,6 @@ class CompiledCodec:
                 lines.append(f"    if not t.isascii() or t.encode().translate(None, {table}): return None")
         lines.append("    return b''.join((" + ", ".join(parts) + ",))")
         return _compile(lines, env, "encode")
-
-
-def _from_signed(wire: str, digits: int, pad_side: str) -> str:
-    """Sign byte + BCD → 'C'/'D' + digits, exactly as message._from_signed_bcd."""
-    sign = chr(int(wire[:2], 16))
-    nibbles = wire[2:]
-    if digits % 2:
-        stripped = strip_odd_pad(nibbles, "0" if pad_side == "left" else "", "0" if pad_side == "right" else "")
-        nibbles = stripped if stripped is not None else nibbles
-    return sign + nibbles
-
-
-def _to_signed(value: str, digits: int, pad_side: str) -> str:
-    body = value[1:]
-    if len(body) % 2:
-        body = "0" + body if pad_side == "left" else body + "0"
-    return f"{ord(value[0]):02X}{body}"
 
 
 def _compile(lines: list[str], env: dict[str, Any], name: str) -> Any:

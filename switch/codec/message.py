@@ -17,7 +17,7 @@ from typing import Any
 import iso8583
 import iso8583.decoder
 
-from switch.codec.bcd import strip_odd_pad
+from switch.codec.bcd import from_signed_bcd, strip_odd_pad, to_signed_bcd
 from switch.codec.compiled import CompiledCodec
 from switch.codec.dialect import Dialect
 
@@ -81,28 +81,6 @@ def _remove_pad_field(s: Any, idx: int, doc_dec: dict[str, Any], doc_enc: Any, f
 
 
 iso8583.decoder._remove_pad_field = _remove_pad_field
-
-
-def _from_signed_bcd(wire: str, digits: int, pad_side: str) -> str:
-    """x+n as jPOS IFB_AMOUNT sends it (sign byte, BCD digits) → 'C'/'D' + digits.
-
-    A sign byte that is not a letter comes back as a character the x+n rule then refuses, so the
-    error names the field; an unreadable pad leaves the nibbles as they are, for the same reason.
-    """
-    sign = chr(int(wire[:2], 16))
-    nibbles = wire[2:]
-    if digits % 2:
-        stripped = strip_odd_pad(nibbles, "0" if pad_side == "left" else "", "0" if pad_side == "right" else "")
-        nibbles = stripped if stripped is not None else nibbles
-    return sign + nibbles
-
-
-def _to_signed_bcd(value: str, digits: int, pad_side: str) -> str:
-    """'C'/'D' + digits → the hex of the sign byte and the BCD digits (pad '0' for an odd count)."""
-    body = value[1:]
-    if len(body) % 2:
-        body = "0" + body if pad_side == "left" else body + "0"
-    return f"{ord(value[0]):02X}{body}"
 
 
 class CodecError(ValueError):
@@ -430,7 +408,7 @@ class Codec:
     def _signed_from_wire(self, decoded: dict[str, Any]) -> None:
         for key in self._signed.keys() & decoded.keys():
             digits, pad_side = self._signed[key]
-            decoded[key] = _from_signed_bcd(decoded[key], digits, pad_side)
+            decoded[key] = from_signed_bcd(decoded[key], digits, pad_side)
 
     def _signed_to_wire(self, doc: dict[str, Any]) -> None:
         for key in self._signed.keys() & doc.keys():
@@ -439,7 +417,7 @@ class Codec:
             if len(value) != digits + 1:
                 raise MessageEncodeError(f"Field data is {len(value)} characters, expecting {digits + 1}",
                                          field=key)
-            doc[key] = _to_signed_bcd(value, digits, pad_side)
+            doc[key] = to_signed_bcd(value, digits, pad_side)
 
     def _undefined_field(self, key: object) -> MessageEncodeError:
         if key in (1, 65):
