@@ -33,112 +33,13 @@ from datetime import UTC, datetime
 import trio
 
 from switch.codec import Codec, Message, load_dialect
-from switch.codec.composite import CupHeader, OriginalData
+from switch.codec.composite import CupHeader
 from switch.codec.framing import Framing, FramingError
 from switch.codec.stream import FrameStream
 from switch.testing import SwitchProcess
+from switch.testkit.mutations import DEFAULT_TPDU, Mutator, seed_messages
 
-TERMINAL = "FUZZ0001"
-DEFAULT_TPDU = bytes.fromhex("6000010000")
 CHECK_TERMINAL = "FUZZCHK1"
-
-
-def seed_messages(codec: Codec) -> list[bytes]:
-    """Valid encoded messages of the dialect: what mutations start from."""
-    now = datetime.now(UTC)
-    f7 = now.strftime("%m%d%H%M%S")
-    cup = codec.dialect.family == "cup"
-    base = {3: "000000", 4: "000000001234", 11: "000001", 22: "021", 25: "00", 41: TERMINAL,
-            42: "MERCHANT0000001", 49: "156" if cup else "840"}
-    card = {2: "4761739001010010", 14: "3012"}
-    if cup:
-        header = CupHeader.DEFAULT.format()
-        messages = [
-            Message("0800", {11: "000001", 41: TERMINAL, 42: "MERCHANT0000001", 60: "00000001003"}, header),
-            Message("0200", {**base, **card, 60: "22000001000"}, header),
-        ]
-    else:
-        purchase = Message("0200", {**base, **card, 7: f7, 12: f7[4:], 13: f7[:4]})
-        messages = [
-            Message("0800", {7: f7, 11: "000001", 41: TERMINAL, 70: "001"}),
-            Message("0800", {7: f7, 11: "000002", 70: "301"}),
-            purchase,
-            Message("0400", {**purchase.fields, 11: "000003", 90: OriginalData.of(purchase).format()}),
-            Message("0220", {**purchase.fields, 11: "000004"}),
-            Message("0500", {7: f7, 11: "000005", 41: TERMINAL, 42: "MERCHANT0000001", 74: "0000000001",
-                             86: "0000000000001234"}),
-        ]
-    encoded = []
-    for message in messages:
-        try:
-            encoded.append(codec.encode(message))
-        except Exception as exc:  # a dialect without one of these fields: start from the others
-            print(f"seed {message.mti} does not encode in {codec.dialect.name}: {exc}", file=sys.stderr)
-    if not encoded:
-        raise SystemExit(f"dialect {codec.dialect.name}: none of the seed messages encode")
-    return encoded
-
-
-@dataclass
-class Mutator:
-    """Seeded mutations of a payload; ``name`` says what was done (for the report)."""
-
-    rng: random.Random
-    seeds: list[bytes]
-    framing: Framing
-    max_frame: int
-
-    def next(self) -> tuple[str, bytes, bytes | None]:
-        """(mutation, payload, raw frame override or None to frame the payload normally)."""
-        data = bytearray(self.rng.choice(self.seeds))
-        kind = self.rng.choice(("flip", "flip", "insert", "delete", "cut", "pad", "bitmap", "letters",
-                                "noise", "lying-length", "oversize", "valid"))
-        rng = self.rng
-        if kind == "flip":
-            for _ in range(rng.randint(1, 6)):
-                data[rng.randrange(len(data))] = rng.randrange(256)
-        elif kind == "insert":
-            at = rng.randrange(len(data) + 1)
-            data[at:at] = bytes(rng.randrange(256) for _ in range(rng.randint(1, 12)))
-        elif kind == "delete":
-            at = rng.randrange(len(data))
-            del data[at:at + rng.randint(1, 12)]
-        elif kind == "cut":
-            del data[rng.randrange(1, len(data)):]
-        elif kind == "pad":
-            data += bytes(rng.randrange(256) for _ in range(rng.randint(1, 64)))
-        elif kind == "bitmap":
-            start = self._bitmap_offset()
-            for _ in range(rng.randint(1, 3)):
-                at = start + rng.randrange(8)
-                if at < len(data):
-                    data[at] ^= 1 << rng.randrange(8)
-        elif kind == "letters":
-            digits = [i for i, byte in enumerate(data) if 0x30 <= byte <= 0x39]
-            for i in rng.sample(digits, min(len(digits), rng.randint(1, 4))):
-                data[i] = rng.choice(b"ABCxyz ")
-        elif kind == "noise":
-            data = bytearray(rng.randrange(256) for _ in range(rng.randint(1, 300)))
-        elif kind == "lying-length":
-            framed = self.framing.encode(bytes(data), self._tpdu())
-            body = len(framed) - self.framing.header_size
-            return kind, bytes(data), self._with_header(framed, body + rng.choice((-5, -1, 1, 5)))
-        elif kind == "oversize":
-            framed = self.framing.encode(bytes(data), self._tpdu())
-            return kind, bytes(data), self._with_header(framed, self.max_frame + rng.randint(1, 100))
-        return kind, bytes(data), None
-
-    def _bitmap_offset(self) -> int:
-        return 4  # MTI of the ASCII dialects; close enough elsewhere: flips land near the bitmap
-
-    def _tpdu(self) -> bytes | None:
-        return DEFAULT_TPDU if self.framing.tpdu else None
-
-    def _with_header(self, framed: bytes, claimed_body: int) -> bytes:
-        """``framed`` with its length header replaced by one claiming a body of ``claimed_body`` bytes."""
-        size = self.framing.header_size
-        value = claimed_body + (size if self.framing.length_includes_itself else 0)
-        return self.framing.header_saying(value) + framed[size:]
 
 
 @dataclass
@@ -159,7 +60,10 @@ class SwitchDown(Exception):
 
 
 async def fuzz(port: int, args: argparse.Namespace, codec: Codec, framing: Framing, tally: Tally) -> None:
-    seeds = seed_messages(codec)
+    try:
+        seeds = seed_messages(codec)
+    except ValueError as exc:
+        raise SystemExit(str(exc)) from None
     frames_left = args.frames
     lock = trio.Lock()
     deadline = trio.current_time() + args.seconds

@@ -10,9 +10,12 @@ framing and TLS: one ``SwitchServer`` and one ``Host`` per listener over a share
 
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import platformdirs
 import trio
@@ -36,6 +39,7 @@ from switch.server import (
     ServerConfig,
     SwitchGroup,
     SwitchServer,
+    listener_address,
     run_until_signalled,
     server_ssl_context,
 )
@@ -145,6 +149,7 @@ class SwitchOptions:
     journal: str | os.PathLike[str] | None = None  # None: journal.jsonl beside the ledger file; "none": memory only
     admin_host: str = "127.0.0.1"
     admin_port: int | None = 8584  # None: no admin API
+    admin_port_given: bool = True  # False: the port is a default, and a free one may replace it when taken
     admin_token: str | None = None
     admin_allow_hosts: tuple[str, ...] = ()  # Host header names the admin API accepts besides localhost/IPs
     scenario_paths: tuple[str, ...] = ()  # directories the admin API may load scenario files from
@@ -189,32 +194,75 @@ class Switch:
     journal_path: str | None
     group: SwitchGroup | None = None  # None: the main listener alone
     profiles: ProfileSet | None = None
+    admin_port_taken: int | None = None
+    """Set when the default admin port was in use and a free one was taken instead (``run``)."""
 
     @property
     def servers(self) -> tuple[SwitchServer, ...]:
         return self.group.servers if self.group is not None else (self.server,)
 
-    async def run(self, *, task_status: trio.TaskStatus[tuple[list[trio.SocketListener], int | None]]
+    async def run(self, *, handle_signals: bool = True,
+                  task_status: trio.TaskStatus[tuple[list[trio.SocketListener], int | None]]
                   = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until SIGINT/SIGTERM: listeners, journal writer and admin API in one nursery.
 
         On the signal the server drains (grace period) and closes the ledger; then the journal
-        writes what is queued and the admin API stops.
+        writes what is queued and the admin API stops. ``handle_signals=False`` (a switch inside
+        someone else's program, e.g. the pytest plugin) serves until ``shutdown()`` instead.
         """
         async with trio.open_nursery() as nursery:
             if self.server.journal is not None:
                 await nursery.start(self.server.journal.run)
             admin_port = None
             if self.options.admin_port is not None:
-                admin_port = await nursery.start(serve_admin, self.runtime, self.options.admin_host,
-                                                 self.options.admin_port)
+                admin_port = await self._start_admin(nursery, self.options.admin_port)
             async with trio.open_nursery() as serving:
-                listeners = await serving.start(run_until_signalled, self.group or self.server)
+                if handle_signals:
+                    listeners = await serving.start(run_until_signalled, self.group or self.server)
+                else:
+                    listeners = await serving.start((self.group or self.server).serve)
+                self.runtime.listeners = listener_entries(self.servers)  # /health lists them
                 task_status.started((listeners, admin_port))
             # drained and the ledger closed: the journal writer flushes as it is cancelled
             nursery.cancel_scope.cancel()
         if self.server.journal is not None:
             self.server.journal.close()  # anything recorded after the writer stopped, then the file
+
+    async def _start_admin(self, nursery: trio.Nursery, port: int) -> int:
+        """Serve the admin API; its bound port. A second switch started with the defaults finds 8584
+        taken: when the port was not asked for, a free one is taken (``admin_port_taken`` says so);
+        when it was, the error names the address and the option that sets it."""
+        host = self.options.admin_host
+        try:
+            bound: int = await nursery.start(serve_admin, self.runtime, host, port)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE and not self.options.admin_port_given and port:
+                bound = await nursery.start(serve_admin, self.runtime, host, 0)
+                self.admin_port_taken = port
+                return bound
+            raise OSError(exc.errno, admin_bind_error(host, port, exc)) from exc
+        return bound
+
+
+def listener_entries(servers: Sequence[SwitchServer]) -> list[dict[str, Any]]:
+    """Every bound address of every listener, as ``/health`` lists them: a client (the load runner's
+    consistency check) can then tell whether an admin API belongs to the switch it talks to."""
+    entries: list[dict[str, Any]] = []
+    for server in servers:
+        for listener in server.listeners:
+            host, port = listener_address(listener)
+            entries.append({"host": host, "port": port, "dialect": server.codec.dialect.name,
+                            "tls": server.config.ssl_context is not None})
+    return entries
+
+
+def admin_bind_error(host: str, port: int, exc: OSError) -> str:
+    """``admin API 127.0.0.1:8584: Address already in use (another switch? ...)``: which port, and
+    which option moves it, since the bare "Address already in use" names neither."""
+    reason = exc.strerror or str(exc)
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    hint = "another switch? " if exc.errno == errno.EADDRINUSE else ""
+    return f"admin API {where}: {reason} ({hint}set its port with --admin-port, 0 for a free one, or --no-admin)"
 
 
 @dataclass(frozen=True)
@@ -300,7 +348,7 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
         # listeners would get the same working keys twice
         key_seed = faults.seed if index == 0 else f"{faults.seed}/listener/{index}"
         host = Host(config, ledger, scenario.response_rules, profiles=profiles, key_seed=key_seed,
-                    mac_placement=placement)
+                    mac_placement=placement, auth_seed=faults.seed)  # one salt: the listeners share a ledger
         servers.append(SwitchServer(
             codec=codec if item.dialect is dialect else Codec(item.dialect), framing=item.framing, host=host,
             ledger=ledger, committer=committer,

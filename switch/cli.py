@@ -70,6 +70,31 @@ def scenarios(as_json: bool) -> None:
         click.echo(f"{scenario.name:<{width}}  {len(scenario.faults):>2} faults  {summary}")
 
 
+@cli.command(short_help="List the shipped terminal profile files (--path NAME prints one's path).")
+@click.option("--path", "path_of", default=None, metavar="NAME",
+              help="Print only the path of this shipped profile file, for --profiles from any directory.")
+def profiles(path_of: str | None) -> None:
+    """Shipped terminal profile files (specs/profiles), with their terminals. They live inside the
+    installed package, so `--profiles "$(iso-switch profiles --path example)"` works from any directory."""
+    from pathlib import Path
+
+    import specs
+    from switch.profiles import ProfileError, load_profiles
+
+    shipped = {path.stem: path for path in sorted((Path(specs.__file__).parent / "profiles").glob("*.toml"))}
+    if path_of is not None:
+        if path_of not in shipped:
+            raise CliError(f"no shipped profile file {path_of!r} (shipped: {', '.join(shipped) or 'none'})")
+        click.echo(str(shipped[path_of]))
+        return
+    for name, path in shipped.items():
+        try:
+            terminals = ", ".join(profile.terminal_id for profile in load_profiles(path))
+        except ProfileError as exc:
+            terminals = f"cannot be loaded: {exc}"
+        click.echo(f"{name}  {path}  ({terminals})")
+
+
 # --------------------------------------------------------------------------------------------
 # describe
 
@@ -253,7 +278,8 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
               help="JSON-lines journal of every frame (default: journal.jsonl beside the ledger; none: memory only).")
 @click.option("--admin-host", default="127.0.0.1", show_default=True, help="Address of the admin HTTP API.")
 @click.option("--admin-port", default=8584, show_default=True, type=click.IntRange(0, 65535),
-              help="Port of the admin HTTP API (0 picks a free one).")
+              help="Port of the admin HTTP API (0 picks a free one). Left at the default and taken (another switch), "
+                   "a free one is picked and printed.")
 @click.option("--no-admin", is_flag=True, help="Do not serve the admin HTTP API.")
 @click.option("--admin-token", envvar="ISO_SWITCH_ADMIN_TOKEN", default=None, metavar="TOKEN",
               help="Require 'Authorization: Bearer TOKEN' on the admin API (env ISO_SWITCH_ADMIN_TOKEN).")
@@ -319,6 +345,8 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
                             max_connections=max_connections or None,
                             grace_period=grace_period, journal=journal_path, admin_host=admin_host,
                             admin_port=None if no_admin else admin_port, admin_token=admin_token,
+                            admin_port_given=click.get_current_context().get_parameter_source("admin_port")
+                            is not click.core.ParameterSource.DEFAULT,
                             profiles=profiles_path, dialect_paths=dialect_paths, tls_cert=tls_cert,
                             tls_key=tls_key, also_listen=tuple(specs), admin_allow_hosts=admin_allow_hosts,
                             scenario_paths=scenario_paths)
@@ -342,6 +370,9 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
             click.echo(f"iso-switch: {len(switch.profiles)} terminal profiles from {switch.profiles.path} "
                        "(unknown terminals refused; TEST KEYS ONLY)")
         click.echo(f"iso-switch: ledger {server.ledger.path}; journal {switch.journal_path or '(memory only)'}")
+        if switch.admin_port_taken is not None:
+            click.echo(f"iso-switch: admin port {switch.admin_port_taken} is in use (another switch?): the admin "
+                       f"API took the free port {admin} instead (set one with --admin-port)", err=True)
         if admin is not None:
             click.echo(f"iso-switch: admin API http://{admin_host}:{admin}/docs"
                        f"{' (bearer token required)' if admin_token else ''}")

@@ -10,6 +10,8 @@ output kept for the failure message, and a clean stop that says whether the ledg
     assert switch.returncode == 0 and switch.closed_cleanly
 
 ``--port 0`` and ``--admin-port 0`` are added unless the arguments name ports (or ``--no-admin``).
+For pytest there is more: fixtures (``iso_switch``, ``iso_terminal``, ``switch_admin``) in
+``switch.pytest_plugin`` and the pieces they are made of in ``switch.testkit``.
 A thread keeps reading the switch's output, so a chatty switch (``-vv``) never blocks on a full pipe.
 """
 
@@ -39,11 +41,12 @@ class SwitchStartError(RuntimeError):
 
 
 class SwitchProcess:
-    """A running ``python -m switch serve``: ``port``, ``also_ports`` (``--also-listen``), ``admin_url``."""
+    """A running ``python -m switch serve``: ``host``, ``port``, ``also_ports`` (``--also-listen``), ``admin_url``."""
 
     def __init__(self, process: subprocess.Popen[str], startup_timeout: float, want_admin: bool):
         self.process = process
         self.output: list[str] = []
+        self.host: str = "127.0.0.1"  # the main listener's address, as the switch printed it
         self.port: int = 0
         self.also_ports: list[int] = []
         self.admin_url: str | None = None
@@ -92,7 +95,7 @@ class SwitchProcess:
                 if found.group(1):
                     self.also_ports.append(int(found.group(3)))
                 else:
-                    self.port = int(found.group(3))
+                    self.host, self.port = found.group(2).strip("[]"), int(found.group(3))
             elif found := _ADMIN.search(line):
                 self.admin_url = found.group(1)
 

@@ -37,6 +37,7 @@ __all__ = [
     "differences",
     "host_totals",
     "totals_text",
+    "unbalanced_text",
 ]
 
 TOTALS_CODE = "920000"  # ISO 0500 processing code: the batch totals
@@ -124,3 +125,15 @@ def differences(ours: SettlementTotals, theirs: SettlementTotals | None, exponen
     if not parts:
         return f"no differences in the totals ({totals_text(ours, exponent)})"
     return "terminal − host: " + ", ".join(parts)
+
+
+def unbalanced_text(batch: str, new_batch: str, code: str, ours: SettlementTotals, theirs: SettlementTotals | None,
+                    uploaded: int, exponent: int) -> str:
+    """The settle line after 95 + upload: how many records went up, the terminal's totals and the
+    differences (major units), and that the host closed the batch anyway: the operator must call."""
+    records = "1 record" if uploaded == 1 else f"{uploaded} records"
+    diff = differences(ours, theirs, exponent)
+    if theirs is not None:
+        diff += f"; the terminal's totals: {totals_text(ours, exponent)}"
+    return (f"settlement unbalanced: uploaded, contact the acquirer. The host closed batch {batch} after the "
+            f"upload of {records} (answered {code}); {diff}; batch {new_batch} open")

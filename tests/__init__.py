@@ -1,1 +1,1 @@
-"""Test suite; a package so shared helpers import as ``tests.strategies``."""
+"""Test suite; a package so modules share helpers (``from tests.test_server import make_server``)."""

@@ -8,15 +8,17 @@ import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import click
 import pytest
 from click.testing import CliRunner, Result
 
+from switch.app import SwitchOptions
 from switch.cli import cli as switch_cli
 from switch.cli import main as switch_main
 from switch.cli_common import DEBUG_ENV, DISTRIBUTION, ToolGroup, run
-from switch.codec.dialect import DialectError, DialectRegistry, load_dialect
+from switch.codec.dialect import Dialect, DialectError, DialectRegistry, load_dialect
 from switch.codec.framing import FrameDecoder, Framing
 from switch.codec.message import Codec, Message, MessageDecodeError
 from switch.testing import SwitchProcess
@@ -472,3 +474,78 @@ def test_readme_main_command_serves_with_its_defaults(tmp_path: Path) -> None:
                 decoder.feed(data)
         assert codec.decode(frame.payload)[39] == "00"
     assert switch.returncode == 0 and switch.closed_cleanly, switch.text
+
+
+# --------------------------------------------------------------------------------------------
+# first-hour fixes: a second switch on the admin port, auth codes per seed
+
+
+def _switch_options(**options: Any) -> tuple[Dialect, Framing, SwitchOptions]:
+    dialect = load_dialect("iso87-binary")
+    return dialect, Framing.from_dialect(dialect), SwitchOptions(port=0, ledger=":memory:", journal="none", **options)
+
+
+def _busy_port() -> socket.socket:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    return busy
+
+
+async def test_a_taken_default_admin_port_is_replaced_by_a_free_one() -> None:
+    import trio
+
+    from switch.app import build_switch
+
+    with _busy_port() as busy:
+        taken = busy.getsockname()[1]
+        dialect, framing, options = _switch_options(admin_port=taken, admin_port_given=False)
+        switch = build_switch(dialect, framing, options)
+        async with trio.open_nursery() as nursery:
+            listeners, admin = await nursery.start(switch.run)
+            assert switch.admin_port_taken == taken
+            assert admin not in (None, taken)
+            port = listeners[0].socket.getsockname()[1]
+            assert switch.runtime.listeners == [
+                {"host": "127.0.0.1", "port": port, "dialect": "iso87-binary", "tls": False}]
+            nursery.cancel_scope.cancel()
+
+
+def test_an_admin_port_asked_for_and_taken_names_the_port_and_the_option() -> None:
+    with _busy_port() as busy:
+        taken = busy.getsockname()[1]
+        result = invoke(switch_cli, ["serve", "--port", "0", "--ledger", ":memory:", "--journal", "none",
+                                     "--admin-port", str(taken)])
+    assert result.exit_code == 1
+    assert result.stderr == (f"error: cannot listen: admin API 127.0.0.1:{taken}: Address already in use (another "
+                             "switch? set its port with --admin-port, 0 for a free one, or --no-admin)\n")
+
+
+def test_auth_codes_follow_the_seed() -> None:
+    from switch.app import build_switch
+    from switch.host import auth_code_for, auth_salt
+
+    salts: dict[int, set[int]] = {}
+    for seed in (1, 2, 1):
+        dialect, framing, options = _switch_options(seed=seed, admin_port=None)
+        switch = build_switch(dialect, framing, options)
+        salts.setdefault(seed, set()).add(switch.server.host.auth_salt)
+        switch.server.ledger.close()
+    assert salts == {1: {auth_salt(1)}, 2: {auth_salt(2)}}  # a seed replays its codes
+    assert auth_code_for(1, auth_salt(1)) != auth_code_for(1, auth_salt(2))  # another seed: another first code
+    firsts = {auth_code_for(1, auth_salt(seed)) for seed in range(50)}
+    assert len(firsts) > 45
+    assert len({auth_code_for(seq, auth_salt(7)) for seq in range(1, 10_001)}) == 10_000  # still a bijection
+
+
+def test_the_shipped_profiles_work_from_any_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # not the source tree: as after `pip install`
+    listed = invoke(switch_cli, ["profiles"])
+    assert listed.exit_code == 0 and listed.stdout.startswith("example  ") and "CUP00001, ISO00001" in listed.stdout
+    path = invoke(switch_cli, ["profiles", "--path", "example"]).stdout.strip()
+    assert Path(path).is_absolute() and Path(path).is_file()
+    status = invoke(terminal_cli, ["status", "--profiles", path, "--terminal-id", "ISO00001",
+                                   "--store", str(tmp_path / "t.sqlite")])
+    assert status.exit_code == 0, status.output
+    unknown = invoke(switch_cli, ["profiles", "--path", "nope"])
+    assert (unknown.exit_code, unknown.stderr) == (2, "error: no shipped profile file 'nope' (shipped: example)\n")

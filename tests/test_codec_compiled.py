@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from switch.codec import Codec, CodecError, Dialect, DialectRegistry, Message
-from tests.strategies import messages
+from switch.strategies import messages
 from tests.test_codec_properties import VARIANTS, mutated
 
 SHIPPED = DialectRegistry().names()

@@ -34,7 +34,7 @@ from switch.codec import (
     MessageDecodeError,
     MessageEncodeError,
 )
-from tests.strategies import ALPHANUMERIC, DIGITS, messages
+from switch.strategies import ALPHANUMERIC, DIGITS, messages
 
 DIALECTS = DialectRegistry().names()
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

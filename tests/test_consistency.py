@@ -760,3 +760,55 @@ def test_the_checker_catches_a_broken_terminal(broken: PolicyFactory, caught: st
     run_program(program)  # the real terminal passes
     with pytest.raises(AssertionError, match=caught):
         run_program(program, broken)
+
+
+# ---------------------------------------------------------------------------------------------
+# The load runner's check asks the right switch: /health lists its listeners
+
+
+def test_the_check_refuses_an_admin_api_of_another_switch() -> None:
+    from terminal.load.consistency import listener_problem
+
+    health = {"status": "ok", "listeners": [{"host": "127.0.0.1", "port": 8583, "dialect": "iso87-binary",
+                                             "tls": False},
+                                            {"host": "127.0.0.1", "port": 9583, "dialect": "cup-pos", "tls": True}]}
+    url = "http://127.0.0.1:8584"
+    assert listener_problem(health, url, ("127.0.0.1", 9583), ["127.0.0.1"]) is None
+    assert listener_problem(health, url, ("localhost", 8583)) is None  # a name for the same address
+    problem = listener_problem(health, url, ("127.0.0.1", 18583), ["127.0.0.1"])
+    assert problem == ("the admin API at http://127.0.0.1:8584 belongs to a switch listening on 127.0.0.1:8583, "
+                       "127.0.0.1:9583, not on 127.0.0.1:18583 where the terminals ran: give that switch's admin "
+                       "API with --admin URL")
+    wildcard = {"listeners": [{"host": "0.0.0.0", "port": 8583}]}
+    assert listener_problem(wildcard, url, ("10.1.2.3", 8583), ["10.1.2.3"]) is None
+    assert listener_problem(wildcard, url, ("10.1.2.3", 8584), ["10.1.2.3"]) is not None
+    assert listener_problem({"status": "ok"}, url, ("127.0.0.1", 1)) is None  # an older switch: cannot tell
+    assert "[::1]:8583" in (listener_problem({"listeners": [{"host": "::1", "port": 8583}]}, url,
+                                             ("127.0.0.1", 8583), ["127.0.0.1"]) or "")
+
+
+async def test_the_check_against_a_running_switch(tmp_path: Path) -> None:
+    """A real switch's /health: its own port passes; another port is refused before any posting is read."""
+    import trio
+
+    from switch.app import SwitchOptions, build_switch
+    from switch.codec.dialect import load_dialect
+    from switch.codec.framing import Framing
+    from terminal.load.consistency import AdminUnavailable, CheckOptions, check_consistency, fetch_postings
+
+    dialect = load_dialect("iso87-binary")
+    switch = build_switch(dialect, Framing.from_dialect(dialect),
+                          SwitchOptions(port=0, ledger=":memory:", journal="none", admin_port=0))
+    async with trio.open_nursery() as nursery:
+        listeners, admin = await nursery.start(switch.run)
+        port = listeners[0].socket.getsockname()[1]
+        url = f"http://127.0.0.1:{admin}"
+        postings = await trio.to_thread.run_sync(
+            lambda: fetch_postings(url, ["TERM0001"], target=("127.0.0.1", port)))
+        assert postings == []
+        with pytest.raises(AdminUnavailable, match=f"listening on 127.0.0.1:{port}, not on 127.0.0.1:{port + 1} "):
+            await trio.to_thread.run_sync(lambda: fetch_postings(url, ["TERM0001"], target=("127.0.0.1", port + 1)))
+        result = await trio.to_thread.run_sync(lambda: check_consistency(
+            CheckOptions(admin_url=url, target=("127.0.0.1", port + 1)), {"TERM0001": []}, (0.0, 1.0)))
+        assert result.status == "skipped" and "where the terminals ran" in result.headline()
+        nursery.cancel_scope.cancel()

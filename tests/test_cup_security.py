@@ -46,11 +46,11 @@ from switch.profiles import ProfileSet, parse_profiles
 from switch.scenario import default_scenario
 from switch.security import MacPlacement, apply_mac, encrypt_pin_block, pin_block_format0, with_mac_placeholder
 from switch.server import ServerConfig, SwitchServer
+from switch.strategies import messages
 from terminal.client import TerminalClient, TrioClock
 from terminal.policy import Note, Purchase, SignOn, TerminalPolicy
 from terminal.profile import TerminalProfile
 from terminal.store import TerminalStore
-from tests.strategies import messages
 
 CUP = load_dialect("cup-pos")
 ISO = load_dialect("iso87-binary")

@@ -375,12 +375,17 @@ def test_ctrl_c_while_a_sale_is_in_flight_exits_2_with_its_reversal_stored(tmp_p
         def sale_sent() -> None:
             import time
 
+            from terminal.store import StoreError
+
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 if store.exists():
-                    with TerminalStore.open(store, "TERM0001") as opened:
-                        if any(e.state == "in-flight" for e in opened.entries()):
-                            return
+                    try:
+                        with TerminalStore.open(store, "TERM0001") as opened:
+                            if any(e.state == "in-flight" for e in opened.entries()):
+                                return
+                    except StoreError:  # opened while the terminal was still creating it: look again
+                        pass
                 time.sleep(0.05)
             raise AssertionError("the sale never went out")
 
@@ -417,7 +422,8 @@ def test_settle_after_95_upload_and_00_exits_4_and_says_unbalanced(tmp_path: Pat
         settled = invoke("settle", *common)
         assert settled.exit_code == 4, settled.output  # not 0: never "balanced" after 95 → upload → 00
         assert settled.stdout.startswith("settle: settlement unbalanced: uploaded, contact the acquirer.")
-        assert "The host closed batch 000001 after the upload (answered 00)" in settled.stdout
+        assert "The host closed batch 000001 after the upload of 1 record (answered 00)" in settled.stdout
+        assert "the terminal's were debits 1 / 3.00" in settled.stdout
         assert settled.stdout.count("\n") == 1
         after = json.loads(invoke("status", "--json", *common).stdout)
         assert after["summary"]["batch"] == "000002"  # closed because the host closed it
@@ -433,3 +439,38 @@ def test_balance_inquiry_against_the_switch(switch: tuple[int, Path], tmp_path: 
     result = invoke("balance", *host_args(port, tmp_path / "t.sqlite", terminal="CLI00009"))
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("balance: available ") and result.stdout.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# first-hour fixes: group-level usage errors, the settle lines
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["purchse"], "error: No such command 'purchse'. Did you mean 'purchase'? (try 'iso-terminal --help')\n"),
+    (["--bogus"], "error: No such option '--bogus'. (try 'iso-terminal --help')\n"),
+])
+def test_group_level_usage_errors_are_one_line_exit_3(args: list[str], message: str) -> None:
+    result = CliRunner().invoke(cli, args, prog_name="iso-terminal")
+    assert result.exit_code == 3  # never 2: that means "money may have moved"
+    assert result.stderr == message
+    assert result.stdout == ""
+
+
+def test_a_bare_iso_terminal_shows_help_but_does_not_pass() -> None:
+    result = CliRunner().invoke(cli, [], prog_name="iso-terminal")
+    assert result.exit_code == 3
+    assert "session" in result.output and "purchase" in result.output
+
+
+def test_the_unbalanced_settle_line_says_what_was_uploaded_and_the_totals() -> None:
+    from switch.codec.composite import SettlementTotals
+    from terminal.settlement import unbalanced_text
+
+    ours, theirs = SettlementTotals(2, 3000, 1, 250), SettlementTotals(1, 1766, 1, 250)
+    assert unbalanced_text("000001", "000002", "00", ours, theirs, 3, 2) == (
+        "settlement unbalanced: uploaded, contact the acquirer. The host closed batch 000001 after the upload of "
+        "3 records (answered 00); terminal − host: debits +1 / +12.34; the terminal's totals: debits 2 / 30.00, "
+        "credits 1 / 2.50; batch 000002 open")
+    alone = unbalanced_text("000001", "000002", "00", ours, None, 1, 0)
+    assert "the upload of 1 record (answered 00)" in alone
+    assert "the host gave no totals; the terminal's were debits 2 / 3000, credits 1 / 250" in alone

@@ -17,6 +17,7 @@ README "How the host answers" is the rule table a payments engineer can check ag
 
 from switch.host.checks import (
     auth_code_for,
+    auth_salt,
     card_expiry,
     identity_of,
     luhn_valid,
@@ -54,6 +55,7 @@ __all__ = [
     "ResendAnswer",
     "SettlementCompare",
     "auth_code_for",
+    "auth_salt",
     "card_expiry",
     "identity_of",
     "luhn_valid",

@@ -16,6 +16,7 @@ from switch.codec.composite import CompositeFieldError, CupField60, luhn_valid
 __all__ = [
     "Problem",
     "auth_code_for",
+    "auth_salt",
     "card_expiry",
     "identity_of",
     "luhn_valid",
@@ -173,13 +174,23 @@ def rrn_for(seq: int) -> str:
     return f"{seq % 10**12:012d}"
 
 
-def auth_code_for(seq: int) -> str:
-    """Field 38 (an6), deterministic: the sequence times an odd number not divisible by 5, modulo 10^6.
+def auth_code_for(seq: int, salt: int = 0) -> str:
+    """Field 38 (an6), deterministic: the sequence times an odd number not divisible by 5, plus
+    ``salt``, modulo 10^6.
 
     That map is a bijection on 0..999999, so a million approvals in a row get different codes, and
-    consecutive approvals do not get consecutive codes (issuers' codes are not sequential).
+    consecutive approvals do not get consecutive codes (issuers' codes are not sequential). The
+    salt comes from the switch's seed (``auth_salt``): another seed, other codes from the first
+    approval on; the same seed replays them.
     """
-    return f"{seq * 741457 % 1_000_000:06d}"
+    return f"{(seq * 741457 + salt) % 1_000_000:06d}"
+
+
+def auth_salt(seed: int | str | None) -> int:
+    """The ``auth_code_for`` salt of a seed (0 for None: the unsalted codes)."""
+    if seed is None:
+        return 0
+    return int.from_bytes(hashlib.blake2b(f"{seed}/auth-codes".encode(), digest_size=8).digest(), "big") % 1_000_000
 
 
 _RESPONSE_MTIS = {f"0{c}{f}{o}": f"0{c}{int(f) + 1}0" for c in "12345678" for f in "024" for o in "0123"}

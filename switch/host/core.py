@@ -21,7 +21,7 @@ from enum import StrEnum
 
 from switch.codec.composite import CupHeader, mask_pan
 from switch.codec.message import Message
-from switch.host.checks import Problem, auth_code_for, response_mti, rrn_for
+from switch.host.checks import Problem, auth_code_for, auth_salt, response_mti, rrn_for
 from switch.host.config import APPROVAL_CODES, HostConfig
 from switch.host.family import Family, family_for
 from switch.ledger import Ledger, Posting
@@ -103,12 +103,14 @@ class HostCore:
 
     def __init__(self, config: HostConfig, ledger: Ledger, rules: ResponseRules | None = None, *,
                  profiles: ProfileSet | None = None, key_seed: int | str = 0,
-                 mac_placement: MacPlacement | None = None) -> None:
+                 mac_placement: MacPlacement | None = None, auth_seed: int | str | None = None) -> None:
         self.config = config
         self.ledger = ledger
         self.rules = rules if rules else None
         self.profiles = profiles
         self.key_seed = key_seed
+        self.auth_salt = auth_salt(auth_seed)
+        """Salts the auth codes (field 38) with the switch's seed, so runs with other seeds differ."""
         self.mac_placement = mac_placement
         self.macs = profiles is not None and any(profile.macs for profile in profiles)
         """Whether any terminal MACs: the server only looks for MAC placeholders when one does."""
@@ -245,7 +247,7 @@ class HostCore:
         terminal, stan, pan, identity = txn
         seq = self.ledger.next_sequence()
         rrn = rrn_for(seq)
-        auth_code = (auth_code or auth_code_for(seq)) if approved else ""
+        auth_code = (auth_code or auth_code_for(seq, self.auth_salt)) if approved else ""
         f7 = fields.get(7, "")
         requested = int(fields[4]) if fields.get(4) else amount
         self.ledger.append_posting(

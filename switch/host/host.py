@@ -31,12 +31,14 @@ class Host(SettlementMixin, FinancialMixin):
     """Decides every answer. ``profiles`` (optional) turns on terminal profiles: unknown terminals,
     working keys, MACs, PINs. ``key_seed`` seeds the working keys (the switch passes its fault seed, so
     ``--seed`` replays keys too); ``mac_placement`` (``MacPlacement.for_dialect``) says where the MAC
-    sits in this dialect's encoded messages and is required when a profile MACs."""
+    sits in this dialect's encoded messages and is required when a profile MACs. ``auth_seed`` salts the
+    auth codes (the switch passes its seed; None: unsalted, as in unit tests)."""
 
     def __init__(self, config: HostConfig, ledger: Ledger, rules: ResponseRules | None = None, *,
                  profiles: ProfileSet | None = None, key_seed: int | str = 0,
-                 mac_placement: MacPlacement | None = None) -> None:
-        super().__init__(config, ledger, rules, profiles=profiles, key_seed=key_seed, mac_placement=mac_placement)
+                 mac_placement: MacPlacement | None = None, auth_seed: int | str | None = None) -> None:
+        super().__init__(config, ledger, rules, profiles=profiles, key_seed=key_seed, mac_placement=mac_placement,
+                         auth_seed=auth_seed)
         self._handlers: dict[str, Callable[[Message, datetime, float], Decision]] = {
             "0100": self._financial, "0101": self._financial,
             "0200": self._financial, "0201": self._financial,
@@ -130,7 +132,7 @@ class Host(SettlementMixin, FinancialMixin):
         extra: dict[int, str] | None = None
         if code in APPROVAL_CODES and request.mti[:2] in ("01", "02"):
             number = self.ledger.unposted_rrn_number()  # its own range: unique, and nothing posted
-            extra = self._posting_fields(request, rrn_for(number), True, auth_code_for(number))
+            extra = self._posting_fields(request, rrn_for(number), True, auth_code_for(number, self.auth_salt))
         return self._with_mac(self._reply(request, code, extra))
 
     def response_mac(self, response: Message) -> tuple[str, bytes] | None:

@@ -198,5 +198,5 @@ class ReversalMixin(HostCore):
         return None
 
     def _void_fields(self, request: Message, seq: int, code: str) -> dict[int, str]:
-        extra = self._posting_fields(request, rrn_for(seq), code == "00", auth_code_for(seq))
+        extra = self._posting_fields(request, rrn_for(seq), code == "00", auth_code_for(seq, self.auth_salt))
         return extra

@@ -45,6 +45,7 @@ happens and the host behaves as described above):
 
 from __future__ import annotations
 
+import logging
 import random
 from datetime import datetime
 
@@ -68,6 +69,8 @@ from switch.security import (
 )
 
 __all__ = ["INVALID_MERCHANT", "SessionsMixin"]
+
+log = logging.getLogger("switch.host")
 
 INVALID_MERCHANT = "03"
 """Answer to a known terminal sending another merchant id (field 42) than its profile's."""
@@ -168,9 +171,11 @@ class SessionsMixin(HostCore):
         keys = profile.issue_keys(rng, layout=layout)
         extra[62] = profile.field62(keys, layout=layout).hex().upper()
         self.session_keys[terminal] = keys
-        return extra, (f"; working keys in field 62 ({layout} bytes): PIN key check "
-                       f"{check_value(keys.pin_key).hex().upper()}, MAC key check "
-                       f"{check_value(keys.mac_key).hex().upper()}")
+        checks = (f"PIN key check {check_value(keys.pin_key).hex().upper()}, MAC key check "
+                  f"{check_value(keys.mac_key).hex().upper()}")
+        # at -v: whoever loads a real terminal compares these with what the terminal shows
+        log.info("%s sign-on %d: working keys in field 62 (%d bytes): %s", terminal, count, layout, checks)
+        return extra, f"; working keys in field 62 ({layout} bytes): {checks}"
 
     def _key_layout(self, profile: TerminalSecurityProfile, code: str) -> int:
         """The profile's layout, or the CUP layout the terminal asked for in 60.3 if its MAC key fits."""

@@ -199,6 +199,7 @@ class SettlementMixin(HostCore):
         ledger = self.ledger
         uploads = {u.stan: u for u in ledger.uploads(terminal, batch)}
         booked = {p.stan: p for p in ledger.batch_postings(terminal, batch) if p.kind != "authorization"}
+        exponent = currency_exponent(next((p.currency for p in booked.values()), ""))
         found: list[Discrepancy] = []
 
         def add(kind: str, stan: str, rrn: str, ledger_amount: int | None, upload_amount: int | None,
@@ -210,7 +211,7 @@ class SettlementMixin(HostCore):
             posting = booked.get(stan)
             if posting is None:
                 add("unknown-to-ledger", stan, upload.rrn, None, upload.amount,
-                    f"uploaded {upload.direction} of {upload.amount} the host never saw")
+                    f"uploaded {upload.direction} of {major(upload.amount, exponent)} the host never saw")
                 continue
             charged = ledger.captured_amount(posting)
             if not posting.approved:
@@ -221,15 +222,18 @@ class SettlementMixin(HostCore):
                     f"the host reversed it (seq {posting.reversal_seq})")
             elif charged != upload.amount or posting.direction != upload.direction:
                 add("amount-differs", stan, posting.rrn, charged, upload.amount,
-                    f"host {posting.direction} {charged}, upload {upload.direction} {upload.amount}")
+                    f"host {posting.direction} {major(charged, exponent)}, upload {upload.direction} "
+                    f"{major(upload.amount, exponent)}")
         for stan, posting in booked.items():
             if posting.captured and stan not in uploads:
                 add("missing-from-upload", stan, posting.rrn, ledger.captured_amount(posting), None,
-                    f"approved {posting.direction} of {ledger.captured_amount(posting)} not in the upload")
+                    f"approved {posting.direction} of {major(ledger.captured_amount(posting), exponent)} "
+                    "not in the upload")
         uploaded = self._uploaded_totals(terminal, batch)
         if totals is not None and _net(uploaded) != _net(totals):
             add("totals-differ-from-upload", "", "", None, None,
-                f"settlement says {_describe(totals)}, the uploaded records add up to {_describe(uploaded)}")
+                f"settlement says {_describe(totals, exponent)}, the uploaded records add up to "
+                f"{_describe(uploaded, exponent)}")
         return found
 
 
@@ -251,10 +255,30 @@ def _net(totals: SettlementTotals) -> tuple[int, int, int, int]:
     return totals.debit_count, totals.debit_amount, totals.credit_count, totals.credit_amount
 
 
-def _describe(totals: SettlementTotals) -> str:
-    text = f"{totals.debit_count} debits {totals.debit_amount}, {totals.credit_count} credits {totals.credit_amount}"
+_EXPONENTS = {code: 0 for code in ("108", "152", "174", "262", "324", "352", "392", "410", "548", "600", "646",
+                                    "704", "800", "952", "953")} | {
+    code: 3 for code in ("048", "368", "400", "414", "434", "512", "788")}
+"""ISO 4217 currencies without 2 decimal places (JPY, KRW, ... 0; BHD, KWD, ... 3), by numeric code."""
+
+
+def currency_exponent(currency: str) -> int:
+    """Decimal places of an ISO 4217 numeric currency (field 49); 2 when unknown or absent."""
+    return _EXPONENTS.get(currency.strip(), 2)
+
+
+def major(amount: int, exponent: int = 2) -> str:
+    """Minor units as major units: 1234 → ``12.34`` (exponent 2), as people read amounts."""
+    sign, value = ("-" if amount < 0 else ""), abs(amount)
+    if not exponent:
+        return f"{sign}{value}"
+    return f"{sign}{value // 10**exponent}.{value % 10**exponent:0{exponent}d}"
+
+
+def _describe(totals: SettlementTotals, exponent: int = 2) -> str:
+    text = (f"{totals.debit_count} debits {major(totals.debit_amount, exponent)}, {totals.credit_count} credits "
+            f"{major(totals.credit_amount, exponent)}")
     if totals.debit_reversal_count or totals.debit_reversal_amount or totals.credit_reversal_count \
             or totals.credit_reversal_amount:
-        text += (f" (reversals: {totals.debit_reversal_count} debits {totals.debit_reversal_amount}, "
-                 f"{totals.credit_reversal_count} credits {totals.credit_reversal_amount})")
+        text += (f" (reversals: {totals.debit_reversal_count} debits {major(totals.debit_reversal_amount, exponent)}, "
+                 f"{totals.credit_reversal_count} credits {major(totals.credit_reversal_amount, exponent)})")
     return text

@@ -6,7 +6,8 @@ against a host, print its outcome in one line (or ``--json``) and exit with a st
 branch on: 0 approved/completed, 1 declined/refused, 2 outcome unknown or reversed, 3 usage or
 connection error. Exit 2 must mean "money may have moved" and nothing else, so in these commands
 every usage error (click's included) exits 3, not click's usual 2. ``status`` shows the durable
-store without connecting.
+store without connecting. ``session`` keeps one connection and one sign-on across many commands
+(a REPL, or ``--script FILE``).
 
 ``build`` is the inverse of ``iso-switch describe``: it encodes a message given field by field and
 prints its hex, so a test message can be crafted and piped
@@ -15,7 +16,7 @@ with ``@cli.command()``; shared options come from ``switch.cli_common``.
 
 Modules: ``app`` (the ``cli`` group and ``main``), ``terminal_command`` (what every terminal command
 shares: exit codes, ``TerminalSettings``, ``terminal_options``, running one operation),
-``operations`` (the single-terminal operation commands), ``status_command``, ``load_command``,
+``operations`` (the single-terminal operation commands), ``session_command``, ``status_command``, ``load_command``,
 ``build_command``. Importing this package registers every command on ``cli``, in help order.
 """
 
@@ -25,6 +26,7 @@ from terminal.cli.app import cli, main
 from terminal.cli.build_command import build, parse_field_args
 from terminal.cli.load_command import load
 from terminal.cli.operations import balance, drain, echo, purchase, refund, reverse_last, settle, signoff, signon
+from terminal.cli.session_command import EXIT_EXPECT_FAILED, run_session, session
 from terminal.cli.status_command import status, status_lines, store_status
 from terminal.cli.terminal_command import (
     DEFAULT_MERCHANT_ID,
@@ -50,6 +52,7 @@ from terminal.cli.terminal_command import (
 __all__ = [
     "DEFAULT_MERCHANT_ID",
     "DEFAULT_TERMINAL_ID",
+    "EXIT_EXPECT_FAILED",
     "EXIT_INTERRUPTED",
     "EXIT_OUTCOME_UNKNOWN",
     "EXIT_SETTLED_UNBALANCED",
@@ -75,7 +78,9 @@ __all__ = [
     "purchase",
     "refund",
     "reverse_last",
+    "run_session",
     "run_terminal_command",
+    "session",
     "settle",
     "signoff",
     "signon",

@@ -3,14 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import click
 
-from switch.cli_common import ToolGroup, dialects_command, run, version_option
+from switch.cli_common import CliError, ToolGroup, dialects_command, run, version_option
+
+EXIT_TERMINAL_USAGE = 3  # as terminal_command.EXIT_TERMINAL_USAGE (which imports this module)
 
 
-@click.group(cls=ToolGroup, context_settings={"help_option_names": ["-h", "--help"]})
+class TerminalGroup(ToolGroup):
+    """``iso-terminal``'s group: a mistake before any command runs (an unknown command, an unknown
+    option of the group itself) is one ``error:`` line and exit 3, because exit 2 means "money may
+    have moved" for this tool. A bare ``iso-terminal`` shows the help, also with exit 3, so a script
+    whose command word came out empty does not pass."""
+
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            exc.exit_code = EXIT_TERMINAL_USAGE  # type: ignore[misc]  # per instance, on purpose
+            raise
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                            list[str]]:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+
+def _one_line(exc: click.UsageError) -> CliError:
+    where = f" (try '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+    return CliError(f"{exc.format_message()}{where}", EXIT_TERMINAL_USAGE)
+
+
+@click.group(cls=TerminalGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @version_option
 def cli() -> None:
     """iso-terminal: a careful POS terminal client and message tools."""

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 import platformdirs
@@ -29,9 +29,9 @@ from switch.cli_common import (
 )
 from switch.codec.dialect import Dialect, DialectError
 from switch.codec.framing import TPDU_LENGTH, Framing
-from switch.codec.message import Codec
 from switch.describe import parse_hex
 from switch.profiles import TerminalSecurityProfile
+from terminal.defaults import DEFAULT_MERCHANT_ID, DEFAULT_TERMINAL_ID, TEST_PAN, default_expiry
 from terminal.policy import (
     Command,
     Outcome,
@@ -39,6 +39,9 @@ from terminal.policy import (
 )
 from terminal.profile import ProfileError, TerminalProfile, format_amount
 from terminal.store import StoreError, TerminalStore
+
+if TYPE_CHECKING:
+    from terminal.api import HostAddress
 
 # ============================================================================================
 # Terminal commands: run one operation against a host
@@ -62,17 +65,9 @@ OUTCOME_EXIT_CODES = {
 """Exit status per ``Outcome.kind``: 0 done, 1 declined/refused, 2 money may have moved, 3 not done,
 4 the batch was settled unbalanced (uploaded, closed by the host: contact the acquirer)."""
 
-DEFAULT_TERMINAL_ID = "TERM0001"
-DEFAULT_MERCHANT_ID = "MERCHANT0000001"
-TEST_PAN = "4761739001010010"  # Luhn-valid, and not in the switch's test-card table: approved
 _AMOUNT = re.compile(r"[0-9]+(?:\.([0-9]+))?")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def default_expiry(today: date) -> str:
-    """A card expiry (YYMM) safely in the future: December, three years from ``today``."""
-    return f"{(today.year + 3) % 100:02d}12"
 
 
 def default_store_path(terminal_id: str) -> Path:
@@ -152,6 +147,12 @@ class TerminalSettings:
     as_json: bool
     verbose: bool
     ssl_context: ssl.SSLContext | None = None  # TLS to the host (--tls, --tls-ca, --tls-insecure)
+
+    def host_address(self) -> HostAddress:
+        """Where and how to connect, as ``terminal.api.build_client`` takes it (imported late: Trio)."""
+        from terminal.api import HostAddress
+
+        return HostAddress(self.host, self.port, self.dialect, self.framing, self.tpdu, self.ssl_context)
 
 
 def terminal_options(func: F) -> F:
@@ -348,9 +349,9 @@ def _notes_to_stderr(verbose: bool) -> Iterator[None]:
 
 
 def _open_store(settings: TerminalSettings) -> TerminalStore:
-    if settings.store_path != ":memory:":
-        Path(settings.store_path).parent.mkdir(parents=True, exist_ok=True)
-    return TerminalStore.open(settings.store_path, settings.profile.terminal_id)
+    from terminal.api import open_store
+
+    return open_store(settings.store_path, settings.profile.terminal_id)
 
 
 async def _drive(settings: TerminalSettings, store: TerminalStore, command: Command,
@@ -361,17 +362,15 @@ async def _drive(settings: TerminalSettings, store: TerminalStore, command: Comm
 
     import trio
 
-    from terminal.client import TerminalClient, TrioClock, tcp_connector
-    from terminal.policy import TerminalPolicy
+    from terminal.api import build_client
+    from terminal.client import TrioClock
 
     clock = TrioClock.wall()
-    policy = TerminalPolicy(settings.profile, store, clock.now())
-    connect = tcp_connector(settings.host, settings.port, ssl_context=settings.ssl_context)
+    client = build_client(settings.host_address(), settings.profile, store, clock=clock, confirmation=confirmation)
+    policy = client.policy
     finished: list[Outcome] = []
     with trio.open_signal_receiver(signal.SIGINT) as interrupts:
-        async with TerminalClient(policy, Codec(settings.dialect), settings.framing, connect, clock,
-                                  tpdu=settings.tpdu, confirmation=confirmation) as client, \
-                trio.open_nursery() as nursery:
+        async with client, trio.open_nursery() as nursery:
 
             async def run() -> None:
                 finished.append(await client.run_command(command))

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -286,6 +288,10 @@ class CheckOptions:
     token: str | None = None
     required: bool = False
     timeout: float = 10.0
+    target: tuple[str, int] | None = None
+    """The terminals' ``--host``/``--port``: the check is refused unless the admin API's ``/health``
+    lists it among its switch's listeners (another switch's ledger would give false mismatches, or
+    a false "consistent"). None: not checked."""
 
 
 def _get_json(url: str, token: str | None, timeout: float) -> Any:
@@ -307,13 +313,55 @@ def _get_json(url: str, token: str | None, timeout: float) -> Any:
         raise AdminUnavailable(f"{url} did not answer JSON: is it an iso-switch admin API?") from None
 
 
+def _addresses(host: str) -> set[str]:
+    """The addresses ``host`` stands for (a name resolved; "localhost" is loopback even offline)."""
+    found = {host.strip("[]")}
+    if host == "localhost":
+        found |= {"127.0.0.1", "::1"}
+    with contextlib.suppress(OSError, UnicodeError):  # a name that does not resolve is compared as written
+        found |= {str(info[4][0]) for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    return found
+
+
+def listener_problem(health: Any, admin_url: str, target: tuple[str, int],
+                     addresses: Iterable[str] | None = None) -> str | None:
+    """Why the switch behind ``admin_url`` is not the one at ``target`` (host, port), or None.
+
+    ``health`` is its ``/health`` document; ``listeners`` there lists every bound address. A
+    listener on a wildcard address (0.0.0.0, ::) accepts any host; ``addresses`` are what the
+    target's host stands for (default: resolved). A switch whose ``/health`` lists no listeners
+    (an older one) cannot be checked, and is believed.
+    """
+    listeners = health.get("listeners") if isinstance(health, Mapping) else None
+    if not isinstance(listeners, list) or not listeners:
+        return None
+    host, port = target
+    wanted = set(addresses) if addresses is not None else _addresses(host)
+    known = []
+    for entry in listeners:
+        if not isinstance(entry, Mapping):
+            continue
+        bound, bound_port = str(entry.get("host", "")), entry.get("port")
+        if bound_port == port and (bound in wanted or bound in ("0.0.0.0", "::", "")):
+            return None
+        known.append(f"[{bound}]:{bound_port}" if ":" in bound else f"{bound}:{bound_port}")
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return (f"the admin API at {admin_url} belongs to a switch listening on {', '.join(known)}, not on {where} "
+            "where the terminals ran: give that switch's admin API with --admin URL")
+
+
 def fetch_postings(admin_url: str, terminals: Iterable[str], *, token: str | None = None,
-                   timeout: float = 10.0) -> list[HostPosting]:
-    """Every posting the host holds for ``terminals`` (one request per terminal). Blocking."""
+                   timeout: float = 10.0, target: tuple[str, int] | None = None) -> list[HostPosting]:
+    """Every posting the host holds for ``terminals`` (one request per terminal). Blocking.
+
+    With ``target`` (the terminals' host and port), refuses (``AdminUnavailable``) an admin API
+    whose switch does not listen there: see ``listener_problem``."""
     base = admin_url.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise AdminUnavailable(f"--admin {admin_url!r}: expected an http:// or https:// URL")
-    _get_json(f"{base}/health", None, min(timeout, 5.0))  # reachable at all? (open without the token)
+    health = _get_json(f"{base}/health", None, min(timeout, 5.0))  # reachable? (open without the token)
+    if target is not None and (problem := listener_problem(health, base, target)) is not None:
+        raise AdminUnavailable(problem)
     postings: list[HostPosting] = []
     for terminal in terminals:
         query = urllib.parse.urlencode({"terminal": terminal.rstrip(" ")})
@@ -332,7 +380,8 @@ def check_consistency(options: CheckOptions, entries: Mapping[str, Sequence[Jour
     if options.admin_url is None:
         return ConsistencyResult("skipped", reason="--no-check")
     try:
-        postings = fetch_postings(options.admin_url, entries, token=options.token, timeout=options.timeout)
+        postings = fetch_postings(options.admin_url, entries, token=options.token, timeout=options.timeout,
+                                  target=options.target)
     except AdminUnavailable as exc:
         return ConsistencyResult("skipped", reason=str(exc))
     result = compare_views(entries, postings, window, journalled=journalled, exponent=exponent)

@@ -23,8 +23,8 @@ from terminal.settlement import (
     SettlePhase,
     SettleResult,
     batch_totals,
-    differences,
     host_totals,
+    unbalanced_text,
 )
 from terminal.store import JournalEntry, PendingSettlement
 
@@ -109,9 +109,8 @@ class SettlementSteps(PolicyCore):
                 return Outcome(
                     "unbalanced",
                     "settle",
-                    f"settlement unbalanced: uploaded, contact the acquirer. The host closed batch {batch} "
-                    f"after the upload (answered {code}); {differences(ours, op.settle_host, exponent)}; "
-                    f"batch {self.store.batch} open",
+                    unbalanced_text(batch, self.store.batch, code, ours, op.settle_host, len(op.upload_ids),
+                                    exponent),
                     response_code=code,
                     meaning="unbalanced, uploaded, closed by the host",
                     batch=batch,

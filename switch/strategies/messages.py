@@ -1,4 +1,4 @@
-"""Hypothesis strategies for valid messages of any loaded dialect, derived from its field table.
+"""Valid messages of any dialect, derived from its field table (``switch.strategies.messages``).
 
 Nothing here names a field number: every value is built from the ``FieldDef`` (ISO class, length
 type, maximum, BCD or not) and the pyiso8583 field spec the loader derived (text codec, whether a
@@ -23,6 +23,25 @@ from collections.abc import Mapping
 from hypothesis import strategies as st
 
 from switch.codec import Codec, Dialect, FieldDef, Message
+from switch.codec.dialect import DialectRegistry, load_dialect
+
+__all__ = [
+    "ALPHANUMERIC",
+    "DIGITS",
+    "HEX_UPPER",
+    "KNOWN_MTIS",
+    "PRINTABLE_ASCII",
+    "dialect_of",
+    "dialects",
+    "encoded_messages",
+    "field_value",
+    "field_values",
+    "headers",
+    "messages",
+    "mtis",
+    "shipped_dialects",
+    "single_byte_chars",
+]
 
 DIGITS = string.digits
 HEX_UPPER = "0123456789ABCDEF"
@@ -31,6 +50,21 @@ PRINTABLE_ASCII = "".join(chr(code) for code in range(0x20, 0x7F))
 # MTIs the emulator handles, drawn often so tests look like traffic; any four digits are valid too.
 KNOWN_MTIS = ("0100", "0110", "0200", "0210", "0220", "0221", "0230", "0320", "0330", "0400", "0401",
               "0410", "0420", "0421", "0430", "0500", "0501", "0510", "0800", "0810")
+
+
+def shipped_dialects() -> list[str]:
+    """Names of the dialects installed with the package (``iso-switch dialects`` lists the same)."""
+    return DialectRegistry().names()
+
+
+def dialect_of(dialect: Dialect | str) -> Dialect:
+    """A loaded dialect, or one loaded by name (shipped) or path (a ``.toml`` file)."""
+    return load_dialect(dialect) if isinstance(dialect, str) else dialect
+
+
+def dialects() -> st.SearchStrategy[Dialect]:
+    """Any shipped dialect, loaded."""
+    return st.sampled_from(shipped_dialects()).map(load_dialect)
 
 
 def single_byte_chars(candidates: str, codec: str) -> str:
@@ -86,8 +120,9 @@ def _hex_bytes(fdef: FieldDef) -> st.SearchStrategy[str]:
         lambda raw: raw.hex().upper())
 
 
-def field_value(fdef: FieldDef, dialect: Dialect) -> st.SearchStrategy[str]:
+def field_value(fdef: FieldDef, dialect: Dialect | str) -> st.SearchStrategy[str]:
     """Valid values of one field, in the form ``Codec.decode`` returns them."""
+    dialect = dialect_of(dialect)
     spec = dialect.spec[str(fdef.number)]
     if fdef.type == "n":
         return _sized_text(fdef, DIGITS)
@@ -110,8 +145,9 @@ def mtis() -> st.SearchStrategy[str]:
     return st.sampled_from(KNOWN_MTIS) | _text(DIGITS, 4)
 
 
-def headers(dialect: Dialect) -> st.SearchStrategy[str]:
+def headers(dialect: Dialect | str) -> st.SearchStrategy[str]:
     """The dialect header: hex digits of ``header_length`` bytes (raw), or that many hex characters."""
+    dialect = dialect_of(dialect)
     spec = dialect.spec["h"]
     if not dialect.header_length:
         return st.just("")
@@ -121,13 +157,18 @@ def headers(dialect: Dialect) -> st.SearchStrategy[str]:
     return _text(HEX_UPPER, spec["max_len"])
 
 
-def field_values(dialect: Dialect) -> Mapping[int, st.SearchStrategy[str]]:
+def field_values(dialect: Dialect | str) -> Mapping[int, st.SearchStrategy[str]]:
     """One value strategy per defined field (bitmaps 1 and 65 are never defined: the codec computes them)."""
+    dialect = dialect_of(dialect)
     return {number: field_value(fdef, dialect) for number, fdef in dialect.fields.items()}
 
 
-def messages(dialect: Dialect, *, max_fields: int | None = None) -> st.SearchStrategy[Message]:
-    """Valid messages of ``dialect``: an MTI, the header if the dialect has one, any subset of fields."""
+def messages(dialect: Dialect | str, *, max_fields: int | None = None,
+             mti: str | None = None) -> st.SearchStrategy[Message]:
+    """Valid messages of ``dialect`` (a name or a loaded one): an MTI (``mti`` fixes it), the header if
+    the dialect has one, any subset of its fields; ``decode(encode(m)) == m`` holds for every one."""
+    dialect = dialect_of(dialect)
+    mti_values = mtis() if mti is None else st.just(mti)
     values = field_values(dialect)
     numbers = sorted(values)
     limit = len(numbers) if max_fields is None else min(max_fields, len(numbers))
@@ -136,12 +177,13 @@ def messages(dialect: Dialect, *, max_fields: int | None = None) -> st.SearchStr
     def build(draw: st.DrawFn) -> Message:
         chosen = draw(st.sets(st.sampled_from(numbers), max_size=limit))
         fields = {number: draw(values[number]) for number in sorted(chosen)}
-        return Message(draw(mtis()), fields, draw(headers(dialect)))
+        return Message(draw(mti_values), fields, draw(headers(dialect)))
 
     return build()
 
 
-def encoded_messages(dialect: Dialect, *, max_fields: int | None = None) -> st.SearchStrategy[bytes]:
+def encoded_messages(dialect: Dialect | str, *, max_fields: int | None = None) -> st.SearchStrategy[bytes]:
     """Wire bytes of valid messages (no length header, no TPDU), for framing and fuzz tests."""
+    dialect = dialect_of(dialect)
     codec = Codec(dialect)
     return messages(dialect, max_fields=max_fields).map(codec.encode)
