@@ -6,11 +6,12 @@ message hot path never run concurrently: every endpoint is ``async`` and runs on
 and a change is seen by the next message the server reads (the fault engine keeps in-flight
 messages on the plan they started with).
 
-Endpoints (JSON): ``GET /health`` (never needs the token, for liveness probes), ``GET /metrics``
-(Prometheus text), and under ``/api/v1``: ``/faults`` (GET, POST), ``/faults/{id}`` (GET, PATCH,
-DELETE), ``POST /scenario``, ``POST /reset``, ``PUT /maintenance``, ``GET /journal``, ``GET /held``,
-``POST /held/{id}/release`` (``switch.admin_held``),
-``GET /ledger/postings | batches | discrepancies | settlements``.
+This module builds the app and serves it; the routes live by job in ``switch.admin_read`` (``GET
+/health`` never needs the token; ``/metrics``; journal; ledger), ``switch.admin_control`` (faults,
+scenario, seed, reset, maintenance), ``switch.admin_held`` (held requests), ``switch.admin_live``
+(the journal as a server-sent event stream, the health history) and ``switch.admin_console`` (the
+QA console at ``/``, Swagger UI at ``/docs`` served from the package, message descriptions,
+terminal pages). ``switch.admin_guard`` holds the middlewares.
 
 Errors: a bad payload is answered 422 with FastAPI's shape, ``{"detail": [{"loc": [...], "msg":
 ...}]}``, whether pydantic or the fault engine / scenario loader found the problem (their key goes
@@ -25,35 +26,31 @@ shipped set or ``--scenario-path`` directories, read off the ledger's commit thr
 from __future__ import annotations
 
 import dataclasses
-import hmac
-import ipaddress
 import logging
 import time
-from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from collections.abc import Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import trio
-from fastapi import Body, FastAPI, HTTPException, Query
-from fastapi.responses import JSONResponse, Response
+from fastapi import FastAPI
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from pydantic import BaseModel, ConfigDict, Field
 
+from switch.admin_console import add_console_routes
+from switch.admin_control import RESTART_ONLY_HOST_SETTINGS, add_control_routes
+from switch.admin_guard import MAX_BODY_BYTES, OPEN_PATHS, BearerAuth, Guard
 from switch.admin_held import add_held_routes
-from switch.faults import FaultRuleError, parse_fault_rules
-from switch.host import HostConfig
-from switch.metrics import CONTENT_TYPE, SwitchMetrics
-from switch.scenario import MAX_SCENARIO_NAME, Scenario, ScenarioError, load_scenario_within
+from switch.admin_live import HealthHistory, add_live_routes
+from switch.admin_read import add_read_routes
+from switch.metrics import SwitchMetrics
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
-    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from switch.codec import Dialect
     from switch.commit import GroupCommitter
-    from switch.faults import FaultEngine, FaultRule
+    from switch.faults import FaultEngine
     from switch.held import HeldRequests
     from switch.host import Host
     from switch.journal import Journal
@@ -62,6 +59,8 @@ if TYPE_CHECKING:
 __all__ = [
     "API_PREFIX",
     "DEFAULT_ADMIN_PORT",
+    "MAX_BODY_BYTES",
+    "OPEN_PATHS",
     "RESTART_ONLY_HOST_SETTINGS",
     "SwitchRuntime",
     "create_admin_app",
@@ -72,22 +71,8 @@ log = logging.getLogger("switch.admin")
 
 API_PREFIX = "/api/v1"
 DEFAULT_ADMIN_PORT = 8584
-OPEN_PATHS = frozenset({"/health"})
-"""Paths served without the bearer token: liveness probes should not need a secret."""
-MAX_BODY_BYTES = 1 << 20
-"""Request bodies above 1 MiB are refused (413): a rule or a scenario request is a few hundred bytes."""
-LOCAL_HOST_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost"})
-"""Host header names always accepted, with any IP address literal (an IP cannot be DNS-rebound)."""
 COMMIT_STALL_SECONDS = 10.0
 """``/health`` answers 503 once the oldest row not yet durable has waited this long."""
-SCENARIO_LOADS = 2
-"""Scenario loads running at once; more wait their turn instead of taking more worker threads."""
-
-RESTART_ONLY_HOST_SETTINGS = frozenset({"family", "signon_required_code"})
-"""Host settings a loaded scenario cannot change at runtime: ``Host`` derives state from them when
-it is constructed (the dialect family's checks, the "sign on first" code), so replacing its config
-would make ``host.config`` say one thing while the host does another. Every other setting is read
-from ``host.config`` on each message."""
 
 
 @dataclasses.dataclass
@@ -127,221 +112,16 @@ class SwitchRuntime:
     allowed_hosts: tuple[str, ...] = ()
     """``--admin-allow-host`` names accepted in the Host header on top of localhost names, IP
     addresses and the listen address (``serve_admin`` adds the latter)."""
+    listeners: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """Every bound terminal address (host, port, dialect, tls), set by ``Switch.run`` once bound:
+    ``/health`` lists them so a client can tell whether this admin API belongs to its switch."""
+    history: HealthHistory = dataclasses.field(default_factory=HealthHistory)
+    """Messages/s, latency and connections sampled once a second while ``serve_admin`` runs (the
+    console's health chart)."""
 
     @property
     def hosts(self) -> tuple[Host, ...]:
         return (self.host, *(host for host, _ in self.more_listeners))
-
-
-# ---------------------------------------------------------------------------------------------
-# Request bodies (extra keys are refused, so a typo is a 422 naming it rather than ignored)
-
-
-class ScenarioRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=MAX_SCENARIO_NAME,
-                      description="A shipped scenario name (e.g. 'flaky-network') or a .toml file under a "
-                                  "--scenario-path directory.")
-    seed: int | None = Field(default=None, gt=-(2**64), lt=2**64,
-                             description="Fault RNG seed; default: --seed, else the scenario's.")
-
-
-class ResetRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    what: Literal["faults", "sessions", "all"] = Field(
-        description="faults: the fault engine's reset; sessions: every terminal must sign on again; all: both.")
-
-
-class MaintenanceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mode: Literal["off", "refuse", "respond"] = Field(
-        description="off; refuse: new connections are closed at once; respond: every request is answered `code`.")
-    code: str | None = Field(default=None, pattern=r"^[0-9A-Za-z]{2}$",
-                             description="Response code in 'respond' mode (e.g. '91'); default: unchanged.")
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers
-
-
-def _unprocessable(loc: Sequence[str | int], msg: str, **extra: Any) -> HTTPException:
-    """A 422 shaped like FastAPI's own validation errors, so clients parse one format."""
-    return HTTPException(status_code=422, detail=[{"loc": list(loc), "msg": msg, "type": "value_error", **extra}])
-
-
-def _fault_rule_error(exc: FaultRuleError) -> HTTPException:
-    """The engine's ``path`` (``("when", "nth")``; empty for the rule as a whole) becomes ``loc``."""
-    return _unprocessable(["body", *exc.path], exc.reason)
-
-
-def _scenario_error(exc: ScenarioError) -> HTTPException:
-    return _unprocessable(["body", "name"], str(exc), file=exc.path, line=exc.line, key=exc.key)
-
-
-def _find_rule(faults: FaultEngine, rule_id: str) -> FaultRule:
-    for rule in faults.rules:
-        if rule.id == rule_id:
-            return rule
-    raise HTTPException(status_code=404, detail=f"no fault rule with id {rule_id!r}")
-
-
-def _unix_seconds(moment: datetime | None) -> float | None:
-    """Journal times are Unix seconds; a query time without a zone is taken as UTC."""
-    if moment is None:
-        return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.timestamp()
-
-
-def _faults_state(faults: FaultEngine) -> dict[str, Any]:
-    return {
-        "rules": [rule.to_dict() for rule in faults.rules],
-        "maintenance": {"mode": faults.maintenance, "code": faults.maintenance_code},
-        "seed": faults.seed,
-        "counters": faults.counters(),
-    }
-
-
-def _host_config_for(runtime: SwitchRuntime, current: HostConfig, scenario: Scenario
-                     ) -> tuple[HostConfig, dict[str, Any], dict[str, str]]:
-    """The host config a scenario asks for, what of it changes now, and what must wait for a restart.
-
-    Built as at start-up: the family's defaults, then the scenario's ``[host]``, then the command
-    line's settings; so loading "healthy" after "system-timeout" undoes the latter's settings.
-    Raises ValueError when the combination is not a valid configuration.
-    """
-    wanted = HostConfig(family=current.family, **{**scenario.host, **runtime.host_overrides})
-    applied: dict[str, Any] = {}
-    not_applied: dict[str, str] = {}
-    keep: dict[str, Any] = {}
-    for spec in dataclasses.fields(HostConfig):
-        name = spec.name
-        old, new = getattr(current, name), getattr(wanted, name)
-        if old == new:
-            continue
-        if name == "signon_required_code" and wanted.signon_code == current.signon_code:
-            applied[name] = new  # same code in force, only spelled differently (explicit vs default)
-        elif name in RESTART_ONLY_HOST_SETTINGS:
-            keep[name] = old
-            not_applied[name] = (f"wants {new!r}, keeps {old!r}: the host fixes this setting when it starts; "
-                                 "restart the switch with this scenario to apply it")
-        else:
-            applied[name] = new
-    return dataclasses.replace(wanted, **keep), applied, not_applied
-
-
-def _host_name(value: bytes) -> str:
-    """The name in a Host header, without port or IPv6 brackets, lower-case."""
-    text = value.decode("latin-1").strip().lower()
-    if text.startswith("["):
-        return text[1:].partition("]")[0]
-    name, _, port = text.rpartition(":")
-    return (name if name and port.isdigit() else text).rstrip(".")  # "localhost." is localhost
-
-
-def _is_ip(name: str) -> bool:
-    try:
-        ipaddress.ip_address(name)
-    except ValueError:
-        return False
-    return True
-
-
-class _Guard:
-    """ASGI middleware run before anything else: the Host header check and the body cap.
-
-    Host: a browser page on ``evil.example`` that rebinds its name to 127.0.0.1 sends
-    ``Host: evil.example``; refusing names we were not told about (421) stops it reaching the API.
-    Body: refused from its ``Content-Length`` at once, and counted as it streams otherwise, so a
-    100 MB body is never buffered (at most ``MAX_BODY_BYTES`` are).
-    """
-
-    def __init__(self, app: ASGIApp, runtime: SwitchRuntime) -> None:
-        self.app = app
-        self.runtime = runtime
-
-    def _host_allowed(self, headers: Sequence[tuple[bytes, bytes]]) -> bool:
-        hosts = [value for name, value in headers if name == b"host"]
-        if len(hosts) != 1:
-            return False
-        name = _host_name(hosts[0])
-        allowed = {*LOCAL_HOST_NAMES, *(host.lower() for host in self.runtime.allowed_hosts)}
-        return _is_ip(name) or name in allowed
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = scope["headers"]
-        if not self._host_allowed(headers):
-            response = JSONResponse({"detail": "Host header not allowed (use localhost or an IP address, "
-                                               "or start the switch with --admin-allow-host NAME)"}, status_code=421)
-            await response(scope, receive, send)
-            return
-        declared = next((value for name, value in headers if name == b"content-length"), None)
-        if declared is not None and (not declared.strip().isdigit() or int(declared) > MAX_BODY_BYTES):
-            await self._too_large(scope, receive, send)
-            return
-        # read the body here, at most the cap (FastAPI would buffer it all anyway), then replay it
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            body += message.get("body", b"")
-            if len(body) > MAX_BODY_BYTES:
-                await self._too_large(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-    @staticmethod
-    async def _too_large(scope: Scope, receive: Receive, send: Send) -> None:
-        response = JSONResponse({"detail": f"request body larger than {MAX_BODY_BYTES} bytes"}, status_code=413)
-        await response(scope, receive, send)
-
-
-class _BearerAuth:
-    """ASGI middleware: with ``runtime.token`` set, every path but ``OPEN_PATHS`` needs the bearer token.
-
-    A middleware rather than a FastAPI dependency so that ``/openapi.json``, ``/docs`` and
-    ``/metrics`` are covered too. The token is read per request, so it can be changed at runtime.
-    """
-
-    def __init__(self, app: ASGIApp, runtime: SwitchRuntime) -> None:
-        self.app = app
-        self.runtime = runtime
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        token = self.runtime.token
-        if token and scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
-            given = b""
-            for name, value in scope["headers"]:
-                if name == b"authorization":
-                    given = value
-                    break
-            scheme, _, credentials = given.partition(b" ")
-            if scheme.lower() != b"bearer" or not hmac.compare_digest(credentials.strip(), token.encode()):
-                reason = "missing bearer token" if not given else "wrong bearer token"
-                response = JSONResponse({"detail": reason}, status_code=401,
-                                        headers={"WWW-Authenticate": 'Bearer realm="iso-switch admin"'})
-                await response(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -356,222 +136,17 @@ def create_admin_app(runtime: SwitchRuntime) -> FastAPI:
                     "ledger and metrics. Changes apply to the next message. With a token configured, send "
                     "`Authorization: Bearer <token>` to every endpoint but /health.",
         version="1",
-        docs_url="/docs",
+        docs_url=None,  # served by switch.admin_console from the package: no CDN on an offline lab network
         redoc_url=None,
         openapi_url="/openapi.json",
     )
-    app.add_middleware(_BearerAuth, runtime=runtime)
-    app.add_middleware(_Guard, runtime=runtime)  # added last: runs first
-    api = API_PREFIX
-    # scenario loads read files in worker threads: a limiter of their own, so however many callers
-    # send loads, they never take the threads that others (the ledger's flushes) need
-    scenario_loads = trio.CapacityLimiter(SCENARIO_LOADS)
-
-    # -- health and metrics ------------------------------------------------------------------
-
-    @app.get("/health", tags=["status"], responses={503: {"description": "The commit path is stalled"}})
-    async def health() -> JSONResponse:
-        """Liveness and the switch's mode; open without the token.
-
-        503 with ``problems`` when approvals cannot go out: the oldest ledger row not yet durable has
-        waited over ``commit_stall_seconds``, or the group committer stopped with rows pending.
-        """
-        faults = runtime.faults
-        problems: list[str] = []
-        committer = runtime.committer
-        commit_age = 0.0
-        if committer is not None:
-            commit_age = committer.uncommitted_age()
-            if commit_age > runtime.commit_stall_seconds:
-                problems.append(f"commit path stalled: the oldest uncommitted ledger row has waited "
-                                f"{commit_age:.1f} s (limit {runtime.commit_stall_seconds:g} s)")
-            elif commit_age and not committer.running:
-                problems.append("commit path stopped: ledger rows are pending and the group committer is not running")
-        body: dict[str, Any] = {
-            "status": "unhealthy" if problems else "ok",
-            "uptime_seconds": round(time.monotonic() - runtime.started, 3),
-            "connections_open": runtime.metrics.open_connections,
-            "dialect": runtime.dialect_name,
-            "scenario": runtime.scenario,
-            "seed": faults.seed,
-            "maintenance": faults.maintenance,
-            "commit_lag_seconds": round(commit_age, 3),
-        }
-        if problems:
-            body["problems"] = problems
-        return JSONResponse(body, status_code=503 if problems else 200)
-
-    @app.get("/metrics", tags=["status"], response_class=Response,
-             responses={200: {"content": {CONTENT_TYPE: {}}, "description": "Prometheus text format"}})
-    async def metrics() -> Response:
-        """Messages by MTI and response code, faults applied, latency histogram, open connections."""
-        return Response(content=runtime.metrics.render(), media_type=CONTENT_TYPE)
-
-    # -- fault rules ---------------------------------------------------------------------------
-
-    @app.get(f"{api}/faults", tags=["faults"])
-    async def list_faults() -> dict[str, Any]:
-        """Every fault rule in evaluation order, maintenance mode, the seed in force and the counters."""
-        return _faults_state(runtime.faults)
-
-    @app.post(f"{api}/faults", tags=["faults"], status_code=201)
-    async def add_fault(table: Annotated[dict[str, Any], Body(
-            description="One fault rule, written as a scenario's [[fault]] table in JSON.")]) -> dict[str, Any]:
-        """Add a fault rule; it applies from the next message."""
-        try:
-            rule = runtime.faults.add(table)
-        except FaultRuleError as exc:
-            raise _fault_rule_error(exc) from None
-        log.info("admin: fault rule %s added", rule.id)
-        return rule.to_dict()
-
-    @app.get(f"{api}/faults/{{rule_id}}", tags=["faults"])
-    async def get_fault(rule_id: str) -> dict[str, Any]:
-        return _find_rule(runtime.faults, rule_id).to_dict()
-
-    @app.patch(f"{api}/faults/{{rule_id}}", tags=["faults"])
-    async def patch_fault(rule_id: str, changes: Annotated[dict[str, Any], Body(
-            description="Keys of the rule to replace, as in a [[fault]] table.")]) -> dict[str, Any]:
-        """Change some keys of a rule; messages already in flight keep the plan they started with."""
-        rule = _find_rule(runtime.faults, rule_id)
-        try:
-            patched = runtime.faults.patch(rule.id, changes)
-        except FaultRuleError as exc:
-            raise _fault_rule_error(exc) from None
-        except KeyError:  # deleted meanwhile (cannot happen on one loop, but the engine has the last word)
-            raise HTTPException(status_code=404, detail=f"no fault rule with id {rule_id!r}") from None
-        log.info("admin: fault rule %s patched: %s", rule.id, ", ".join(sorted(changes)))
-        return patched.to_dict()
-
-    @app.delete(f"{api}/faults/{{rule_id}}", tags=["faults"])
-    async def delete_fault(rule_id: str) -> dict[str, Any]:
-        rule = _find_rule(runtime.faults, rule_id)
-        try:
-            runtime.faults.delete(rule.id)
-        except KeyError:
-            raise HTTPException(status_code=404, detail=f"no fault rule with id {rule_id!r}") from None
-        log.info("admin: fault rule %s deleted", rule.id)
-        return {"deleted": rule.to_dict()}
-
-    # -- scenario, reset, maintenance ----------------------------------------------------------
-
-    @app.post(f"{api}/scenario", tags=["control"])
-    async def load(request: ScenarioRequest) -> dict[str, Any]:
-        """Load a scenario: its response rules, fault rules and the host settings that can change at runtime.
-
-        Everything is validated before anything changes: a bad scenario leaves the switch as it was.
-        """
-        try:
-            # reading and parsing a file is blocking work: keep it off the loop the terminals use,
-            # on threads of its own (see scenario_loads)
-            scenario = await trio.to_thread.run_sync(load_scenario_within, request.name, runtime.scenario_paths,
-                                                     limiter=scenario_loads)
-            for dialect in (runtime.dialect, *(dialect for _, dialect in runtime.more_listeners)):
-                if dialect is not None:
-                    scenario.check_dialect(dialect)
-            rules = parse_fault_rules(scenario)
-        except ScenarioError as exc:
-            raise _scenario_error(exc) from None
-        try:
-            # one config per listener (families differ); the main listener's changes are reported
-            configs = [_host_config_for(runtime, host.config, scenario) for host in runtime.hosts]
-        except ValueError as exc:
-            raise _unprocessable(["body", "name"], f"{scenario.name}: [host]: {exc}") from None
-        seed = next((s for s in (request.seed, runtime.seed, scenario.seed) if s is not None), None)
-
-        # parse_fault_rules checked everything load() would (ids unique); nothing below can fail
-        runtime.faults.load(rules, seed=seed)
-        for host, (config, _, _) in zip(runtime.hosts, configs, strict=True):
-            host.rules = scenario.response_rules or None
-            host.config = config
-        _, applied, not_applied = configs[0]
-        runtime.scenario = scenario.name
-        log.info("admin: scenario %s loaded (%d response rules, %d fault rules, seed %s)",
-                 scenario.name, len(scenario.response_rules), len(rules), runtime.faults.seed)
-        return {
-            "scenario": scenario.name,
-            "path": scenario.path,
-            "seed": runtime.faults.seed,
-            "response_rules": len(scenario.response_rules),
-            "fault_rules": [rule.to_dict() for rule in runtime.faults.rules],
-            "host": {"applied": applied, "not_applied": not_applied},
-        }
-
-    @app.post(f"{api}/reset", tags=["control"])
-    async def reset(request: ResetRequest) -> dict[str, Any]:
-        """Reset the fault engine, the sign-on sessions, or both. The ledger is never touched."""
-        result: dict[str, Any] = {"reset": request.what}
-        if request.what in ("faults", "all"):
-            runtime.faults.reset()
-            result["faults"] = _faults_state(runtime.faults)
-        if request.what in ("sessions", "all"):
-            result["sessions_cleared"] = sum(len(host.sessions) for host in runtime.hosts)
-            for host in runtime.hosts:
-                host.reset_sessions()
-        log.info("admin: reset %s", request.what)
-        return result
-
-    @app.put(f"{api}/maintenance", tags=["control"])
-    async def maintenance(request: MaintenanceRequest) -> dict[str, Any]:
-        """Maintenance mode: refuse new connections, or answer every request with one code (91 by default)."""
-        faults = runtime.faults
-        if request.code is not None:
-            faults.maintenance_code = request.code.upper()
-        faults.maintenance = request.mode
-        log.info("admin: maintenance %s (code %s)", faults.maintenance, faults.maintenance_code)
-        return {"mode": faults.maintenance, "code": faults.maintenance_code}
-
-    add_held_routes(app, runtime)
-
-    # -- journal and ledger ----------------------------------------------------------------------
-
-    @app.get(f"{api}/journal", tags=["read"])
-    async def journal(
-        terminal: Annotated[str | None, Query(min_length=1, max_length=16,
-                                              description="Field 41; trailing spaces ignored.")] = None,
-        mti: Annotated[str | None, Query(pattern=r"^[0-9]{4}$")] = None,
-        stan: Annotated[str | None, Query(pattern=r"^[0-9]{1,6}$", description="Field 11; leading zeros optional.")
-                        ] = None,
-        since: Annotated[datetime | None, Query(description="ISO 8601 or Unix seconds; no zone = UTC.")] = None,
-        until: Annotated[datetime | None, Query(description="ISO 8601 or Unix seconds; no zone = UTC.")] = None,
-        faults: Annotated[bool, Query(description="Only entries with a fault applied.")] = False,
-        unmatched: Annotated[bool, Query(description="Only requests never answered / replies never matched.")
-                             ] = False,
-        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    ) -> dict[str, Any]:
-        """The newest ``limit`` journal entries matching every filter given, oldest first."""
-        start, end = _unix_seconds(since), _unix_seconds(until)
-        if start is not None and end is not None and start > end:
-            raise _unprocessable(["query", "since"], "since is after until")
-        entries = runtime.journal.query(terminal=terminal, mti=mti, stan=stan, since=start, until=end,
-                                        faults_only=faults, unmatched=unmatched, limit=limit)
-        return {"count": len(entries), "entries": [entry.as_dict() for entry in entries]}  # PANs masked
-
-    @app.get(f"{api}/ledger/postings", tags=["read"])
-    async def postings(terminal: str | None = None, batch: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None
-                       ) -> dict[str, Any]:
-        """Every financial request the host decided, approved or declined."""
-        rows = runtime.ledger.postings(terminal=terminal, batch=batch)
-        return {"count": len(rows), "postings": [row.as_dict() for row in rows]}
-
-    @app.get(f"{api}/ledger/batches", tags=["read"])
-    async def batches(terminal: str | None = None) -> dict[str, Any]:
-        """Batch totals per terminal (net of reversals: what settlement compares)."""
-        rows = runtime.ledger.batches(terminal=terminal)
-        return {"count": len(rows), "batches": [row.as_dict() for row in rows]}
-
-    @app.get(f"{api}/ledger/discrepancies", tags=["read"])
-    async def discrepancies(terminal: str | None = None,
-                            batch: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None) -> dict[str, Any]:
-        """Differences between uploaded batches and the ledger, found when settling after an upload."""
-        rows = runtime.ledger.discrepancies(terminal=terminal, batch=batch)
-        return {"count": len(rows), "discrepancies": [row.as_dict() for row in rows]}
-
-    @app.get(f"{api}/ledger/settlements", tags=["read"])
-    async def settlements(terminal: str | None = None) -> dict[str, Any]:
-        rows = runtime.ledger.settlements(terminal=terminal)
-        return {"count": len(rows), "settlements": [row.as_dict() for row in rows]}
-
+    app.add_middleware(BearerAuth, runtime=runtime)
+    app.add_middleware(Guard, runtime=runtime)  # added last: runs first
+    add_read_routes(app, runtime, API_PREFIX)
+    add_control_routes(app, runtime, API_PREFIX)
+    add_held_routes(app, runtime, API_PREFIX)
+    add_live_routes(app, runtime, API_PREFIX)
+    add_console_routes(app, runtime, API_PREFIX)
     return app
 
 
@@ -614,6 +189,7 @@ async def serve_admin(runtime: SwitchRuntime, host: str = "127.0.0.1", port: int
             binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=trigger,
                                                            mode="asgi"))
             bound = _port_of(binds[0])  # hypercorn has logged "Running on ..." to our logger
+            nursery.start_soon(runtime.history.run, runtime.metrics, shutdown)
             task_status.started(bound)
     except BaseExceptionGroup as group:
         # hypercorn binds inside its nurseries, so "address in use" arrives wrapped in groups; callers

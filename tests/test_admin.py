@@ -6,6 +6,7 @@ changes what the switch will do, not that a handler calls a method.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -125,7 +126,8 @@ async def test_metrics_endpoint_serves_prometheus_text(runtime: SwitchRuntime, c
     assert response.headers["content-type"].startswith("text/plain")
     text = response.text
     assert 'iso_switch_messages_total{mti="0200",response_code="00"} 1.0' in text
-    assert 'iso_switch_faults_applied_total{action="drop-response"} 1.0' in text
+    # matched by label, not by the whole line: further labels (the rule id) may follow the action
+    assert re.search(r'^iso_switch_faults_applied_total\{action="drop-response"[^}]*\} 1\.0$', text, re.MULTILINE), text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,7 +580,8 @@ async def test_unknown_path_is_404(client: httpx.AsyncClient) -> None:
 
 
 @pytest.mark.parametrize("path", ["/api/v1/faults", "/metrics", "/openapi.json", "/docs", "/api/v1/journal",
-                                  "/api/v1/ledger/batches"])
+                                  "/api/v1/ledger/batches", "/api/v1/health/history", "/api/v1/scenarios",
+                                  "/api/v1/fault-templates", "/api/v1/terminals"])
 async def test_token_is_required_everywhere_but_health(path: str) -> None:
     runtime = make_runtime(token=TOKEN)
     transport = httpx.ASGITransport(app=create_admin_app(runtime))

@@ -246,13 +246,17 @@ async def test_metrics_count_messages_faults_and_connections(switch: SwitchProce
         text = response.text
         await client.aclose()
 
-    def sample(name: str, labels: str = "") -> float:
-        found = re.search(rf"^{re.escape(name + labels)} ([0-9.e+]+)$", text, re.MULTILINE)
+    def sample(name: str, **labels: str) -> float:
+        """The sum of ``name``'s series carrying every label given (other labels, e.g. a rule id, may be there)."""
+        total, found = 0.0, False
+        for series, value in re.findall(rf"^{re.escape(name)}(\{{[^}}]*\}})? ([0-9.e+]+)$", text, re.MULTILINE):
+            if all(f'{key}="{wanted}"' in series for key, wanted in labels.items()):
+                total, found = total + float(value), True
         assert found, f"{name}{labels} not in /metrics:\n{text}"
-        return float(found.group(1))
+        return total
 
-    assert sample("iso_switch_messages_total", '{mti="0200",response_code="05"}') >= 1
-    assert sample("iso_switch_faults_applied_total", '{action="respond"}') >= 1
+    assert sample("iso_switch_messages_total", mti="0200", response_code="05") >= 1
+    assert sample("iso_switch_faults_applied_total", action="respond") >= 1
     assert sample("iso_switch_connections_open") >= 1  # this test's connection, read while it was open
     assert sample("iso_switch_request_latency_seconds_count") >= 1
 

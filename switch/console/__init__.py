@@ -1,0 +1,1 @@
+"""The QA console's static files (``static/``), served by ``switch.admin_console``."""
