@@ -30,6 +30,7 @@ from switch.held import HeldRequests
 from switch.host import Host, HostConfig
 from switch.journal import Journal
 from switch.ledger import Ledger
+from switch.ledger_backends import is_postgres_target
 from switch.metrics import SwitchMetrics
 from switch.profiles import ProfileSet, load_profiles
 from switch.scenario import Scenario, default_scenario, load_scenario
@@ -165,6 +166,8 @@ def resolve_ledger_path(option: str | os.PathLike[str] | None) -> str:
         path = default_ledger_path()
         path.parent.mkdir(parents=True, exist_ok=True)
         return str(path)
+    if is_postgres_target(str(option)):  # a server's database: nothing to create here
+        return str(option)
     if str(option) != ":memory:":
         Path(option).expanduser().parent.mkdir(parents=True, exist_ok=True)
     return str(option)
@@ -176,6 +179,10 @@ def resolve_journal_path(option: str | os.PathLike[str] | None, ledger_path: str
         return None if str(option).lower() == "none" else str(option)
     if ledger_path == ":memory:":
         return None
+    if is_postgres_target(ledger_path):  # no directory beside a database: the per-user data directory
+        directory = default_ledger_path().parent
+        directory.mkdir(parents=True, exist_ok=True)
+        return str(directory / "journal.jsonl")
     return str(Path(ledger_path).parent / "journal.jsonl")
 
 
@@ -334,7 +341,7 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
     configs = [HostConfig.for_dialect(item.dialect, **{**scenario.host, **cli_overrides}) for item in listeners]
     placements = [_mac_placement(item.dialect, profiles, item.port) for item in listeners]
     ledger_path = resolve_ledger_path(options.ledger)
-    ledger = Ledger.open(ledger_path)
+    ledger = Ledger.open(ledger_path, writer=True)
     committer = GroupCommitter(ledger)
     codec = Codec(dialect)
     journal_path = resolve_journal_path(options.journal, ledger_path)

@@ -40,6 +40,8 @@ from switch.describe import (
     stdin_bytes,
 )
 from switch.ledger import LedgerError
+from switch.ledger_backends import is_store_error
+from switch.ledger_cli import ledger
 from switch.scenario import ScenarioError
 
 
@@ -261,8 +263,9 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
 @click.option("--tpdu/--no-tpdu", default=None, help="Expect a TPDU before each message (default: the dialect's).")
 @click.option("--keepalive", type=click.Choice(["ignore", "echo"]), default=None,
               help="What to do with zero-length frames (default: the dialect's, normally ignore).")
-@click.option("--ledger", "ledger_path", default=None, metavar="PATH|:memory:",
-              help="SQLite ledger file (default: a per-user data directory, printed at start).")
+@click.option("--ledger", "ledger_path", default=None, metavar="PATH|:memory:|URL",
+              help="SQLite ledger file, or a postgresql://user@host:port/db URL (default: a file in a "
+                   "per-user data directory, printed at start).")
 @click.option("--scenario", default=None, metavar="NAME|FILE",
               help="Scenario to load: a shipped name (see `iso-switch scenarios`) or a .toml path.")
 @click.option("--seed", type=int, default=None, help="Seed for every random choice (overrides the scenario's).")
@@ -392,15 +395,15 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
         raise CliError(f"cannot listen: {exc.strerror or exc}", EXIT_BAD_DATA) from None
     except BaseExceptionGroup as group:  # Trio's nurseries wrap a listener's bind error in groups
         leaves = _leaves(group)
+        if len(leaves) == 1 and is_store_error(leaves[0]):  # the group committer stopped the switch
+            reason = " ".join(str(leaves[0]).split()) or type(leaves[0]).__name__
+            raise CliError(f"ledger {server.ledger.path}: commit failed ({reason}); the replies waiting for it "
+                           "were withheld and the switch stopped", EXIT_BAD_DATA) from None
         if len(leaves) != 1 or not isinstance(leaves[0], OSError):
             raise
         raise CliError(f"cannot listen: {leaves[0].strerror or leaves[0]}", EXIT_BAD_DATA) from None
     stats = switch.group.stats if switch.group is not None else server.stats
     click.echo(f"{stats.summary()}; ledger closed cleanly")
-
-
-# --------------------------------------------------------------------------------------------
-# ledger
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -410,64 +413,10 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
     return found
 
 
-def _amount(minor: int) -> str:
-    return f"{minor / 100:,.2f}"
+# --------------------------------------------------------------------------------------------
+# ledger (switch.ledger_cli: reading one, `ledger migrate`)
 
-
-@cli.command(short_help="Show ledger postings and batch totals.")
-@click.option("--ledger", "ledger_path", default=None, metavar="PATH",
-              help="Ledger file (default: the one `serve` uses without --ledger).")
-@click.option("--terminal", default=None, help="Only this terminal (field 41).")
-@click.option("--batch", default=None, help="Only this batch number.")
-@click.option("--postings/--no-postings", default=True, show_default=True, help="List postings, not only batches.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document: postings, batches, discrepancies.")
-def ledger(ledger_path: str | None, terminal: str | None, batch: str | None, postings: bool, as_json: bool) -> None:
-    """Postings (approved and declined, with reversal state) and per-batch NET totals."""
-    from pathlib import Path
-
-    from switch.app import default_ledger_path
-    from switch.ledger import Ledger
-
-    path = Path(ledger_path) if ledger_path else default_ledger_path()
-    if not path.is_file():
-        raise CliError(f"no ledger at {path} (start `iso-switch serve` first, or pass --ledger)", EXIT_BAD_DATA)
-    try:
-        book = Ledger.open(path)
-    except LedgerError as exc:
-        raise CliError(str(exc), EXIT_BAD_DATA) from None
-    try:
-        rows = [p for p in book.postings(terminal=terminal, batch=batch)] if postings else []
-        batches = [b for b in book.batches(terminal=terminal) if batch is None or b.batch == batch]
-        discrepancies = book.discrepancies(terminal=terminal, batch=batch)
-    finally:
-        book.close()
-    if as_json:
-        click.echo(json.dumps({"ledger": str(path), "postings": [p.as_dict() for p in rows],
-                               "batches": [b.as_dict() for b in batches],
-                               "discrepancies": [d.as_dict() for d in discrepancies]}, indent=2))
-        return
-    click.echo(f"ledger {path}")
-    if postings:
-        click.echo(f"\npostings ({len(rows)})")
-        if rows:
-            click.echo(f"  {'seq':>6}  {'terminal':<8}  {'stan':<6}  {'mti':<4}  {'kind':<13}  {'amount':>12}  "
-                       f"{'code':<4}  {'rrn':<12}  {'auth':<6}  {'batch':<6}  state")
-        for p in rows:
-            state = "reversed" if p.reversed else ("captured" if p.captured else
-                                                  ("approved" if p.approved else "declined"))
-            click.echo(f"  {p.seq:>6}  {p.terminal:<8}  {p.stan:<6}  {p.mti:<4}  {p.kind:<13}  "
-                       f"{_amount(p.amount):>12}  {p.response_code:<4}  {p.rrn:<12}  {p.auth_code or '-':<6}  "
-                       f"{p.batch:<6}  {state}")
-    click.echo(f"\nbatches ({len(batches)})  [net totals: approved, captured, not reversed]")
-    for b in batches:
-        click.echo(f"  {b.terminal:<8} batch {b.batch}  {b.status:<6}  debits {b.debit_count} / "
-                   f"{_amount(b.debit_amount)}  credits {b.credit_count} / {_amount(b.credit_amount)}  "
-                   f"reversed {b.debit_reversal_count + b.credit_reversal_count}  uploads {b.upload_count}"
-                   f"{' (ended)' if b.upload_ended else ''}  discrepancies {b.discrepancies}")
-    if discrepancies:
-        click.echo(f"\ndiscrepancies ({len(discrepancies)})")
-        for d in discrepancies:
-            click.echo(f"  {d.terminal:<8} batch {d.batch}  {d.kind}  stan {d.stan}  {d.detail}")
+cli.add_command(ledger)
 
 
 # --------------------------------------------------------------------------------------------

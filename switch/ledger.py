@@ -8,11 +8,12 @@ Two layers with one rule between them:
   Postings, one per financial request, are kept as their table rows (plain tuples, the very tuple
   the INSERT binds) and become ``Posting`` objects only when read: building a frozen dataclass costs
   more than the rest of recording one, and most postings are never read back.
-* **On disk**, SQLite (stdlib ``sqlite3``; WAL and ``synchronous=FULL`` for files) holds an
-  append-only log of typed rows: every mutation is also queued as one ``INSERT``, and ``flush()``
-  writes everything queued in ONE transaction. That is the group commit: a burst of approvals costs
-  one fsync, and ``committed_seq`` tells the caller which of them are durable. The host never sends
-  an answer whose row is not yet committed (``Decision.commit_seq`` + ``switch.commit``).
+* **On disk**, a backend (``switch.ledger_backends``: SQLite by default, PostgreSQL for a
+  ``postgresql://`` URL) holds an append-only log of typed rows: every mutation is also queued as one
+  row, and ``flush()`` has the backend write everything queued in ONE transaction. That is the
+  group commit: a burst of approvals costs one fsync, and ``committed_seq`` tells the caller which
+  of them are durable. The host never sends an answer whose row is not yet committed
+  (``Decision.commit_seq`` + ``switch.commit``).
 
 Every row carries a sequence number from one counter (``next_sequence``), which is also what RRNs
 are made from, so RRNs stay unique across restarts. A reply that posts nothing but must carry an RRN
@@ -23,11 +24,12 @@ order, so ``Ledger.open`` on an existing file replays them into the same indexes
 SIGKILL restarts with every approval it flushed (and therefore every approval it sent).
 
 Threading: the Trio thread reads and mutates; ``flush`` may run in a worker thread at the same time.
-Only ``flush`` (and ``close``) touch the sqlite connection, and the queue of rows is a deque that
+Only ``flush`` (and ``close``) touch the backend's connection, and the queue of rows is a deque that
 the owner only appends to and ``flush`` only takes from the front of (each operation atomic), so
 the two never need a lock on the hot path.
 
-One process per ledger file: a second writer would not see the first one's in-memory indexes.
+One process per ledger (file or database): a second writer would not see the first one's in-memory
+indexes (docs/scaleout.md plans how several instances will share one PostgreSQL ledger).
 Reading a ledger another process is serving (``iso-switch ledger``) is fine: it replays what has
 been committed so far.
 """
@@ -36,14 +38,14 @@ from __future__ import annotations
 
 import heapq
 import os
-import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from itertools import groupby
 from operator import itemgetter
 from typing import Any
 
+from switch.ledger_backends import open_backend
+from switch.ledger_backends.base import SCHEMA_VERSION, TABLES, UNPOSTED_CLAIM, LedgerBackend, LedgerError, PendingRow
 from switch.ledger_records import (
     DISCREPANCY_KINDS,
     REVERSAL_EFFECTS,
@@ -74,7 +76,6 @@ __all__ = [
     "next_batch_number",
 ]
 
-SCHEMA_VERSION = "2"
 FIRST_BATCH = "000001"
 
 UNPOSTED_RRN_BASE = 9 * 10**11
@@ -83,13 +84,6 @@ UNPOSTED_RRN_BASE = 9 * 10**11
 UNPOSTED_RRN_SPAN = 10**11
 UNPOSTED_BLOCK = 1_000_000
 """How many unposted RRNs one durable claim covers (see ``Ledger.unposted_rrn_number``)."""
-_UNPOSTED_KEY = "unposted_rrn_next"
-_CLAIM_UNPOSTED = ("INSERT INTO meta VALUES ('unposted_rrn_next', ?) ON CONFLICT(key) DO UPDATE SET "
-                   "value = CAST(MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER)) AS TEXT)")
-
-
-class LedgerError(RuntimeError):
-    """The ledger cannot be opened or used (not a ledger file, other schema, used after close)."""
 
 
 def next_batch_number(batch: str) -> str:
@@ -137,60 +131,18 @@ class _Batch:
 
 
 # ---------------------------------------------------------------------------------------------
-# Schema: one append-only table per record type; state = replay of all rows in seq order.
+# Rows: one append-only table per record type (``switch.ledger_backends.base.TABLES``); state = replay
+# of all rows in seq order. A queued row names its table; the backend owns the SQL.
 
-_TABLES: dict[str, tuple[type, tuple[str, ...]]] = {
-    "postings": (Posting, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL", "terminal TEXT NOT NULL",
-                           "stan TEXT NOT NULL", "transmission_time TEXT NOT NULL", "mti TEXT NOT NULL",
-                           "kind TEXT NOT NULL", "direction TEXT NOT NULL", "amount INTEGER NOT NULL",
-                           "currency TEXT NOT NULL", "pan TEXT NOT NULL", "batch TEXT NOT NULL",
-                           "response_code TEXT NOT NULL", "approved INTEGER NOT NULL", "rrn TEXT NOT NULL",
-                           "auth_code TEXT NOT NULL", "identity TEXT NOT NULL", "requested_amount INTEGER")),
-    "reversals": (Reversal, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL", "terminal TEXT NOT NULL",
-                             "stan TEXT NOT NULL", "transmission_time TEXT NOT NULL", "mti TEXT NOT NULL",
-                             "original_seq INTEGER", "original_stan TEXT NOT NULL",
-                             "original_time TEXT NOT NULL", "response_code TEXT NOT NULL",
-                             "effect TEXT NOT NULL", "amount INTEGER NOT NULL")),
-    "uploads": (UploadRecord, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL",
-                               "terminal TEXT NOT NULL",
-                               "batch TEXT NOT NULL", "stan TEXT NOT NULL", "processing_code TEXT NOT NULL",
-                               "direction TEXT NOT NULL", "amount INTEGER NOT NULL", "rrn TEXT NOT NULL",
-                               "pan TEXT NOT NULL")),
-    "upload_ends": (tuple, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL", "terminal TEXT NOT NULL",
-                            "batch TEXT NOT NULL")),
-    "settlements": (Settlement, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL",
-                                 "terminal TEXT NOT NULL", "batch TEXT NOT NULL", "stan TEXT NOT NULL",
-                                 "transmission_time TEXT NOT NULL", "result TEXT NOT NULL",
-                                 "response_code TEXT NOT NULL", "closed INTEGER NOT NULL",
-                                 "debit_count INTEGER NOT NULL", "debit_amount INTEGER NOT NULL",
-                                 "credit_count INTEGER NOT NULL", "credit_amount INTEGER NOT NULL")),
-    "discrepancies": (Discrepancy, ("seq INTEGER PRIMARY KEY", "received_at REAL NOT NULL",
-                                    "terminal TEXT NOT NULL", "batch TEXT NOT NULL", "kind TEXT NOT NULL",
-                                    "stan TEXT NOT NULL", "rrn TEXT NOT NULL", "ledger_amount INTEGER",
-                                    "upload_amount INTEGER", "detail TEXT NOT NULL")),
-}
-
-
-def _insert_sql(table: str) -> str:
-    columns = _TABLES[table][1]
-    return f"INSERT INTO {table} VALUES ({', '.join('?' * len(columns))})"
-
-
-_INSERT = {table: _insert_sql(table) for table in _TABLES}
-_SQL, _PARAMS = itemgetter(1), itemgetter(2)  # of a queued (seq, sql, params)
-_INSERT_POSTING = _INSERT["postings"]
-_INSERT_REVERSAL = _INSERT["reversals"]
-_INSERT_UPLOAD = _INSERT["uploads"]
-_INSERT_UPLOAD_END = _INSERT["upload_ends"]
-_INSERT_SETTLEMENT = _INSERT["settlements"]
-_INSERT_DISCREPANCY = _INSERT["discrepancies"]
+(_T_POSTINGS, _T_REVERSALS, _T_UPLOADS, _T_UPLOAD_ENDS, _T_SETTLEMENTS, _T_DISCREPANCIES) = (
+    "postings", "reversals", "uploads", "upload_ends", "settlements", "discrepancies")  # names in TABLES
 
 
 _PostingRow = tuple[Any, ...]
 """A posting as the postings table stores it: ``Posting``'s fields but ``reversal_seq``, in order, with
-``approved`` as 0/1 (what SQLite stores; a bool would go through sqlite3's adapter lookup)."""
+``approved`` as 0/1 (what every backend returns; a bool would go through sqlite3's adapter lookup)."""
 
-_POSTING_COLUMNS = tuple(column.split()[0] for column in _TABLES["postings"][1])
+_POSTING_COLUMNS = tuple(column.name for column in TABLES["postings"])
 assert tuple(f for f in Posting.__dataclass_fields__ if f != "reversal_seq") == _POSTING_COLUMNS, \
     "posting rows are Posting minus reversal_seq"
 (_P_TERMINAL, _P_STAN, _P_TIME, _P_KIND, _P_DIRECTION, _P_AMOUNT, _P_BATCH, _P_APPROVED, _P_AUTH,
@@ -209,11 +161,11 @@ def _posting_row(p: Posting) -> _PostingRow:
 class Ledger:
     """The durable ledger; see the module docstring. Build with ``Ledger.open(path)``."""
 
-    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = connection
+    def __init__(self, backend: LedgerBackend) -> None:
+        self.path = backend.name  # a file path, or a URL without its password
+        self._backend: LedgerBackend | None = backend  # None once closed
         self._flush_lock = threading.Lock()  # flush() vs close() from different threads
-        self._pending: deque[tuple[int, str, tuple[Any, ...]]] = deque()  # (seq, sql, params), seq ascending
+        self._pending: deque[PendingRow] = deque()  # (seq, table, params), seq ascending
         self._sequence = 0
         self._pending_seq = 0
         self._committed_seq = 0
@@ -240,78 +192,48 @@ class Ledger:
     # -- opening and closing ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = 5.0) -> Ledger:
-        """Open (creating if needed) the ledger at ``path``; ``":memory:"`` for a throwaway one.
+    def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, writer: bool = False) -> Ledger:
+        """Open (creating or migrating if needed) the ledger at ``path``: a SQLite file, ``":memory:"``
+        for a throwaway one, or a ``postgresql://`` URL.
 
-        An existing file is replayed into the in-memory indexes, so a restarted host continues
-        exactly where the last flush left it. ``busy_timeout``: how long a flush waits for a lock
-        another connection holds (a reader's checkpoint) before failing.
+        An existing ledger is replayed into the in-memory indexes, so a restarted host continues
+        exactly where the last flush left it. ``busy_timeout``: how long a SQLite flush waits for a lock
+        another connection holds (a reader's checkpoint) before failing. ``writer``: this process will
+        serve from the ledger; refused (LedgerError) while another does, where the backend can tell
+        (PostgreSQL; a SQLite file is one process's by convention).
         """
-        name = os.fspath(path)
+        return cls.from_backend(open_backend(path, busy_timeout=busy_timeout), writer=writer)
+
+    @classmethod
+    def from_backend(cls, backend: LedgerBackend, *, claim: bool = True, writer: bool = False) -> Ledger:
+        """Replay ``backend`` into a new ledger (closing the backend if that fails). ``claim``: durably
+        claim a block of unposted RRN numbers before anything is answered (False only for a replay
+        nobody answers from, such as ``ledger migrate``'s verification)."""
         try:
-            conn = sqlite3.connect(name, timeout=busy_timeout, check_same_thread=False, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise LedgerError(f"{name}: cannot open ledger: {exc}") from None
-        try:
-            if name != ":memory:":
-                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise LedgerError(f"{name}: cannot switch the ledger to WAL mode (got {mode!r})")
-                conn.execute("PRAGMA synchronous=FULL")
-            cls._create_schema(conn, name)
-            ledger = cls(conn, name)
+            if writer:
+                backend.lock_writer()  # before the replay: what another writer holds in memory is unseen
+            ledger = cls(backend)
             ledger._load()
-            ledger._unposted_next = cls._claim_unposted_at_open(conn)
-            ledger._unposted_claimed = ledger._unposted_next + UNPOSTED_BLOCK
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise LedgerError(f"{name}: not a usable ledger database: {exc}") from None
-        except LedgerError:
-            conn.close()
-            raise
+            if claim:
+                ledger._unposted_next = backend.claim_unposted(UNPOSTED_BLOCK)
+                ledger._unposted_claimed = ledger._unposted_next + UNPOSTED_BLOCK
+        except Exception as exc:
+            backend.close()
+            if isinstance(exc, LedgerError):
+                raise
+            raise LedgerError(f"{backend.name}: not a usable ledger database: {exc}") from None
         return ledger
-
-    @staticmethod
-    def _create_schema(conn: sqlite3.Connection, name: str) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()
-            if row is None:
-                conn.execute("INSERT INTO meta VALUES ('schema', ?)", (SCHEMA_VERSION,))
-            elif row[0] != SCHEMA_VERSION:
-                raise LedgerError(f"{name}: ledger schema version {row[0]}, "
-                                  f"this program uses {SCHEMA_VERSION}")
-            for table, (_, columns) in _TABLES.items():
-                conn.execute(f"CREATE TABLE IF NOT EXISTS {table} ({', '.join(columns)})")
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-
-    @staticmethod
-    def _claim_unposted_at_open(conn: sqlite3.Connection) -> int:
-        """Claim, durably and before anything is answered, the next block of unposted RRN numbers;
-        return its first number. Every open claims a fresh block, so no restart reuses a number."""
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute("SELECT value FROM meta WHERE key = ?", (_UNPOSTED_KEY,)).fetchone()
-            start = int(row[0]) if row is not None and str(row[0]).isdigit() else 0
-            conn.execute(_CLAIM_UNPOSTED, (str(start + UNPOSTED_BLOCK),))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        return start
 
     def _load(self) -> None:
         """Replay every committed row, in sequence order, through the same code live writes use."""
-        assert self._conn is not None
-        conn = self._conn
+        assert self._backend is not None
+        with self._backend.snapshot() as table_rows:
+            self._replay(table_rows)
 
+    def _replay(self, table_rows: Callable[[str], Iterable[tuple[Any, ...]]]) -> None:
         def rows(table: str, build: Callable[[tuple[Any, ...]], Any], apply: Callable[[Any], None]
                  ) -> Iterator[tuple[int, Callable[[Any], None], Any]]:
-            for row in conn.execute(f"SELECT * FROM {table} ORDER BY seq"):
+            for row in table_rows(table):
                 yield row[0], apply, build(row)
 
         streams = [
@@ -330,17 +252,17 @@ class Ledger:
         self._sequence = self._pending_seq = self._committed_seq = last
 
     def close(self) -> None:
-        """Flush what is pending, then close the database. Idempotent."""
+        """Flush what is pending, then close the backend's connection. Idempotent."""
         with self._flush_lock:
-            if self._conn is None:
+            if self._backend is None:
                 return
             self._flush_locked()
-            self._conn.close()
-            self._conn = None
+            self._backend.close()
+            self._backend = None
 
     @property
     def closed(self) -> bool:
-        return self._conn is None
+        return self._backend is None
 
     # -- sequence and durability --------------------------------------------------------------
 
@@ -371,7 +293,7 @@ class Ledger:
 
     def _claim_unposted(self) -> None:
         self._unposted_claimed += UNPOSTED_BLOCK
-        self._append(self.next_sequence(), _CLAIM_UNPOSTED, (str(self._unposted_claimed),))
+        self._append(self.next_sequence(), UNPOSTED_CLAIM, (str(self._unposted_claimed),))
 
     @property
     def pending_seq(self) -> int:
@@ -380,18 +302,18 @@ class Ledger:
 
     @property
     def committed_seq(self) -> int:
-        """Highest sequence whose row is durable on disk."""
+        """Highest sequence whose row is durable (committed by the backend)."""
         return self._committed_seq
 
     def is_committed(self, seq: int) -> bool:
         return seq <= self._committed_seq
 
-    def _append(self, seq: int, sql: str, params: tuple[Any, ...]) -> None:
-        if self._conn is None:
+    def _append(self, seq: int, table: str, params: tuple[Any, ...]) -> None:
+        if self._backend is None:
             raise LedgerError(f"{self.path}: ledger is closed")
         if seq <= self._pending_seq:
             raise ValueError(f"sequence {seq} appended after {self._pending_seq}: take a new next_sequence()")
-        self._pending.append((seq, sql, params))
+        self._pending.append((seq, table, params))
         self._pending_seq = seq
 
     def flush(self) -> int:
@@ -402,12 +324,12 @@ class Ledger:
         write fails, the rows go back to the front of the queue and the error propagates.
         """
         with self._flush_lock:
-            if self._conn is None:
+            if self._backend is None:
                 raise LedgerError(f"{self.path}: ledger is closed")
             return self._flush_locked()
 
     def _flush_locked(self) -> int:
-        assert self._conn is not None
+        assert self._backend is not None
         # Take the rows queued right now, oldest first. Each popleft and each of the owner's appends is
         # atomic, so a row appended meanwhile simply waits for the next flush. (Swapping the queue for
         # a new list is not enough: an append that had already fetched the old list would land in it
@@ -416,15 +338,9 @@ class Ledger:
         batch = [pending.popleft() for _ in range(len(pending))]
         if not batch:
             return self._committed_seq
-        conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for sql, group in groupby(batch, key=_SQL):
-                conn.executemany(sql, map(_PARAMS, group))  # no per-row Python code: this holds the GIL
-            conn.execute("COMMIT")
+            self._backend.write(batch)  # one transaction; nothing written if it raises
         except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
             pending.extendleft(reversed(batch))  # back to the front, in order, ahead of later appends
             raise
         self._committed_seq = batch[-1][0]
@@ -438,7 +354,7 @@ class Ledger:
             self._reversed_by[posting.seq] = posting.reversal_seq
         row = _posting_row(posting)
         self._apply_posting(row)
-        self._append(posting.seq, _INSERT_POSTING, row)
+        self._append(posting.seq, _T_POSTINGS, row)
 
     def append_posting(self, seq: int, received_at: float, terminal: str, stan: str, transmission_time: str,
                        mti: str, kind: str, direction: str, amount: int, currency: str, pan: str, batch: str,
@@ -449,7 +365,7 @@ class Ledger:
         row = (seq, received_at, terminal, stan, transmission_time, mti, kind, direction, amount, currency,
                pan, batch, response_code, 1 if approved else 0, rrn, auth_code, identity, requested_amount)
         self._apply_posting(row)
-        self._append(seq, _INSERT_POSTING, row)
+        self._append(seq, _T_POSTINGS, row)
 
     def _apply_posting(self, row: _PostingRow) -> None:
         seq, terminal, stan = row[0], row[_P_TERMINAL], row[_P_STAN]
@@ -504,7 +420,7 @@ class Ledger:
                 raise ValueError(f"reversal {reversal.seq}: partial amount {reversal.amount} is not between 0 and "
                                  f"what original {original.seq} still captures")
         self._apply_reversal(reversal)
-        self._append(reversal.seq, _INSERT_REVERSAL, tuple(getattr(reversal, f) for f in _REVERSAL_FIELDS))
+        self._append(reversal.seq, _T_REVERSALS, tuple(getattr(reversal, f) for f in _REVERSAL_FIELDS))
 
     def _apply_reversal(self, reversal: Reversal) -> None:
         seq = reversal.seq
@@ -596,7 +512,7 @@ class Ledger:
     def record_upload(self, record: UploadRecord) -> None:
         """Store one uploaded record; a record for a STAN already uploaded replaces it."""
         self._apply_upload(record)
-        self._append(record.seq, _INSERT_UPLOAD, tuple(getattr(record, f) for f in _UPLOAD_FIELDS))
+        self._append(record.seq, _T_UPLOADS, tuple(getattr(record, f) for f in _UPLOAD_FIELDS))
 
     def _apply_upload(self, record: UploadRecord) -> None:
         batch = self._batch(record.terminal, record.batch)
@@ -606,7 +522,7 @@ class Ledger:
     def end_upload(self, seq: int, received_at: float, terminal: str, batch: str) -> None:
         """The terminal says its upload is complete: the next settlement accepts the uploaded batch."""
         self._apply_upload_end((seq, received_at, terminal, batch))
-        self._append(seq, _INSERT_UPLOAD_END, (seq, received_at, terminal, batch))
+        self._append(seq, _T_UPLOAD_ENDS, (seq, received_at, terminal, batch))
 
     def _apply_upload_end(self, row: tuple[Any, ...]) -> None:
         self._batch(row[2], row[3]).upload_ended = True
@@ -624,11 +540,11 @@ class Ledger:
             if discrepancy.seq <= settlement.seq:
                 raise ValueError("discrepancies take sequence numbers after their settlement's")
         self._apply_settlement(settlement)
-        self._append(settlement.seq, _INSERT_SETTLEMENT,
+        self._append(settlement.seq, _T_SETTLEMENTS,
                      tuple(getattr(settlement, f) for f in _SETTLEMENT_FIELDS))
         for discrepancy in found:
             self._apply_discrepancy(discrepancy)
-            self._append(discrepancy.seq, _INSERT_DISCREPANCY,
+            self._append(discrepancy.seq, _T_DISCREPANCIES,
                          tuple(getattr(discrepancy, f) for f in _DISCREPANCY_FIELDS))
 
     def _apply_settlement(self, settlement: Settlement) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 import trio
 
+from tests.pg_server import pg_url, postgres_server  # noqa: F401  # fixtures: a real PostgreSQL for ledger tests
+
 
 @pytest.fixture
 def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,7 +25,9 @@ def inline_threads(monkeypatch: pytest.MonkeyPatch) -> None:
 
 _SLOW_MODULES = frozenset({
     "test_admin_e2e", "test_cli", "test_consistency", "test_durability", "test_fuzz_e2e", "test_scenarios_e2e",
-    "test_switch_process", "test_terminal_cli", "test_tls",
+    "test_switch_process", "test_terminal_cli", "test_tls", "test_session_e2e",
+    "test_plugin", "test_plugin_example",
+    "test_ledger_postgres_e2e",
 })
 """Modules whose tests start real switches, subprocesses or whole terminal-against-host runs."""
 

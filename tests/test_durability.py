@@ -5,6 +5,9 @@ purchases over several connections, killed with SIGKILL while requests are in fl
 the same ledger file. Then every approval the client received must be in the ledger (same RRN),
 nothing twice, and after the client reverses what it never got an answer for (as a careful
 terminal does), settlement of the batch balances.
+
+Run against both ledger backends: a SQLite file, and a database on a real PostgreSQL server
+(tests/pg_server.py), where "durable" means committed by the server before the reply.
 """
 
 from __future__ import annotations
@@ -35,8 +38,16 @@ TERMINAL = "KILLTEST"
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL is POSIX")
 
 
-def start_switch(ledger: Path) -> SwitchProcess:
-    return SwitchProcess.start(["--ledger", str(ledger), "--no-signon", "--no-admin"])
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The ledger the switch serves from: a SQLite file, or a PostgreSQL database URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite")
+    return str(request.getfixturevalue("pg_url"))
+
+
+def start_switch(ledger: str, journal: Path) -> SwitchProcess:
+    return SwitchProcess.start(["--ledger", ledger, "--no-signon", "--no-admin", "--journal", str(journal)])
 
 
 def purchase(stan: int, f7: str) -> Message:
@@ -56,10 +67,11 @@ def exchange(port: int, request: Message) -> Message:
         return CODEC.decode(frame.payload)
 
 
-def test_sigkill_mid_stream_keeps_every_acknowledged_approval(tmp_path: Path) -> None:
-    ledger_path = tmp_path / "ledger.sqlite"
+def test_sigkill_mid_stream_keeps_every_acknowledged_approval(ledger_target: str, tmp_path: Path) -> None:
+    ledger_path = ledger_target
+    journal = tmp_path / "journal.jsonl"
     f7 = datetime.now(UTC).strftime("%m%d%H%M%S")
-    switch = start_switch(ledger_path)
+    switch = start_switch(ledger_path, journal)
     port = switch.port
     sent: dict[str, Message] = {}  # stan -> request
     approved: dict[str, str] = {}  # stan -> RRN the client was told
@@ -118,8 +130,8 @@ def test_sigkill_mid_stream_keeps_every_acknowledged_approval(tmp_path: Path) ->
     unanswered = sorted(set(sent) - set(approved))
     assert unanswered, "the kill should have left requests in flight"
 
-    # restart on the same ledger file: every acknowledged approval is there, none twice
-    with start_switch(ledger_path) as switch:
+    # restart on the same ledger: every acknowledged approval is there, none twice
+    with start_switch(ledger_path, journal) as switch:
         port = switch.port
         book = Ledger.open(ledger_path)
         postings = book.postings(terminal=TERMINAL)

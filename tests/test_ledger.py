@@ -1,5 +1,8 @@
 """The ledger: durability across reopen (including an object dropped without close), group flush
-from a worker thread while the owner keeps appending, and the reports."""
+from a worker thread while the owner keeps appending, and the reports.
+
+Tests that take ``target`` run against both backends: a SQLite file and a fresh database on a real
+PostgreSQL server (tests/pg_server.py)."""
 
 from __future__ import annotations
 
@@ -21,8 +24,27 @@ from switch.ledger import (
     UploadRecord,
     next_batch_number,
 )
+from switch.ledger_backends import open_backend
 
 T0 = 1_748_779_200.0
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def target(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where a test's ledger lives: a SQLite file, or a PostgreSQL database URL."""
+    if request.param == "sqlite":
+        return str(tmp_path / "ledger.sqlite")
+    return str(request.getfixturevalue("pg_url"))
+
+
+def stored_seqs(target: str, table: str = "postings") -> list[int]:
+    """The sequence numbers committed in ``table``, read past the Ledger (straight from the backend)."""
+    backend = open_backend(target)
+    try:
+        with backend.snapshot() as rows:
+            return [row[0] for row in rows(table)]
+    finally:
+        backend.close()
 
 
 def posting(ledger: Ledger, stan: str, amount: int = 1000, *, terminal: str = "TERM0001",
@@ -69,8 +91,8 @@ def test_memory_ledger_indexes_see_writes_at_once() -> None:
     assert ledger.flush() == 1  # nothing pending: no-op
 
 
-def test_reopen_after_flush_without_close(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
+def test_reopen_after_flush_without_close(target: str) -> None:
+    path = target
     ledger = Ledger.open(path)
     kept = [posting(ledger, f"{n:06d}", 100 * n) for n in range(1, 6)]
     refund = posting(ledger, "000006", 250, direction="credit")
@@ -118,8 +140,8 @@ def test_reopen_after_flush_without_close(tmp_path: Path) -> None:
     again.close()
 
 
-def test_close_flushes_and_is_idempotent(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
+def test_close_flushes_and_is_idempotent(target: str) -> None:
+    path = target
     ledger = Ledger.open(path)
     posting(ledger, "000001")
     ledger.close()
@@ -159,8 +181,8 @@ def test_not_a_ledger(tmp_path: Path) -> None:
         Ledger.open(tmp_path / "missing-dir" / "ledger.sqlite")
 
 
-def test_flush_from_a_thread_while_appending(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
+def test_flush_from_a_thread_while_appending(target: str) -> None:
+    path = target
     ledger = Ledger.open(path)
     total = 3000
     stop = threading.Event()
@@ -184,14 +206,12 @@ def test_flush_from_a_thread_while_appending(tmp_path: Path) -> None:
     assert len(set(flushed)) > 1  # the flushes really interleaved with the appends
     ledger.flush()
     assert ledger.committed_seq == total
-    conn = sqlite3.connect(path)
-    seqs = [row[0] for row in conn.execute("SELECT seq FROM postings ORDER BY seq")]
-    conn.close()
-    assert seqs == list(range(1, total + 1))  # every append written exactly once
+    assert stored_seqs(path) == list(range(1, total + 1))  # every append written exactly once
     ledger.close()
 
 
 def test_failed_flush_keeps_rows_pending(tmp_path: Path) -> None:
+    """SQLite: another writer holds the lock. (PostgreSQL: test_ledger_schema's refused batch.)"""
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger.open(path, busy_timeout=0.05)
     first = posting(ledger, "000001")
@@ -207,7 +227,9 @@ def test_failed_flush_keeps_rows_pending(tmp_path: Path) -> None:
     blocker.close()
     assert ledger.flush() == third.seq  # the rows were kept and go out with the next flush
     ledger.close()
-    assert [p.stan for p in Ledger.open(path).postings()] == ["000001", "000002", "000003"]
+    reopened = Ledger.open(path)
+    assert [p.stan for p in reopened.postings()] == ["000001", "000002", "000003"]
+    reopened.close()
 
 
 def test_sequences_must_increase() -> None:
@@ -262,8 +284,8 @@ def test_batch_numbers_wrap() -> None:
     assert next_batch_number("999999") == "000001"
 
 
-def test_identity_partial_reversal_and_gross_totals_survive_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "ledger.sqlite"
+def test_identity_partial_reversal_and_gross_totals_survive_reopen(target: str) -> None:
+    path = target
     ledger = Ledger.open(path)
     seq = ledger.next_sequence()
     ledger.append_posting(seq, T0, "TERM0001", "000001", "0601120000", "0200", "purchase", "debit", 10000, "840",
@@ -294,13 +316,13 @@ def test_identity_partial_reversal_and_gross_totals_survive_reopen(tmp_path: Pat
     reopened.close()
 
 
-def test_unposted_rrn_numbers_are_their_own_range_and_unique_across_restarts(tmp_path: Path,
+def test_unposted_rrn_numbers_are_their_own_range_and_unique_across_restarts(target: str,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     """Replies that post nothing take RRN numbers from 9xxxxxxxxxxx, claimed in blocks: each open claims
     one durably before anything is answered, and half-way through a block the next one is claimed through
     the group commit, so a crash (no flush, no close) never lets a restart hand out a number again."""
     monkeypatch.setattr("switch.ledger.UNPOSTED_BLOCK", 4)
-    path = tmp_path / "ledger.sqlite"
+    path = target
     first = Ledger.open(path)
     seq_before = first.pending_seq
     numbers = [first.unposted_rrn_number() for _ in range(3)]  # the 3rd claims the next block ahead

@@ -1,0 +1,169 @@
+"""What a ledger store must do, and the logical schema every store keeps.
+
+``switch.ledger.Ledger`` decides everything in memory and only asks its backend for four things:
+replay the committed rows of each table in sequence order (in one consistent snapshot), write a
+batch of queued rows in ONE durable transaction (the group commit), claim a block of unposted RRN
+numbers atomically, and close. Everything dialect-specific (placeholders, upserts, column types,
+constraints, migrations) lives in the backend modules, so the in-memory logic is the same whatever
+the database.
+
+The logical schema below is the contract between the two: table names, column names in order and a
+column kind per column. Rows cross the seam as plain tuples in that order, with FLAG columns as 0/1
+ints and TIME columns as float Unix seconds, so a ledger replayed from SQLite and one replayed from
+PostgreSQL hold identical state.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Self
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "TABLES",
+    "UNPOSTED_CLAIM",
+    "UNPOSTED_KEY",
+    "Column",
+    "ColumnKind",
+    "LedgerBackend",
+    "LedgerError",
+    "PendingRow",
+    "check_version",
+]
+
+SCHEMA_VERSION = 2
+"""The logical schema this program writes. 1: the first releases; 2 added ``postings.identity``,
+``postings.requested_amount`` and ``reversals.amount`` (repeat identity, partial approvals and
+partial reversals)."""
+
+UNPOSTED_KEY = "unposted_rrn_next"
+"""``meta`` key: the first unposted RRN number not yet claimed by any open."""
+UNPOSTED_CLAIM = "meta:" + UNPOSTED_KEY
+"""The pseudo-table of a queued claim ahead (params: the new high-water mark as text); the backend
+stores max(stored, new) so an older claim can never lower it."""
+
+PendingRow = tuple[int, str, tuple[Any, ...]]
+"""A queued write: (sequence, table name or ``UNPOSTED_CLAIM``, the row's values in column order)."""
+
+
+class LedgerError(RuntimeError):
+    """The ledger cannot be opened or used (not a ledger, other schema, unreachable, used after close)."""
+
+
+class ColumnKind(enum.Enum):
+    """What a column holds; each backend maps a kind to its own type (money is always an integer)."""
+
+    SEQ = "seq"  # the row's ledger sequence: the primary key
+    INT = "int"  # integers, amounts in minor units (never floating point)
+    TEXT = "text"
+    TIME = "time"  # host time, float Unix seconds (not money: float is exact enough for display and windows)
+    FLAG = "flag"  # a boolean, 0/1 across the seam
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    kind: ColumnKind
+    nullable: bool = False
+
+
+def _columns(spec: str) -> tuple[Column, ...]:
+    """``"name:kind[?]"`` words to columns (``?``: nullable); keeps the table list readable."""
+    columns = []
+    for word in spec.split():
+        name, kind = word.split(":")
+        columns.append(Column(name, ColumnKind(kind.rstrip("?")), kind.endswith("?")))
+    return tuple(columns)
+
+
+TABLES: dict[str, tuple[Column, ...]] = {
+    "postings": _columns(
+        "seq:seq received_at:time terminal:text stan:text transmission_time:text mti:text kind:text "
+        "direction:text amount:int currency:text pan:text batch:text response_code:text approved:flag "
+        "rrn:text auth_code:text identity:text requested_amount:int?"),
+    "reversals": _columns(
+        "seq:seq received_at:time terminal:text stan:text transmission_time:text mti:text original_seq:int? "
+        "original_stan:text original_time:text response_code:text effect:text amount:int"),
+    "uploads": _columns(
+        "seq:seq received_at:time terminal:text batch:text stan:text processing_code:text direction:text "
+        "amount:int rrn:text pan:text"),
+    "upload_ends": _columns("seq:seq received_at:time terminal:text batch:text"),
+    "settlements": _columns(
+        "seq:seq received_at:time terminal:text batch:text stan:text transmission_time:text result:text "
+        "response_code:text closed:flag debit_count:int debit_amount:int credit_count:int credit_amount:int"),
+    "discrepancies": _columns(
+        "seq:seq received_at:time terminal:text batch:text kind:text stan:text rrn:text ledger_amount:int? "
+        "upload_amount:int? detail:text"),
+}
+"""Append-only tables, one per record type; the ledger's state is the replay of all rows in seq order."""
+
+
+def check_version(name: str, found: str, migrations: dict[int, object]) -> int:
+    """The stored schema version as an int, or a LedgerError saying why this program cannot use it.
+
+    ``migrations`` maps each version this backend can migrate TO from the one before.
+    """
+    if not found.isdigit():
+        raise LedgerError(f"{name}: unknown ledger schema version {found!r}")
+    version = int(found)
+    if version > SCHEMA_VERSION:
+        raise LedgerError(f"{name}: ledger schema version {version} is newer than this program's "
+                          f"{SCHEMA_VERSION}; upgrade iso8583-switch-emulator to open it")
+    missing = [v for v in range(version + 1, SCHEMA_VERSION + 1) if v not in migrations]
+    if missing:
+        raise LedgerError(f"{name}: ledger schema version {version} cannot be migrated to "
+                          f"{SCHEMA_VERSION} by this backend (no migration to version {missing[0]})")
+    return version
+
+
+RowSource = Callable[[str], Iterable[tuple[Any, ...]]]
+"""Given a table name: its committed rows in seq order, as tuples in ``TABLES`` column order."""
+
+
+class LedgerBackend(ABC):
+    """A durable store of ledger rows (one connection, used by one thread at a time).
+
+    ``Ledger`` serialises ``write`` and ``close`` under its flush lock; ``open`` (the constructor of
+    each backend) creates or migrates the schema in one transaction before anything else.
+    """
+
+    name: str
+    """How to name this ledger in messages: a path, or a URL without its password."""
+
+    @abstractmethod
+    def snapshot(self) -> AbstractContextManager[RowSource]:
+        """A consistent view of every committed row (one read transaction), for replay."""
+
+    @abstractmethod
+    def write(self, batch: Sequence[PendingRow]) -> None:
+        """Write ``batch`` (seq ascending, grouped by table as queued) in ONE transaction, durable when
+        this returns. On any error nothing is written and the error propagates."""
+
+    @abstractmethod
+    def claim_unposted(self, block: int) -> int:
+        """Atomically and durably move the unposted RRN high-water mark up by ``block``; return where the
+        claimed block starts."""
+
+    @abstractmethod
+    def lock_writer(self) -> None:
+        """Make sure no other process serves from this ledger while this connection lives, or raise
+        LedgerError."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection (idempotent)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @abstractmethod
+    def table_counts(self) -> dict[str, int]:
+        """Committed rows per table (``ledger migrate``'s verification)."""
+
