@@ -1,8 +1,11 @@
 """Prometheus metrics for the switch, rendered by the admin API's ``/metrics``.
 
 The server calls these methods on its hot path, once or twice per message, so each call is a dict
-look-up plus an increment: labelled children are created once and cached here rather than through
-``Counter.labels()`` (which validates and locks on every call).
+look-up plus an integer increment. The per-message series (messages, faults, the latency histogram)
+are therefore plain counters kept here and handed to prometheus_client only when ``render()`` asks
+(a collector): a prometheus_client ``Counter.inc`` takes a lock and ``Histogram.observe`` walks the
+buckets in Python, together 3-6 us per request, as much as the ledger. Every method must be called
+from the thread running the switch (the Trio thread), as ``render`` is.
 
 Every ``SwitchMetrics`` owns its own ``CollectorRegistry`` instead of prometheus_client's global
 one: two switches in one process (tests, the benchmark) must not share or collide on series.
@@ -14,10 +17,14 @@ of distinct series is capped: a client sending garbage MTIs cannot grow the regi
 from __future__ import annotations
 
 import re
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.utils import floatToGoString
 
 __all__ = ["CONTENT_TYPE", "LATENCY_BUCKETS", "MAX_SERIES", "SwitchMetrics"]
 
@@ -44,6 +51,54 @@ OTHER: Final = "other"
 _MTI = re.compile(r"[0-9]{4}")
 _RESPONSE_CODE = re.compile(r"[0-9A-Za-z]{2}")
 _ACTION = re.compile(r"[a-z0-9_-]{1,40}")
+_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a fault rule id (switch.faults.rule)
+
+UNKNOWN_RULE: Final = "unknown"
+"""``rule`` label of a fault action recorded without the id of the rule that asked for it."""
+
+
+class _Count:
+    """One series' count: a mutable cell shared by every raw label pair normalised to the series."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class _HotCollector:
+    """Hands the counters ``SwitchMetrics`` keeps itself to prometheus_client at render time."""
+
+    def __init__(self, metrics: SwitchMetrics, namespace: str):
+        self._metrics = metrics
+        self._names = (f"{namespace}_messages", f"{namespace}_faults_applied", f"{namespace}_request_latency_seconds")
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self._names[0], ""), CounterMetricFamily(self._names[1], ""),
+                HistogramMetricFamily(self._names[2], "")]
+
+    def collect(self) -> Iterator[Metric]:
+        metrics = self._metrics
+        messages = CounterMetricFamily(
+            self._names[0], "Requests handled, by request MTI and the response code sent (none: not answered).",
+            labels=("mti", "response_code"))
+        for labels, count in metrics._message_series.items():
+            messages.add_metric(labels, count.value)
+        yield messages
+        faults = CounterMetricFamily(
+            self._names[1], "Fault actions applied to messages or connections, by action and by the id of the "
+            "rule that asked for it (maintenance: the maintenance mode).", labels=("action", "rule"))
+        for labels, count in metrics._fault_series.items():
+            faults.add_metric(labels, count.value)
+        yield faults
+        cumulative = 0
+        buckets = []
+        for bound, in_bucket in zip((*LATENCY_BUCKETS, float("inf")), metrics._latency_counts, strict=True):
+            cumulative += in_bucket
+            buckets.append((floatToGoString(bound), cumulative))
+        yield HistogramMetricFamily(
+            self._names[2], "Time from a request's last byte in to its response's last byte out, "
+            "injected delays included.", buckets=buckets, sum_value=metrics._latency_sum)
 
 
 class SwitchMetrics:
@@ -51,19 +106,11 @@ class SwitchMetrics:
 
     def __init__(self, namespace: str = "iso_switch") -> None:
         self.registry = CollectorRegistry()
-        self._messages = Counter(
-            "messages", "Requests handled, by request MTI and the response code sent (none: not answered).",
-            ("mti", "response_code"), namespace=namespace, registry=self.registry,
-        )
-        self._faults = Counter(
-            "faults_applied", "Fault actions applied to messages or connections, by action.",
-            ("action",), namespace=namespace, registry=self.registry,
-        )
-        self._latency = Histogram(
-            "request_latency_seconds", "Time from a request's last byte in to its response's last byte out, "
-            "injected delays included.",
-            namespace=namespace, buckets=LATENCY_BUCKETS, registry=self.registry,
-        )
+        self._message_series: dict[tuple[str, str], _Count] = {}
+        self._fault_series: dict[tuple[str, str], _Count] = {}
+        self._latency_counts = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket (not cumulative), +Inf last
+        self._latency_sum = 0.0
+        self.registry.register(_HotCollector(self, namespace))
         self._connections_open = Gauge(
             "connections_open", "Terminal connections currently open.", namespace=namespace, registry=self.registry,
         )
@@ -74,8 +121,8 @@ class SwitchMetrics:
             "held_requests", "Requests parked by a hold fault, waiting for a release through the admin API.",
             namespace=namespace, registry=self.registry,
         )
-        self._message_children: dict[tuple[str, str | None], Counter] = {}
-        self._fault_children: dict[str, Counter] = {}
+        self._message_children: dict[tuple[str, str | None], _Count] = {}  # raw labels -> their series
+        self._fault_children: dict[tuple[str, str], _Count] = {}
         self._open = 0
 
     # -- hot path -------------------------------------------------------------------------------
@@ -85,18 +132,20 @@ class SwitchMetrics:
         child = self._message_children.get((mti, response_code))
         if child is None:
             child = self._message_child(mti, response_code)
-        child.inc()
+        child.value += 1
 
-    def fault(self, action: str) -> None:
-        """One fault action applied (e.g. "delay", "drop-response")."""
-        child = self._fault_children.get(action)
+    def fault(self, action: str, rule: str = "") -> None:
+        """One fault action applied (e.g. "delay_request") by the rule with id ``rule`` ("" when not
+        known: labelled "unknown")."""
+        child = self._fault_children.get((action, rule))
         if child is None:
-            child = self._fault_child(action)
-        child.inc()
+            child = self._fault_child(action, rule)
+        child.value += 1
 
     def latency(self, seconds: float) -> None:
-        """How long one request took, arrival to reply sent."""
-        self._latency.observe(seconds)
+        """How long one request took, arrival to reply sent (a bucket's bound is inclusive)."""
+        self._latency_counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self._latency_sum += seconds
 
     def connection_opened(self) -> None:
         self._open += 1
@@ -124,7 +173,14 @@ class SwitchMetrics:
 
     # -- label children (first sight of a label combination only) -------------------------------
 
-    def _message_child(self, mti: str, response_code: str | None) -> Counter:
+    @staticmethod
+    def _series(series: dict[tuple[str, str], _Count], labels: tuple[str, str]) -> _Count:
+        count = series.get(labels)
+        if count is None:
+            count = series[labels] = _Count()
+        return count
+
+    def _message_child(self, mti: str, response_code: str | None) -> _Count:
         mti_label = mti if isinstance(mti, str) and _MTI.fullmatch(mti) else INVALID
         if response_code is None:
             code_label = NO_RESPONSE
@@ -133,15 +189,19 @@ class SwitchMetrics:
         else:
             code_label = INVALID
         if len(self._message_children) >= MAX_SERIES:  # keep counting, in one bounded series
-            return self._messages.labels(mti=OTHER, response_code=OTHER)
-        child = self._messages.labels(mti=mti_label, response_code=code_label)
+            return self._series(self._message_series, (OTHER, OTHER))
+        child = self._series(self._message_series, (mti_label, code_label))
         self._message_children[(mti, response_code)] = child
         return child
 
-    def _fault_child(self, action: str) -> Counter:
+    def _fault_child(self, action: str, rule: str) -> _Count:
         label = action if isinstance(action, str) and _ACTION.fullmatch(action) else INVALID
+        if rule == "":
+            rule_label = UNKNOWN_RULE
+        else:
+            rule_label = rule if isinstance(rule, str) and _RULE.fullmatch(rule) else INVALID
         if len(self._fault_children) >= MAX_SERIES:
-            return self._faults.labels(action=OTHER)
-        child = self._faults.labels(action=label)
-        self._fault_children[action] = child
+            return self._series(self._fault_series, (OTHER, OTHER))
+        child = self._series(self._fault_series, (label, rule_label))
+        self._fault_children[(action, rule)] = child
         return child

@@ -43,8 +43,10 @@ from switch.faults import EMPTY_DECISION
 from switch.server_core import (
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PENDING,
+    NO_FAULTS,
     ServerConfig,
     ServerStats,
+    _Applied,
     _CloseConnection,
     _Connection,
     _peer_name,
@@ -188,14 +190,15 @@ class SwitchServer(_FaultedServer):
                 request, error = None, exc
             plan = faults.decide(request, connection=conn.number, elapsed=arrived - self._started)
             clean = plan is EMPTY_DECISION or plan.is_clean
-            applied = () if clean else plan.actions_applied()
+            applied = NO_FAULTS if clean else _Applied.of(plan)
             request_seq = journal.record_in(connection=conn.number, peer=conn.peer, raw=payload, message=request,
-                                            error=error, faults=applied) if journal is not None else None
+                                            error=error, faults=applied.actions, rules=applied.rules
+                                            ) if journal is not None else None
             tpdu = reply_tpdu(frame.tpdu) if frame.tpdu else None
             if not clean:
                 if self.metrics:
-                    for action in applied:
-                        self.metrics.fault(action)
+                    for action, rule in zip(applied.actions, applied.rules, strict=True):
+                        self.metrics.fault(action, rule)
                 tasks.start_soon(self._serve_faulted, conn, request, error, plan, applied, tpdu, request_seq,
                                  arrived, payload)
                 continue
@@ -203,13 +206,13 @@ class SwitchServer(_FaultedServer):
                 reply, commit_seq = self._decide(request, error, conn.peer, payload)
                 outgoing = self._outgoing(reply, commit_seq, request, error, tpdu, request_seq, arrived)
             except _CloseConnection as exc:
-                self._unanswered(request, error, request_seq, (), f"connection closed: {exc}")
+                self._unanswered(request, error, request_seq, NO_FAULTS, f"connection closed: {exc}")
                 conn.finished(1)
                 self.stats.connections_dropped += 1
                 log.warning("%s: closing connection: %s", conn.peer, exc)
                 return
             if outgoing is None:
-                self._unanswered(request, error, request_seq, (), "no response")
+                self._unanswered(request, error, request_seq, NO_FAULTS, "no response")
             conn.post(outgoing)
 
     async def _writer(self, conn: _Connection, watchdog: trio.CancelScope) -> None:
@@ -245,7 +248,7 @@ class SwitchServer(_FaultedServer):
                 conn.last_activity = trio.current_time()  # bytes moved: the peer reads
                 conn.finished(len(batch))
                 self.stats.responses_out += len(batch)
-                self._sent(conn, batch, ())
+                self._sent(conn, batch, NO_FAULTS)
             if conn.reader_done and conn.in_flight <= 0:
                 return
 

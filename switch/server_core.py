@@ -27,7 +27,7 @@ from switch.codec import Codec, Message, MessageDecodeError, MessageEncodeError
 from switch.codec.framing import Framing
 from switch.codec.stream import FrameStream
 from switch.commit import GroupCommitter
-from switch.faults import FaultEngine
+from switch.faults import FaultDecision, FaultEngine
 from switch.held import HeldRequest, HeldRequests
 from switch.host import Host
 from switch.journal import Journal
@@ -174,6 +174,22 @@ class _Connection:
         return self.in_flight >= self.max_pending
 
 
+@dataclass(frozen=True, slots=True)
+class _Applied:
+    """The fault actions applied to one request and, in the same order, the id of the rule behind
+    each (``FaultDecision.actions_applied`` / ``rules_applied``): what the journal and metrics say."""
+
+    actions: tuple[str, ...] = ()
+    rules: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, plan: FaultDecision) -> _Applied:
+        return cls(plan.actions_applied(), plan.rules_applied())
+
+
+NO_FAULTS = _Applied()
+
+
 class _Outgoing:
     """A decided reply waiting for its ledger commit and the writer."""
 
@@ -235,14 +251,14 @@ class _ServerCore:
                          arrived)
 
     def _unanswered(self, request: Message | None, error: MessageDecodeError | None, request_seq: int | None,
-                    faults: tuple[str, ...], note: str) -> None:
+                    faults: _Applied, note: str) -> None:
         if self.metrics:
             mti = request.mti if request is not None else (error.mti if error is not None else None) or "????"
             self.metrics.message(mti, None)
         if self.journal is not None and request_seq is not None:
-            self.journal.record_unsent(request_seq, faults, note)
+            self.journal.record_unsent(request_seq, faults.actions, note, faults.rules)
 
-    def _sent(self, conn: _Connection, batch: list[_Outgoing], faults: tuple[str, ...], note: str = "") -> None:
+    def _sent(self, conn: _Connection, batch: list[_Outgoing], faults: _Applied, note: str = "") -> None:
         journal, metrics = self.journal, self.metrics
         if journal is None and metrics is None:
             return
@@ -250,7 +266,8 @@ class _ServerCore:
         for item in batch:
             if journal is not None:
                 journal.record_out(connection=conn.number, peer=conn.peer, raw=item.payload, message=item.reply,
-                                   request_seq=item.request_seq, faults=faults, note=note)
+                                   request_seq=item.request_seq, faults=faults.actions, rules=faults.rules,
+                                   note=note)
             if metrics is not None:
                 reply = item.reply  # None: the bytes sent were no message (garbage), so no code was sent
                 metrics.message(item.request_mti, None if reply is None else

@@ -18,7 +18,15 @@ from switch.codec import Message, MessageDecodeError
 from switch.codec.composite import CompositeFieldError, CupHeader
 from switch.commit import CommitError
 from switch.faults import FaultDecision
-from switch.server_core import _CloseConnection, _Connection, _Outgoing, _socket_of, _with_wire_mac, _xor
+from switch.server_core import (
+    _Applied,
+    _CloseConnection,
+    _Connection,
+    _Outgoing,
+    _socket_of,
+    _with_wire_mac,
+    _xor,
+)
 from switch.server_held import _HeldServer
 
 log = logging.getLogger("switch.server")
@@ -29,7 +37,7 @@ class _FaultedServer(_HeldServer):
     connection tasks."""
 
     async def _serve_faulted(self, conn: _Connection, request: Message | None, error: MessageDecodeError | None,
-                             plan: FaultDecision, applied: tuple[str, ...], tpdu: bytes | None,
+                             plan: FaultDecision, applied: _Applied, tpdu: bytes | None,
                              request_seq: int | None, arrived: float, raw: bytes) -> None:
         """Run one request through its fault plan, in the order FaultDecision documents."""
         finished = False
@@ -85,7 +93,8 @@ class _FaultedServer(_HeldServer):
                 await self._faulted_write(conn, frame, plan)
                 if self.journal is not None:
                     self.journal.record_out(connection=conn.number, peer=conn.peer, raw=payload, message=sent,
-                                            request_seq=request_seq, faults=applied, note="the same reply again")
+                                            request_seq=request_seq, faults=applied.actions,
+                                            rules=applied.rules, note="the same reply again")
             if plan.truncate_at is not None:
                 await self._close(conn, reset=False)
         except _CloseConnection as exc:
@@ -101,7 +110,7 @@ class _FaultedServer(_HeldServer):
                 conn.post(None)
 
     async def _end_unanswered(self, conn: _Connection, request: Message | None, error: MessageDecodeError | None,
-                              request_seq: int | None, applied: tuple[str, ...], *, reset: bool, close: bool,
+                              request_seq: int | None, applied: _Applied, *, reset: bool, close: bool,
                               when: str, dropped: str) -> None:
         """End an exchange with no reply: journal why, then reset or close the connection if asked."""
         note = f"reset {when}" if reset else (f"closed {when}" if close else dropped)

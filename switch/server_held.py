@@ -20,7 +20,7 @@ from switch.codec import Message, MessageDecodeError
 from switch.commit import CommitError
 from switch.faults import FaultDecision, HoldOutcome
 from switch.held import HeldRequest, Release, ReleaseResult, ReleaseStatus
-from switch.server_core import RateLimitedLog, _CloseConnection, _Connection, _ServerCore
+from switch.server_core import RateLimitedLog, _Applied, _CloseConnection, _Connection, _ServerCore
 
 log = logging.getLogger("switch.server")
 
@@ -31,7 +31,7 @@ class _HeldServer(_ServerCore):
     _hold_refusals: RateLimitedLog | None = None
 
     async def _hold(self, conn: _Connection, request: Message | None, error: MessageDecodeError | None,
-                    plan: FaultDecision, applied: tuple[str, ...], tpdu: bytes | None, request_seq: int | None,
+                    plan: FaultDecision, applied: _Applied, tpdu: bytes | None, request_seq: int | None,
                     arrived: float, raw: bytes) -> None:
         """Park the request (counted in ``in_flight`` on entry; this method settles the count)."""
         assert plan.hold is not None
@@ -85,7 +85,7 @@ class _HeldServer(_ServerCore):
             self.held.finished(entry, result)
 
     async def _release(self, conn: _Connection, entry: HeldRequest, command: Release, result: ReleaseResult,
-                       tpdu: bytes | None, arrived: float, applied: tuple[str, ...]) -> None:
+                       tpdu: bytes | None, arrived: float, applied: _Applied) -> None:
         age = trio.current_time() - entry.held_at
         note = (f"held {age:.1f}s as {entry.id}, released as {command.outcome.value} by {command.by} "
                 f"(rules {', '.join(entry.rules)})")
@@ -103,7 +103,7 @@ class _HeldServer(_ServerCore):
 
     async def _answer(self, conn: _Connection, request: Message | None, error: MessageDecodeError | None,
                       result: ReleaseResult, tpdu: bytes | None, request_seq: int | None, arrived: float, raw: bytes,
-                      applied: tuple[str, ...], note: str, *, reply: Message | None = None) -> None:
+                      applied: _Applied, note: str, *, reply: Message | None = None) -> None:
         """Decide (unless ``reply`` is given), wait for the commit, send; ``result`` says how far it got."""
         commit_seq = None
         try:
@@ -145,7 +145,7 @@ class _HeldServer(_ServerCore):
             result.status, result.note = ReleaseStatus.CONNECTION_GONE, "the connection closed before the reply left"
             conn.reader_scope.cancel()
 
-    def _journal_unsent(self, entry: HeldRequest, applied: tuple[str, ...], note: str) -> None:
+    def _journal_unsent(self, entry: HeldRequest, applied: _Applied, note: str) -> None:
         self._unanswered(entry.request, None, entry.request_seq, applied, note)
 
     def _held_connection_closed(self, conn: _Connection) -> None:

@@ -25,7 +25,7 @@ from switch.codec import Codec, Message, MessageDecodeError, load_dialect
 from switch.codec.framing import Framing, TruncatedFrameError
 from switch.codec.stream import FrameStream
 from switch.commit import GroupCommitter
-from switch.faults import FaultEngine
+from switch.faults import FaultDecision, FaultEngine
 from switch.host import Host, HostConfig
 from switch.journal import Journal, JournalEntry
 from switch.ledger import Ledger, Posting
@@ -211,6 +211,63 @@ async def test_delays_of_several_rules_add_up_and_other_actions_combine() -> Non
         assert trio.current_time() - sent >= 0.3
         assert first == second and first[39] == "00"
         await client.aclose()
+
+
+async def test_journal_and_metrics_name_the_rule_behind_each_action() -> None:
+    """Issue 14: with several rules nobody can tell which one fired from the action alone."""
+    server = make_server({"id": "slow", "when": {"mti": ["0200"]}, "delay_response": "50ms"},
+                         {"id": "twice", "when": {"mti": ["0200"]}, "delay_response": "50ms", "duplicate": True},
+                         {"id": "lose-2", "when": {"mti": ["0200"], "nth": 2}, "drop_response": True})
+    async with running(server) as port:
+        client = await Client.connect(port)
+        await client.send(purchase(1))
+        first, second = await client.reply(), await client.reply()
+        assert first == second
+        await client.send(purchase(2))
+        await client.expect_silence()
+        await client.aclose()
+    delayed, dropped = request_entry(server, 1), request_entry(server, 2)
+    assert delayed.faults == ("delay_response", "duplicate")
+    assert delayed.rules == ("slow", "twice")  # the delays add up; the first rule asking names it
+    assert delayed.as_dict()["rules"] == ["slow", "twice"]
+    assert (dropped.faults, dropped.rules) == (("delay_response", "drop_response"), ("slow", "lose-2"))
+    assert server.journal is not None
+    replies = server.journal.query(stan="1", mti="0210")
+    assert [e.rules for e in replies] == [("slow", "twice")] * 2
+    assert server.metrics is not None
+    text = server.metrics.render().decode()
+    assert 'iso_switch_faults_applied_total{action="delay_response",rule="slow"} 2.0' in text
+    assert 'iso_switch_faults_applied_total{action="duplicate",rule="twice"} 1.0' in text
+    assert 'iso_switch_faults_applied_total{action="drop_response",rule="lose-2"} 1.0' in text
+
+
+def test_each_action_is_attributed_to_the_first_rule_that_asked_for_it() -> None:
+    engine = FaultEngine(seed=1)
+    engine.add({"id": "nothing-yet", "when": {"mti": ["0800"]}, "drop_request": True})  # does not match
+    engine.add({"id": "slow", "when": {"mti": ["0200"]}, "delay_request": "10ms"})
+    engine.add({"id": "noise", "when": {"mti": ["0200"]}, "delay_request": "10ms", "garbage": 8})
+    engine.add({"id": "echo", "when": {"mti": ["0200"]}, "wrong_echo": ["stan"]})  # garbage replaces the reply
+    decision = engine.decide(purchase(1), connection=1, elapsed=0.0)
+    assert decision.rules == ("slow", "noise", "echo")  # every rule that fired
+    assert decision.actions_applied() == ("delay_request", "garbage")
+    assert decision.rules_applied() == ("slow", "noise")
+    built = FaultDecision(rules=("r9",), drop_response=True)  # no sources: its first rule
+    assert built.rules_applied() == ("r9",) and FaultDecision(drop_request=True).rules_applied() == ("",)
+
+
+async def test_maintenance_decisions_name_the_maintenance_rule() -> None:
+    server = make_server()
+    server.faults.maintenance = "respond"
+    async with running(server) as port:
+        client = await Client.connect(port)
+        await client.send(purchase(1))
+        assert (await client.reply())[39] == "91"
+        await client.aclose()
+    entry = request_entry(server, 1)
+    assert (entry.faults, entry.rules) == (("respond",), ("maintenance",))
+    assert server.metrics is not None
+    text = server.metrics.render().decode()
+    assert 'iso_switch_faults_applied_total{action="respond",rule="maintenance"} 1.0' in text
 
 
 # ---------------------------------------------------------------------------------------------

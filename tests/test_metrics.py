@@ -54,16 +54,36 @@ def test_distinct_series_are_capped() -> None:
     assert sum(found[key] for key in series) == MAX_SERIES + 50  # nothing lost
 
 
-def test_faults_are_counted_by_action() -> None:
+def fault_count(metrics: SwitchMetrics, action: str, rule: str) -> float:
+    return samples(metrics).get(("iso_switch_faults_applied_total", (("action", action), ("rule", rule))), 0.0)
+
+
+def test_faults_are_counted_by_action_and_rule() -> None:
     metrics = SwitchMetrics()
-    metrics.fault("delay")
-    metrics.fault("delay")
-    metrics.fault("drop-response")
-    metrics.fault("Not An Action!")
+    metrics.fault("delay_request", "slow-host")
+    metrics.fault("delay_request", "slow-host")
+    metrics.fault("delay_request", "f2")
+    metrics.fault("drop_response", "maintenance")
+    metrics.fault("Not An Action!", "slow-host")
+    metrics.fault("drop_response", "no id\n")
+    metrics.fault("drop_response")  # a caller that does not know the rule
+    assert fault_count(metrics, "delay_request", "slow-host") == 2
+    assert fault_count(metrics, "delay_request", "f2") == 1
+    assert fault_count(metrics, "drop_response", "maintenance") == 1
+    assert fault_count(metrics, "invalid", "slow-host") == 1
+    assert fault_count(metrics, "drop_response", "invalid") == 1
+    assert fault_count(metrics, "drop_response", "unknown") == 1
+
+
+def test_fault_series_are_capped_over_action_and_rule() -> None:
+    metrics = SwitchMetrics()
+    for number in range(MAX_SERIES + 20):
+        metrics.fault("delay_request", f"r{number}")
     found = samples(metrics)
-    assert found[("iso_switch_faults_applied_total", (("action", "delay"),))] == 2
-    assert found[("iso_switch_faults_applied_total", (("action", "drop-response"),))] == 1
-    assert found[("iso_switch_faults_applied_total", (("action", "invalid"),))] == 1
+    series = [key for key in found if key[0] == "iso_switch_faults_applied_total"]
+    assert len(series) == MAX_SERIES + 1
+    assert fault_count(metrics, "other", "other") == 20
+    assert sum(found[key] for key in series) == MAX_SERIES + 20
 
 
 def test_latency_histogram_buckets_span_one_millisecond_to_a_minute() -> None:

@@ -83,6 +83,9 @@ class FaultDecision:
     wrong_check_value: bytes | None = None  # XOR mask for the last check value of field 62
     signon_again: bool = False
     hold: Hold | None = None
+    # action name (as ``actions_applied`` says it) -> id of the first rule that asked for it; not
+    # part of the decision's value (two decisions doing the same are equal whoever asked)
+    sources: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}), hash=False, compare=False)
 
     @property
     def is_clean(self) -> bool:
@@ -114,6 +117,14 @@ class FaultDecision:
             ("duplicate", self.duplicate),
         )
         return tuple(name for name, applied in present if applied)
+
+    def rules_applied(self) -> tuple[str, ...]:
+        """The rule id behind each of ``actions_applied()``, in the same order, for the journal and
+        metrics: the first rule (in plan order) that asked for the action; "maintenance" in
+        maintenance mode. A decision built without sources names its first rule (or "")."""
+        fallback = self.rules[0] if self.rules else ""
+        sources = self.sources
+        return tuple(sources.get(name, fallback) for name in self.actions_applied())
 
 
 EMPTY_DECISION = FaultDecision()
@@ -170,46 +181,65 @@ def combine(fired: Sequence[tuple[FaultRule, random.Random]], message: Message |
     flags: set[str] = set()
     single: dict[str, Any] = {}
     echo: dict[int, str] = {}
+    sources: dict[str, str] = {}  # action name (as actions_applied says it) -> first rule asking for it
     fields = message.fields if message is not None else {}
     for rule, rng in fired:
         actions = rule.actions
+        asked = rule.id
         if actions.delay_request is not None:
-            delay_request += actions.delay_request.sample(rng)
+            delay = actions.delay_request.sample(rng)
+            delay_request += delay
+            if delay > 0:
+                sources.setdefault("delay_request", asked)
         if actions.delay_response is not None:
-            delay_response += actions.delay_response.sample(rng)
+            delay = actions.delay_response.sample(rng)
+            delay_response += delay
+            if delay > 0:
+                sources.setdefault("delay_response", asked)
         for name in ("drop_request", "drop_response", "duplicate"):
             if getattr(actions, name):
                 flags.add(name)
+                sources.setdefault(name, asked)
         for name in ("close", "reset"):
             if getattr(actions, name):
                 flags.add(f"{name}_{getattr(actions, name)}")
+                sources.setdefault(f"{name}_{getattr(actions, name)}", asked)
         if actions.garbage is not None and "garbage" not in single:
             single["garbage"] = rng.randbytes(actions.garbage)
+            sources["garbage"] = asked
         if actions.truncate and "truncate_at" not in single:
             single["truncate_at"] = rng.randrange(TRUNCATE_KEEP_MAX)
+            sources["truncate"] = asked
         if actions.wrong_length and "length_delta" not in single:
             single["length_delta"] = rng.choice((-1, 1)) * rng.randint(1, LENGTH_DELTA_MAX)
+            sources["wrong_length"] = asked
         for name in actions.wrong_echo:
             number = WRONG_ECHO_FIELDS[name]
             if number not in echo:
                 echo[number] = _WRONG_VALUE[name](fields.get(number), rng)
+                sources.setdefault("wrong_echo", asked)
         if actions.corrupt_mac and "corrupt_mac" not in single:
             single["corrupt_mac"] = _mac_mask(rng)
+            sources["corrupt_mac"] = asked
         if actions.wrong_check_value and "wrong_check_value" not in single:
             single["wrong_check_value"] = _mac_mask(rng, CHECK_VALUE_BYTES)
+            sources["wrong_check_value"] = asked
         if actions.signon_again:
             flags.add("signon_again")
+            sources.setdefault("signon_again", asked)
         for name in ("slice", "bandwidth", "respond", "hold"):
             if getattr(actions, name) is not None and name not in single:
                 single[name] = getattr(actions, name)
+                sources[name] = asked
     ids = tuple(rule.id for rule, _ in fired)
+    origin = MappingProxyType(sources)
     ended: dict[str, Any]  # one bool flag, by name (typed loosely so mypy accepts it as **kwargs)
     for ending in ("reset_before", "close_before", "drop_request"):  # the strongest wins
         if ending in flags:
             ended = {ending: True}
-            return FaultDecision(rules=ids, delay_request=delay_request, **ended)
+            return FaultDecision(rules=ids, delay_request=delay_request, sources=origin, **ended)
     if "hold" in single:  # held unprocessed: what other rules would do to the reply cannot happen
-        return FaultDecision(rules=ids, delay_request=delay_request, hold=single["hold"])
+        return FaultDecision(rules=ids, delay_request=delay_request, hold=single["hold"], sources=origin)
     for ending in ("reset_after", "close_after", "drop_response"):
         if ending in flags:
             ended = {ending: True}
@@ -218,6 +248,7 @@ def combine(fired: Sequence[tuple[FaultRule, random.Random]], message: Message |
                 delay_request=delay_request,
                 delay_response=delay_response,
                 respond=single.get("respond"),
+                sources=origin,
                 **ended,
             )
     if "garbage" in single:
@@ -234,6 +265,7 @@ def combine(fired: Sequence[tuple[FaultRule, random.Random]], message: Message |
         duplicate="duplicate" in flags,
         signon_again="signon_again" in flags,
         wrong_echo=MappingProxyType(dict(sorted(echo.items()))),
+        sources=origin,
         **single,
     )
 

@@ -5,12 +5,13 @@ Two readers with different needs share one record per frame:
 - the admin API asks ``Journal.query`` for the newest entries matching a filter (a bounded ring in
   memory, ``ring_size`` entries);
 - people and tools read the JSON-lines file (``journal.jsonl``, rotated by size into
-  ``journal.jsonl.1`` ... ``.N``), written by ``Journal.run`` in a worker thread.
+  ``journal.jsonl.1`` ... ``.N``), written by ``Journal.run`` (formatted on the event loop in
+  slices, written to the disk by a worker thread).
 
 The switch calls ``record_in`` / ``record_out`` on its hot path, so recording only stores the raw
 bytes, the decoded fields and a few keys used by filters. Everything costly (masking, hex, JSON)
-happens later and once per entry: in the writer thread for the file, on ``query`` for the API, with
-the result cached on the record.
+happens later and once per entry: in ``Journal.run`` for the file (by message shape, see
+``switch.journal.lines``), on ``query`` for the API, with the result cached on the record.
 
 Masking follows ``switch.codec.composite.mask_field`` for decoded values (PAN first 6 + last 4,
 track data after the PAN hidden, PIN block and ICC data as ``****``). In ``raw_hex`` every byte
@@ -23,8 +24,12 @@ ASCII or EBCDIC), and PAN-sized digit runs in the fields read: a PAN in a log is
 less readable log. In every frame, a run of 13-19 digits that passes the Luhn check in any other field
 (a card number typed into field 48) is masked too, in the fields and in ``raw_hex``.
 
-Modules: ``core`` (records, entries, the ring, the file writer), ``masking``, ``reading`` (the
-file read back, for the CLI). Everything is importable from ``switch.journal``.
+Every entry names the fault actions applied (``faults``) and, beside each, the id of the rule that
+asked for it (``rules``; "maintenance" for maintenance mode; ``[]`` in files written before).
+
+Modules: ``core`` (records, entries, the ring, the file writer), ``lines`` (the file's lines by
+message shape), ``masking``, ``reading`` (the file read back, for the CLI). Everything is
+importable from ``switch.journal``.
 """
 
 

@@ -31,6 +31,7 @@ _PAN_LIKE = re.compile(r"(?<![0-9])[0-9]{13,19}(?![0-9])")
 # Every message puts at least an MTI (2 bytes) and a bitmap (8) before field 2, so the first 10
 # bytes of a frame never hold a PAN, whatever dialect wrote it.
 _NEVER_PAN_BYTES = 10
+_SENSITIVE_CACHE = 4096  # distinct sensitive values remembered by ``_Masker.sensitive``
 
 
 
@@ -112,11 +113,26 @@ class _Masker:
         self._text_encodings = {int(key): spec["data_enc"] for key, spec in codec.dialect.spec.items()
                                 if key.isdigit() and spec.get("data_enc") not in (None, "b")}
         self._encodings: dict[int, tuple[str, bool, str, str]] = {}
+        self._sensitive: dict[tuple[int, str], tuple[str, bytes | None]] = {}
         for number in SENSITIVE_FIELDS:
             spec = codec.dialect.spec.get(str(number))
             if spec is not None:
                 self._encodings[number] = (spec["data_enc"], spec.get("len_count", "bytes") == "nibbles",
                                            spec.get("left_pad", "")[:1], spec.get("right_pad", "")[:1])
+
+    def sensitive(self, number: int, value: str) -> tuple[str, bytes | None]:
+        """(shown value, bytes as the dialect sends it or None) of a sensitive field's value.
+
+        Cached: a load test repeats a few test cards, and this is per frame on the writer's path.
+        The cache is bounded (cleared when full), and holds nothing the ring does not hold too.
+        """
+        key = (number, value)
+        cached = self._sensitive.get(key)
+        if cached is None:
+            if len(self._sensitive) >= _SENSITIVE_CACHE:
+                self._sensitive.clear()
+            cached = self._sensitive[key] = (_shown_value(number, value), self._wire_data(number, value))
+        return cached
 
     def _wire_data(self, number: int, value: str) -> bytes | None:
         encoding = self._encodings.get(number)

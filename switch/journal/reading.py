@@ -35,6 +35,7 @@ def _parse_line(line: bytes, number: int, on_error: ErrorHandler | None) -> dict
         reason = f"not JSON ({exc})"
     else:
         if isinstance(document, dict) and isinstance(document.get("seq"), int):
+            document.setdefault("rules", [])  # written before rule ids were recorded: none known
             return document
         reason = "not a journal entry (no integer 'seq')"
     if on_error is None:
@@ -81,7 +82,8 @@ def _text(value: Any) -> str:
 
 def format_entry_line(entry: dict[str, Any]) -> str:
     """One readable line: time, seq, connection, arrow (<- in, -> out), MTI and meaning, STAN,
-    terminal, response code, faults, note. Anything a peer sent is escaped for the terminal."""
+    terminal, response code, faults and the rules behind them, note. Anything a peer sent is
+    escaped for the terminal."""
     stamp: Any = entry.get("time")  # from a file: anything; float() refusing it is handled below
     try:
         when = datetime.fromtimestamp(float(stamp)).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
@@ -110,6 +112,9 @@ def format_entry_line(entry: dict[str, Any]) -> str:
     if faults:
         names = faults if isinstance(faults, list) else [faults]
         parts.append("faults: " + ",".join(_text(name) for name in names))
+        rules = entry.get("rules")
+        if rules and isinstance(rules, list):
+            parts.append("rules: " + ",".join(_text(rule) for rule in rules))
     if entry.get("note"):
         parts.append(f"({_text(entry['note'])})")
     if entry.get("error"):
