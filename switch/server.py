@@ -60,6 +60,7 @@ from switch.server_listen import (
     serve_listeners,
     server_ssl_context,
 )
+from switch.wire_hints import hint_for_framing_error
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING", "Listener", "ServerConfig", "ServerStats", "SwitchGroup",
            "SwitchServer", "listener_address", "run_until_signalled", "server_ssl_context", "utc_now"]
@@ -170,7 +171,8 @@ class SwitchServer(_FaultedServer):
                 frame = await frames.receive_frame()
             except FramingError as exc:
                 self.stats.connections_dropped += 1
-                log.warning("%s: closing connection: %s", conn.peer, exc)
+                hint = hint_for_framing_error(exc, self.framing)
+                log.warning("%s: closing connection: %s%s", conn.peer, exc, f"; {hint}" if hint else "")
                 return
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return
@@ -188,6 +190,7 @@ class SwitchServer(_FaultedServer):
                 error: MessageDecodeError | None = None
             except MessageDecodeError as exc:
                 request, error = None, exc
+                self._report_undecodable(conn.peer, exc, (frame.tpdu or b"") + payload)
             plan = faults.decide(request, connection=conn.number, elapsed=arrived - self._started)
             clean = plan is EMPTY_DECISION or plan.is_clean
             applied = NO_FAULTS if clean else _Applied.of(plan)

@@ -34,6 +34,7 @@ from switch.journal import Journal
 from switch.ledger import Ledger
 from switch.metrics import SwitchMetrics
 from switch.security import SecurityError, apply_mac, mac_field
+from switch.wire_hints import hint_for_undecodable, readable_decode_error
 
 log = logging.getLogger("switch.server")
 
@@ -96,6 +97,10 @@ class RateLimitedLog:
         self.suppressed = 0
         self.total = 0
         self._next: float | None = None  # when the next line may be written; None: no run under way
+
+    def due(self) -> bool:
+        """Whether the next ``event`` writes a line: lets a caller skip building a costly message."""
+        return self._next is None or trio.current_time() >= self._next
 
     def event(self, first: str, again: str) -> None:
         """Log ``first`` now, or fold this event into the next ``again`` line (``{count}``, ``{every}``)."""
@@ -235,6 +240,20 @@ class _ServerCore:
         self._accepting: trio.CancelScope | None = None
         self._draining = False
         self._refusals = RateLimitedLog()  # connections refused over max_connections
+        self._undecodable = RateLimitedLog()  # frames that are no message of this dialect
+
+    def _report_undecodable(self, peer: str, exc: MessageDecodeError, frame: bytes) -> None:
+        """A warning, once per burst, that says why a frame is no message here when that can be told
+        (another dialect, a TPDU the other way round, TLS or HTTP on a plain port): at the default
+        verbosity, since a client in the wrong dialect otherwise sees 30s and the log says nothing.
+        The hint costs a few trial decodes, so it is built only when the line is written."""
+        report = self._undecodable
+        if not report.due():
+            report.event("", "")
+            return
+        hint = hint_for_undecodable(frame, self.codec.dialect, self.framing) or "no shipped dialect or framing fits"
+        line = f"{peer}: undecodable frame: {readable_decode_error(exc)}; {hint}".replace("{", "{{").replace("}", "}}")
+        report.event(line, line + " (and {count} more such frames in the last {every:g} s)")
 
     def _outgoing(self, reply: Message | None, commit_seq: int | None, request: Message | None,
                   error: MessageDecodeError | None, tpdu: bytes | None, request_seq: int | None,

@@ -259,3 +259,32 @@ async def test_connections_beyond_max_connections_are_closed_over_loopback(caplo
             await frames.aclose()
     assert "connection refused: 3 connections open (--max-connections 3)" in caplog.text
     assert server.stats.connections_refused == 1
+
+
+async def test_a_client_in_another_dialect_gets_one_warning_with_a_hint(caplog: pytest.LogCaptureFixture) -> None:
+    """At the default verbosity: a client sending iso87-ascii to an iso87-binary listener is told
+    apart from noise, once per burst rather than once per frame."""
+    ascii_codec = Codec(load_dialect("iso87-ascii"))
+    server = make_server(require_signon=False)
+    async with running(server) as port:
+        frames = await connect(port)
+        for stan in (1, 2, 3):
+            await frames.send_frame(ascii_codec.encode(purchase(stan)))
+            with trio.fail_after(5):
+                await frames.receive_frame()  # a 30, or the close
+        await frames.aclose()
+    warnings = [r.getMessage() for r in caplog.records if "undecodable frame" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "it decodes as iso87-ascii, not as iso87-binary" in warnings[0]
+
+
+async def test_an_ascii_length_header_on_a_binary_framing_is_named(caplog: pytest.LogCaptureFixture) -> None:
+    server = make_server(require_signon=False)
+    async with running(server) as port:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        await stream.send_all(b"0123" + b"0" * 123)  # a 4-digit ASCII length header
+        with trio.fail_after(5):
+            while await stream.receive_some(100):
+                pass
+        await stream.aclose()
+    assert "the length header is ASCII digits" in caplog.text
