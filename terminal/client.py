@@ -35,7 +35,13 @@ Choices, and why:
   ``TerminalPolicy`` over the same store recovers it exactly like a process restart.
 * **Blocking store calls**: the policy's calls commit to SQLite with fsync. A CLI runs them on the
   event loop; with many terminals on one loop pass ``offload_store=True`` to run each call in a
-  worker thread (one call at a time per client, as the store requires).
+  worker thread (one call at a time per client, as the store requires). Cheaper for many terminals:
+  a store opened with ``deferred_sync=True`` commits without fsync, and the driver calls its
+  ``sync()`` before writing any frame — so a request still leaves only once what it depends on is
+  on disk — in a worker thread with ``offload_sync=True`` (the policy's calls then stay inline:
+  one thread hop per request instead of one per call), or through ``syncer``, a coroutine that
+  returns once the store is synced (the load runner's group syncer: one thread hop per batch of
+  terminals).
 
 Notes from the policy are logged on the ``terminal`` logger (and handed to ``on_note`` if given).
 """
@@ -73,6 +79,7 @@ from terminal.policy import (
     Sleep,
     TerminalPolicy,
 )
+from terminal.store import TerminalStore
 
 __all__ = [
     "DEFAULT_TPDU",
@@ -283,6 +290,8 @@ class TerminalClient:
         *,
         tpdu: bytes | None = None,
         offload_store: bool = False,
+        offload_sync: bool | None = None,
+        syncer: Callable[[TerminalStore], Awaitable[None]] | None = None,
         on_note: Callable[[Note], None] | None = None,
         confirmation: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -306,6 +315,8 @@ class TerminalClient:
         self._connect = connect
         self._clock = clock
         self._offload = offload_store
+        self._offload_sync = offload_store if offload_sync is None else offload_sync
+        self._syncer = syncer
         self._on_note = on_note
         self._confirmation = confirmation
         self._exit_stack: AsyncExitStack | None = None
@@ -448,6 +459,14 @@ class TerminalClient:
         except (MessageEncodeError, FramingError, SecurityError) as exc:
             await self._call(self.policy.send_failed, self._now(), str(exc))
             return
+        store = self.policy.store
+        if store.needs_sync:  # deferred-sync store: what this request depends on reaches the disk first
+            if self._syncer is not None:
+                await self._syncer(store)
+            elif self._offload_sync:
+                await trio.to_thread.run_sync(store.sync)
+            else:
+                store.sync()
         problem = ""
         with trio.move_on_at(self.clock.to_trio(action.deadline)) as scope:
             try:

@@ -3,6 +3,20 @@
 Everything a careful terminal must not forget when it is killed lives here, in one SQLite file
 (stdlib ``sqlite3``, WAL, ``synchronous=FULL``: a method that returned has reached the disk).
 
+``deferred_sync=True`` (the load runner's stores) trades when, not whether. Each ``transaction()``
+is a savepoint (atomic: a failed step is undone, the steps before it stand) inside one open SQLite
+transaction, and ``sync()`` commits it and fdatasyncs the WAL (``synchronous=NORMAL``). The driver
+calls ``sync()`` before every request it writes, so whatever a request depends on (its STAN,
+journal entry and reversal) is on disk before the request leaves, exactly as with FULL. What waits
+for the next request (or ``close``) is only what an answer changed; a terminal killed before then
+has its last entry in flight again on restart, and its stored reversal goes out: conservative, no
+money moves the terminal does not know about. One commit and one fsync per request instead of one
+per step, and both can run in a worker thread.
+
+Reads of the meta row, the pending reversals and advices and recently written journal entries are
+served from memory (one process per store file, so the copy cannot go stale; a rolled-back
+transaction drops it).
+
 Each public method is one transaction. ``transaction()`` groups several into one, and the policy
 uses it for every step that must be atomic: allocating a STAN, journalling a request and storing
 its pending reversal commit together, *before* the request may be sent; recording the answer and
@@ -21,6 +35,8 @@ calls in a worker thread, one at a time.
 
 The records themselves (``JournalEntry``, the pending reversal, advice and settlement, STAN and
 batch numbering) are values in ``terminal.records``; this module persists them and re-exports them.
+The pending reversal and advice queues, and the stored form of a message, are in
+``terminal.store_queues`` (``TerminalStore`` inherits the queues).
 """
 
 from __future__ import annotations
@@ -28,8 +44,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from typing import Any
 
 from switch.codec.composite import mask_pan
@@ -43,6 +58,17 @@ from terminal.records import (
     PendingSettlement,
     next_batch_number,
     next_stan,
+)
+from terminal.store_queues import (
+    SECRET_FIELDS,
+    PendingQueues,
+    StoreError,
+    _check_code_like,
+    _copy,
+    _message_from,
+    _message_json,
+    _stored,
+    fsync_directory,
 )
 
 __all__ = [
@@ -62,23 +88,55 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = "1"
+_CHECKPOINT_EVERY = 256  # commits between WAL checkpoints in deferred mode (run by sync(), off the event loop)
+_ENTRY_CACHE = 256  # journal entries kept in memory (the ones a running transaction reads back)
 FIRST_BATCH = "000001"
-SECRET_FIELDS = frozenset({35, 36, 45, 52, 53, 55})
-"""Never written to the store: track 2/3/1, PIN block, security control, ICC data."""
+class _Transaction:
+    """``TerminalStore.transaction()``: a plain class, not a generator, because every store write
+    goes through it several times per request."""
 
+    __slots__ = ("store",)
 
-class StoreError(RuntimeError):
-    """The store cannot be opened or used (not a terminal store, another terminal's, misuse)."""
+    def __init__(self, store: TerminalStore) -> None:
+        self.store = store
 
+    def __enter__(self) -> None:
+        store = self.store
+        conn = store._db()
+        if not store._depth:
+            if store.deferred_sync:  # a step of the open transaction that ``sync`` commits
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                conn.execute("SAVEPOINT step")
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+        store._depth += 1
 
-def _message_json(message: Message) -> str:
-    fields = {str(k): v for k, v in sorted(message.fields.items()) if k not in SECRET_FIELDS}
-    return json.dumps({"mti": message.mti, "header": message.header, "fields": fields}, separators=(",", ":"))
-
-
-def _message_from(text: str) -> Message:
-    raw = json.loads(text)
-    return Message(raw["mti"], {int(k): v for k, v in raw["fields"].items()}, raw["header"])
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        store = self.store
+        store._depth -= 1
+        if store._depth:
+            return
+        conn = store._db()
+        if store.deferred_sync:
+            if exc_type is not None:  # undo this step only: the steps before it stand
+                store._forget()
+                if conn.in_transaction:  # (SQLite itself rolls everything back on some I/O errors)
+                    conn.execute("ROLLBACK TO step")
+                    conn.execute("RELEASE step")
+                return
+            conn.execute("RELEASE step")
+            store._unsynced = True
+            return
+        if exc_type is not None:
+            store._forget()
+            conn.execute("ROLLBACK")
+            return
+        try:
+            conn.execute("COMMIT")
+        except BaseException:
+            store._forget()
+            raise
 
 
 _SCHEMA = (
@@ -122,28 +180,33 @@ _JOURNAL_COLUMNS = (
 _JOURNAL_UPDATABLE = frozenset({"state", "response_code", "rrn", "auth_code", "reason", "amount", "batch"})
 
 
-def _check_code_like(name: str, value: object, width: int) -> None:
-    if not (isinstance(value, str) and len(value) <= width and value.isascii() and value.isprintable()):
-        raise StoreError(f"{name} must be up to {width} printable ASCII characters, got {value!r}")
-
-
-class TerminalStore:
+class TerminalStore(PendingQueues):
     """The durable store of one terminal; see the module docstring. Build with ``TerminalStore.open``."""
 
-    def __init__(self, connection: sqlite3.Connection, path: str, terminal_id: str) -> None:
+    def __init__(self, connection: sqlite3.Connection, path: str, terminal_id: str, *,
+                 deferred_sync: bool = False) -> None:
         self._conn: sqlite3.Connection | None = connection
         self.path = path
         self.terminal_id = terminal_id
         self._depth = 0
+        self.deferred_sync = deferred_sync and path != ":memory:"
+        self._unsynced = False
+        self._wal_fd: int | None = None
+        self._commits = 0  # since the last checkpoint (deferred mode)
+        self._meta_cache: dict[str, str] | None = None
+        self._reversal_cache: dict[int, PendingReversal] | None = None
+        self._advice_cache: dict[int, PendingAdvice] | None = None
+        self._entry_cache: dict[int, JournalEntry] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], terminal_id: str) -> TerminalStore:
+    def open(cls, path: str | os.PathLike[str], terminal_id: str, *, deferred_sync: bool = False) -> TerminalStore:
         """Open (creating if new) the store of terminal ``terminal_id`` (field 41, padding ignored).
 
         A store belongs to one terminal: opening it for another is an error, because STANs and
-        pending reversals are per terminal. ``":memory:"`` gives a throw-away store for tests.
+        pending reversals are per terminal. ``":memory:"`` gives a throw-away store (tests, and
+        ``iso-terminal load --store-dir :memory:``). ``deferred_sync``: see the module docstring.
         """
         name = os.fspath(path)
         owner = terminal_id.rstrip(" ") if isinstance(terminal_id, str) else ""
@@ -162,7 +225,10 @@ class TerminalStore:
                 mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
                 if mode.lower() != "wal":
                     raise StoreError(f"{name}: SQLite refused WAL journal mode (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
+            deferred = deferred_sync and name != ":memory:"
+            conn.execute("PRAGMA synchronous=NORMAL" if deferred else "PRAGMA synchronous=FULL")
+            if deferred:  # one process per store anyway; no shared-memory locking on every commit
+                conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             conn.execute("PRAGMA foreign_keys=ON")
             tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
             if not tables:
@@ -196,12 +262,50 @@ class TerminalStore:
         except StoreError:
             conn.close()
             raise
-        return cls(conn, name, owner)
+        if deferred:
+            fsync_directory(os.path.dirname(os.path.abspath(name)))  # the file names, once: sync() covers the rest
+        return cls(conn, name, owner, deferred_sync=deferred)
 
     def close(self) -> None:
+        """Close the store; in deferred mode the last writes are made durable first."""
         if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+            try:
+                self.sync()
+            finally:
+                if self._wal_fd is not None:
+                    os.close(self._wal_fd)
+                    self._wal_fd = None
+                self._conn.close()
+                self._conn = None
+
+    @property
+    def needs_sync(self) -> bool:
+        """Whether writes were committed since the last ``sync`` (deferred mode only; never with FULL)."""
+        return self._unsynced
+
+    def sync(self) -> None:
+        """Make every committed write durable (fdatasync of the WAL; a checkpoint now and then).
+
+        Deferred mode only (a no-op otherwise). Blocking: a driver with many terminals on one event
+        loop runs it in a worker thread, while this terminal makes no other call.
+        """
+        if not self._unsynced:
+            return
+        conn = self._db()
+        if conn.in_transaction:
+            try:
+                conn.execute("COMMIT")  # the WAL write, here (in the syncer's thread), not on the event loop
+            except sqlite3.Error as exc:
+                self._forget()
+                raise StoreError(f"terminal store {self.path}: cannot write: {exc}") from None
+            self._commits += 1
+        if self._commits >= _CHECKPOINT_EVERY:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # syncs the WAL, copies, syncs the database
+            self._commits = 0
+        if self._wal_fd is None:
+            self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
+        os.fdatasync(self._wal_fd)  # as SQLite's own sync; Linux flushes the file whichever descriptor wrote it
+        self._unsynced = False
 
     @property
     def closed(self) -> bool:
@@ -218,38 +322,35 @@ class TerminalStore:
             raise StoreError(f"terminal store {self.path} is closed")
         return self._conn
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
+    def transaction(self) -> _Transaction:
         """Group the calls inside into one atomic, durable transaction (nesting joins the outer one)."""
-        conn = self._db()
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        self._depth = 1
-        try:
-            yield
-        except BaseException:
-            self._depth = 0
-            conn.execute("ROLLBACK")
-            raise
-        self._depth = 0
-        conn.execute("COMMIT")
+        return _Transaction(self)
+
+    def _forget(self) -> None:
+        """Drop the in-memory copies (a rolled-back transaction may have changed them)."""
+        self._meta_cache = None
+        self._reversal_cache = None
+        self._advice_cache = None
+        self._entry_cache = {}
+
+    def _metas(self) -> dict[str, str]:
+        if self._meta_cache is None:
+            self._meta_cache = dict(self._db().execute("SELECT key, value FROM meta"))
+        return self._meta_cache
 
     def _meta(self, key: str) -> str | None:
-        row = self._db().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else row[0]
+        self._db()
+        return self._metas().get(key)
 
     def _set_meta(self, key: str, value: str | None) -> None:
         with self.transaction():
+            metas = self._metas()
             if value is None:
                 self._db().execute("DELETE FROM meta WHERE key = ?", (key,))
+                metas.pop(key, None)
             else:
                 self._db().execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+                metas[key] = value
 
     # -- counters -------------------------------------------------------------------------------
 
@@ -332,12 +433,14 @@ class TerminalStore:
         stan = request.get(11)
         if stan is None:
             raise StoreError("a journalled request must carry field 11 (STAN)")
+        masked = mask_pan(pan) if pan else ""
         with self.transaction():
+            entry_batch = batch or self.batch
             cursor = self._db().execute(
                 f"INSERT INTO journal ({', '.join(_JOURNAL_COLUMNS[1:])}) VALUES "
                 f"({', '.join('?' * (len(_JOURNAL_COLUMNS) - 1))})",
                 (
-                    batch or self.batch,
+                    entry_batch,
                     kind,
                     direction,
                     request.mti,
@@ -345,7 +448,7 @@ class TerminalStore:
                     request.get(7) or "",
                     amount,
                     currency,
-                    mask_pan(pan) if pan else "",
+                    masked,
                     state,
                     "",
                     "",
@@ -357,8 +460,12 @@ class TerminalStore:
                 ),
             )
             entry_id = cursor.lastrowid
-        assert entry_id is not None
-        return self.entry(entry_id)
+            assert entry_id is not None
+            entry = JournalEntry(entry_id, entry_batch, kind, direction, request.mti, stan, request.get(7) or "",
+                                 amount, currency, masked, state, "", "", auth_code, reason, _stored(request),
+                                 float(now), float(now))
+            self._remember(entry)
+        return self._fresh(entry)
 
     def update_entry(self, entry_id: int, *, now: float, **changes: Any) -> JournalEntry:
         """Change an entry's state/response/RRN/auth code/reason/amount/batch; returns the new entry."""
@@ -378,9 +485,34 @@ class TerminalStore:
             )
             if cursor.rowcount != 1:
                 raise StoreError(f"no journal entry {entry_id}")
+            cached = self._entry_cache.get(entry_id)
+            if cached is not None and isinstance(now, int | float) and all(
+                    type(value) is type(getattr(cached, name)) for name, value in changes.items()):
+                values = {name: getattr(cached, name) for name in _JOURNAL_COLUMNS}
+                values.update(changes, updated_at=float(now))
+                self._remember(JournalEntry(**values))
+            else:  # read back what SQLite made of the values
+                self._entry_cache.pop(entry_id, None)
         return self.entry(entry_id)
 
+    def _remember(self, entry: JournalEntry) -> None:
+        if len(self._entry_cache) >= _ENTRY_CACHE:
+            self._entry_cache.clear()
+        self._entry_cache[entry.id] = entry
+
+    @staticmethod
+    def _fresh(entry: JournalEntry) -> JournalEntry:
+        """A copy the caller may change without changing the store's memory of it."""
+        e = entry
+        return JournalEntry(e.id, e.batch, e.kind, e.direction, e.mti, e.stan, e.transmission_time, e.amount,
+                            e.currency, e.pan, e.state, e.response_code, e.rrn, e.auth_code, e.reason,
+                            _copy(e.request), e.created_at, e.updated_at)
+
     def entry(self, entry_id: int) -> JournalEntry:
+        cached = self._entry_cache.get(entry_id)
+        if cached is not None:
+            self._db()
+            return self._fresh(cached)
         row = (
             self._db()
             .execute(f"SELECT {', '.join(_JOURNAL_COLUMNS)} FROM journal WHERE id = ?", (entry_id,))
@@ -388,7 +520,9 @@ class TerminalStore:
         )
         if row is None:
             raise StoreError(f"no journal entry {entry_id}")
-        return self._entry(row)
+        entry = self._entry(row)
+        self._remember(entry)
+        return self._fresh(entry)
 
     @staticmethod
     def _entry(row: tuple[Any, ...]) -> JournalEntry:
@@ -423,114 +557,6 @@ class TerminalStore:
                     reason="the terminal stopped before the answer was processed",
                 )
         return [self.entry(entry.id) for entry in stranded]
-
-    # -- pending reversals ----------------------------------------------------------------------
-
-    def add_reversal(self, journal_id: int, reason: str, message: Message, now: float) -> PendingReversal:
-        _check_code_like("reversal reason", reason, 2)
-        with self.transaction():
-            cursor = self._db().execute(
-                "INSERT INTO reversals (journal_id, reason, message, attempts, created_at, updated_at) "
-                "VALUES (?, ?, ?, 0, ?, ?)",
-                (journal_id, reason, _message_json(message), now, now),
-            )
-        assert cursor.lastrowid is not None
-        return self.reversal(cursor.lastrowid)
-
-    def reversal(self, reversal_id: int) -> PendingReversal:
-        row = (
-            self._db()
-            .execute(
-                "SELECT id, journal_id, reason, message, attempts, created_at, updated_at FROM reversals WHERE id = ?",
-                (reversal_id,),
-            )
-            .fetchone()
-        )
-        if row is None:
-            raise StoreError(f"no pending reversal {reversal_id}")
-        return PendingReversal(row[0], row[1], row[2], _message_from(row[3]), row[4], row[5], row[6])
-
-    def reversals(self) -> list[PendingReversal]:
-        """Pending reversals, oldest first (the order they must go out in)."""
-        rows = self._db().execute("SELECT id FROM reversals ORDER BY id").fetchall()
-        return [self.reversal(row[0]) for row in rows]
-
-    def reversal_for(self, journal_id: int) -> PendingReversal | None:
-        row = self._db().execute("SELECT id FROM reversals WHERE journal_id = ?", (journal_id,)).fetchone()
-        return None if row is None else self.reversal(row[0])
-
-    def update_reversal(
-        self,
-        reversal_id: int,
-        *,
-        now: float,
-        message: Message | None = None,
-        attempts: int | None = None,
-        reason: str | None = None,
-    ) -> PendingReversal:
-        current = self.reversal(reversal_id)
-        if reason is not None:
-            _check_code_like("reversal reason", reason, 2)
-        with self.transaction():
-            self._db().execute(
-                "UPDATE reversals SET message = ?, attempts = ?, reason = ?, updated_at = ? WHERE id = ?",
-                (
-                    _message_json(message or current.message),
-                    current.attempts if attempts is None else attempts,
-                    reason or current.reason,
-                    now,
-                    reversal_id,
-                ),
-            )
-        return self.reversal(reversal_id)
-
-    def delete_reversal(self, reversal_id: int) -> None:
-        with self.transaction():
-            self._db().execute("DELETE FROM reversals WHERE id = ?", (reversal_id,))
-
-    # -- pending advices ------------------------------------------------------------------------
-
-    def add_advice(self, journal_id: int, message: Message, now: float) -> PendingAdvice:
-        with self.transaction():
-            cursor = self._db().execute(
-                "INSERT INTO advices (journal_id, message, attempts, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
-                (journal_id, _message_json(message), now, now),
-            )
-        assert cursor.lastrowid is not None
-        return self.advice(cursor.lastrowid)
-
-    def advice(self, advice_id: int) -> PendingAdvice:
-        row = (
-            self._db()
-            .execute(
-                "SELECT id, journal_id, message, attempts, created_at, updated_at FROM advices WHERE id = ?",
-                (advice_id,),
-            )
-            .fetchone()
-        )
-        if row is None:
-            raise StoreError(f"no pending advice {advice_id}")
-        return PendingAdvice(row[0], row[1], _message_from(row[2]), row[3], row[4], row[5])
-
-    def advices(self) -> list[PendingAdvice]:
-        """Pending advices, oldest first."""
-        rows = self._db().execute("SELECT id FROM advices ORDER BY id").fetchall()
-        return [self.advice(row[0]) for row in rows]
-
-    def update_advice(
-        self, advice_id: int, *, now: float, attempts: int, message: Message | None = None
-    ) -> PendingAdvice:
-        current = self.advice(advice_id)
-        with self.transaction():
-            self._db().execute(
-                "UPDATE advices SET attempts = ?, message = ?, updated_at = ? WHERE id = ?",
-                (attempts, _message_json(message or current.message), now, advice_id),
-            )
-        return self.advice(advice_id)
-
-    def delete_advice(self, advice_id: int) -> None:
-        with self.transaction():
-            self._db().execute("DELETE FROM advices WHERE id = ?", (advice_id,))
 
     # -- pending settlement ---------------------------------------------------------------------
 

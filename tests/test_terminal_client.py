@@ -434,3 +434,42 @@ async def test_a_confirmed_sale_stands(autojump_clock: Any, inline_threads: None
         outcome = await client.run_command(Purchase(1500, PAN, EXPIRY, confirm_timeout=45.0))
         assert outcome.kind == "approved"
         assert only_posting(rig).reversed is False
+
+
+async def test_a_deferred_sync_store_is_synced_before_every_request_leaves(
+        autojump_clock: Any, inline_threads: None, tmp_path: Path) -> None:
+    """Store, then send: with commits that do not fsync, the driver syncs before it writes a frame,
+    so the sale's journal entry and reversal are on disk before the sale is on the wire."""
+    store = TerminalStore.open(tmp_path / "t.sqlite", TID, deferred_sync=True)
+    events: list[str] = []
+    real_sync = store.sync
+
+    def sync() -> None:
+        events.append("sync" if store.needs_sync else "sync (nothing to do)")
+        real_sync()
+
+    store.sync = sync  # type: ignore[method-assign]
+    async with switch() as rig:
+        real_connect = rig.connect
+
+        async def connect() -> trio.abc.Stream:
+            stream = await real_connect()
+            real_send = stream.send_all
+
+            async def send_all(data: bytes | bytearray | memoryview) -> None:
+                events.append("unsynced write" if store.needs_sync else "write")
+                await real_send(data)
+
+            stream.send_all = send_all  # type: ignore[method-assign]
+            return stream
+
+        policy = TerminalPolicy(TerminalProfile.for_dialect(ISO, TID, MID), store, rig.clock.now())
+        async with TerminalClient(policy, Codec(ISO), Framing.from_dialect(ISO), connect, rig.clock,
+                                  offload_sync=True) as client:
+            assert (await client.run_command(sale(4200))).kind == "approved"
+    assert "unsynced write" not in events
+    assert events.count("write") == 2 and events[:2] == ["sync", "write"]  # sign-on (its STAN), then the sale
+    assert events[2:] == ["sync", "write"]
+    store.close()
+    with TerminalStore.open(tmp_path / "t.sqlite", TID) as reopened:
+        assert [e.state for e in reopened.entries()] == ["approved"]

@@ -325,3 +325,98 @@ def test_a_committed_step_is_visible_to_another_connection_at_once(store_path, s
 def test_memory_store_for_tests():
     with TerminalStore.open(":memory:", TID) as store:
         assert store.next_stan() == "000001"
+
+
+# -- deferred sync and the in-memory copies -----------------------------------------------------
+
+
+def test_deferred_sync_store_says_when_it_must_sync_and_a_full_one_never(store_path, store):
+    add(store)
+    assert not store.needs_sync  # synchronous=FULL: every commit is on disk already
+    with TerminalStore.open(store_path.with_name("deferred.sqlite"), TID, deferred_sync=True) as deferred:
+        assert deferred.deferred_sync and not deferred.needs_sync
+        entry = add(deferred)
+        assert deferred.needs_sync
+        deferred.sync()
+        assert not deferred.needs_sync
+        deferred.update_entry(entry.id, now=NOW + 1, state="approved")
+        assert deferred.needs_sync  # an answer's write waits for the next request (or close)
+    with TerminalStore.open(store_path.with_name("deferred.sqlite"), TID) as reopened:
+        assert reopened.entry(entry.id).state == "approved"  # close made it durable
+    memory = TerminalStore.open(":memory:", TID, deferred_sync=True)
+    add(memory)
+    assert not memory.deferred_sync and not memory.needs_sync
+    memory.close()
+
+
+def test_deferred_sync_checkpoints_now_and_then(store_path):
+    with TerminalStore.open(store_path, TID, deferred_sync=True) as deferred:
+        for _ in range(1499):
+            deferred.next_stan()
+            deferred.sync()
+        wal = store_path.with_name(store_path.name + "-wal")
+        assert wal.stat().st_size < 3_000_000  # sync() checkpoints well before SQLite's own 1000 pages (4 MB)
+        assert deferred.last_stan == "001499"
+
+
+def test_what_the_store_remembers_equals_what_it_reads_back(store_path):
+    with TerminalStore.open(store_path, TID, deferred_sync=True) as store:
+        entry = add(store, amount=700)
+        reversal = store.add_reversal(entry.id, "98", request(), NOW)
+        advice = store.add_advice(entry.id, request("000002"), NOW)
+        store.update_entry(entry.id, now=NOW + 2, state="approved", amount=650, rrn="000000000009")
+        store.update_reversal(reversal.id, now=NOW + 3, attempts=2, message=request(f39="98"))
+        store.update_advice(advice.id, now=NOW + 4, attempts=1)
+        remembered = (store.entry(entry.id), store.reversals(), store.advices(), store.last_stan)
+    with TerminalStore.open(store_path, TID) as fresh:
+        assert (fresh.entry(entry.id), fresh.reversals(), fresh.advices(), fresh.last_stan) == remembered
+    assert remembered[0].request.get(35) is None and remembered[1][0].message.get(52) is None  # no secrets
+
+
+def test_a_rolled_back_transaction_leaves_nothing_in_memory_either(store):
+    entry = add(store)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.next_stan()
+        store.add_reversal(entry.id, "98", request(), NOW)
+        store.update_entry(entry.id, now=NOW, state="approved")
+        raise RuntimeError("the process failed mid-step")
+    assert store.reversals() == [] and store.reversal_for(entry.id) is None
+    assert store.entry(entry.id).state == "in-flight" and store.last_stan == "000000"
+
+
+def test_changing_what_the_store_returned_does_not_change_the_store(store):
+    entry = add(store)
+    store.add_reversal(entry.id, "98", request(), NOW)
+    store.entry(entry.id).request.fields[4] = "999999999999"
+    store.reversals()[0].message.fields[4] = "999999999999"
+    assert store.entry(entry.id).request[4] == "000000001234"
+    assert store.reversals()[0].message[4] == "000000001234"
+
+
+def test_a_failed_step_of_a_deferred_store_undoes_only_itself(store_path):
+    with TerminalStore.open(store_path, TID, deferred_sync=True) as store:
+        entry = add(store)
+        store.add_reversal(entry.id, "98", request(), NOW)
+        with pytest.raises(RuntimeError), store.transaction():
+            store.next_stan()
+            store.update_entry(entry.id, now=NOW, state="approved")
+            raise RuntimeError("the process failed mid-step")
+        assert store.entry(entry.id).state == "in-flight" and len(store.reversals()) == 1  # the earlier steps stand
+        assert store.last_stan == "000000"
+        store.sync()
+    with TerminalStore.open(store_path, TID) as reopened:
+        assert reopened.entry(entry.id).state == "in-flight" and len(reopened.reversals()) == 1
+
+
+def test_steps_of_a_deferred_store_not_yet_synced_are_not_on_disk(store_path):
+    """What a request depends on is committed by sync(), which the driver calls before sending."""
+    store = TerminalStore.open(store_path, TID, deferred_sync=True)
+    add(store)
+    other = sqlite3.connect(store_path)  # another reader sees nothing uncommitted (the store holds its lock)
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        other.execute("SELECT COUNT(*) FROM journal").fetchone()
+    other.close()
+    store.sync()
+    store.close()
+    with TerminalStore.open(store_path, TID) as reopened:
+        assert len(reopened.entries()) == 1

@@ -44,7 +44,10 @@ from terminal.cli.terminal_command import (
 @click.option("--seed", type=int, default=None, help="Seed for the mix, amounts and cards (repeatable runs).")
 @click.option("--store-dir", default=None, metavar="DIR",
               help="The terminals' stores (default: where every terminal command keeps its store, so STANs and "
-                   "batches continue across runs and `status --terminal-id L0000001` works).")
+                   "batches continue across runs and `status --terminal-id L0000001` works). ':memory:' keeps "
+                   "them in memory only: faster, but a terminal killed mid-run forgets its pending reversals.")
+@click.option("--workers", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="Processes, each running its share of the terminals (one event loop is one core).")
 @click.option("--report", "report_dir", default=None, metavar="DIR", help="Write summary.json and report.html here.")
 @click.option("--quiet", is_flag=True, help="No progress display; only the summary.")
 @click.option("--admin", "admin_url", default=None, metavar="URL",
@@ -55,8 +58,8 @@ from terminal.cli.terminal_command import (
 @click.option("--require-check", is_flag=True, help="Exit 5 when the consistency check cannot run.")
 def load(settings: TerminalSettings, terminal_count: int, count: int | None, duration: str | None, rate: str | None,
          mix: str | None, settle: bool, amount_text: str, pans: tuple[str, ...], seed: int | None,
-         store_dir: str | None, report_dir: str | None, quiet: bool, admin_url: str | None, admin_token: str | None,
-         no_check: bool, require_check: bool) -> None:
+         store_dir: str | None, workers: int, report_dir: str | None, quiet: bool, admin_url: str | None,
+         admin_token: str | None, no_check: bool, require_check: bool) -> None:
     """Run N emulated terminals against a host and report throughput, latency and outcomes.
 
     Every terminal follows all the terminal rules (sign-on, timeouts, reversals, settlement) with
@@ -66,7 +69,7 @@ def load(settings: TerminalSettings, terminal_count: int, count: int | None, dur
     terminal's journal is compared with the host's ledger, transaction by transaction.
 
     \b
-    Exit: 0 done (and consistent, or not checked); 3 usage error or host never reached;
+    Exit: 0 done (and consistent, or not checked); 3 usage error or host not reached;
     4 terminals and host disagree; 5 --require-check and the check could not run; 130 interrupted.
 
     \b
@@ -76,6 +79,7 @@ def load(settings: TerminalSettings, terminal_count: int, count: int | None, dur
     from terminal.load import (
         DEFAULT_ADMIN_URL,
         DEFAULT_MIX,
+        MEMORY_STORES,
         CheckOptions,
         LoadConfig,
         LoadError,
@@ -114,12 +118,13 @@ def load(settings: TerminalSettings, terminal_count: int, count: int | None, dur
             count=count, duration=None if duration is None else parse_load_duration(duration),
             rate=None if rate is None else parse_rate(rate), mix=parse_mix(mix or DEFAULT_MIX), settle=settle,
             amount_range=amount_range, pans=cards, expiry=expiry, seed=seed,
-            store_dir=store_dir or str(default_store_path("L0000001").parent),
+            store_dir=store_dir or str(default_store_path("L0000001").parent), workers=workers,
         )
     except LoadError as exc:
         raise CliError(str(exc), EXIT_TERMINAL_USAGE) from None
     for option, directory in (("--store-dir", config.store_dir), ("--report", report_dir)):
-        if directory is not None:  # before the run, not after it: a run is not repeated for a typo
+        in_memory = option == "--store-dir" and directory == MEMORY_STORES
+        if directory is not None and not in_memory:  # before the run: a run is not repeated for a typo
             try:
                 Path(directory).expanduser().mkdir(parents=True, exist_ok=True)
                 with tempfile.TemporaryFile(dir=Path(directory).expanduser()):

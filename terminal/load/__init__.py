@@ -17,9 +17,12 @@ Pieces, and why they are apart:
 * ``TokenBucket`` — pure rate limiting: ``--rate R/s`` is one bucket shared by all terminals
   (open loop: transactions are started at R/s whatever the host's latency, as long as a terminal
   is free); without it each terminal starts its next transaction as soon as the last one ended.
-* ``LoadRunner`` — the Trio shell. Latency is measured around ``run_command``: the time until the
-  operation had its outcome, *including* anything the policy had to send first (a sign-on, a stored
-  reversal), because that is what the person at the till waits for. When the run ends (count
+* ``LoadRunner`` — the Trio shell. Its stores commit without fsync (``deferred_sync``) and a
+  ``GroupSyncer`` syncs each one before its terminal's next request leaves, many terminals per
+  thread hop; the policy's calls run inline (no thread per call). Latency is measured around
+  ``run_command``: the time until the operation had its outcome, *including* anything the policy
+  had to send first (a sign-on, a stored reversal), because that is what the person at the till
+  waits for. When the run ends (count
   reached or duration over) no new transaction starts; the ones in flight finish under the
   terminal's own timeouts. Then every terminal drains what it owes (reversals, advices) and, with
   ``--settle``, settles its batch.
@@ -40,9 +43,11 @@ answers 94 (without field 7 nothing tells the two transactions apart).
 
 Modules: ``options`` (constants, parsing the command line's values, ``LoadConfig``), ``stats``
 (``LoadStats``, ``Progress``), ``runner`` (``TokenBucket``, ``LoadRunner``, ``LoadResult``),
-``consistency`` (``compare_views``, ``fetch_postings``, ``check_consistency``), ``progress`` (the
-plain and live displays), ``execution`` (``execute``: the whole command; ``exit_status``). This
-package re-exports their public names.
+``syncer`` (``GroupSyncer``), ``consistency`` (``compare_views``, ``fetch_postings``,
+``check_consistency``), ``progress`` (the
+plain and live displays), ``workers`` (``--workers N``: the run over N processes, merged),
+``execution`` (``execute``: the whole command; ``exit_status``). This package re-exports their
+public names.
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ from terminal.load.options import (
     EXIT_HOST_NOT_REACHED,
     EXIT_INCONSISTENT,
     EXIT_INTERRUPTED,
+    MEMORY_STORES,
     OPERATIONS,
     PERCENTILES,
     LoadConfig,
@@ -92,6 +98,7 @@ __all__ = [
     "EXIT_HOST_NOT_REACHED",
     "EXIT_INCONSISTENT",
     "EXIT_INTERRUPTED",
+    "MEMORY_STORES",
     "OPERATIONS",
     "PERCENTILES",
     "TIMELINE_RESOLUTION",

@@ -16,17 +16,20 @@ from typing import Any, NoReturn, TextIO
 
 import trio
 
+from terminal.client import tcp_connector
 from terminal.load.consistency import CheckOptions, ConsistencyResult, check_consistency, run_window
 from terminal.load.options import (
     EXIT_CHECK_REQUIRED,
     EXIT_HOST_NOT_REACHED,
     EXIT_INCONSISTENT,
     EXIT_INTERRUPTED,
+    MEMORY_STORES,
     LoadConfig,
 )
 from terminal.load.progress import LiveProgress, PlainProgress
 from terminal.load.runner import LoadResult, LoadRunner
 from terminal.load.stats import LoadStats, Progress
+from terminal.load.workers import run_workers
 from terminal.store import StoreError
 
 # ---------------------------------------------------------------------------------------------
@@ -35,6 +38,9 @@ from terminal.store import StoreError
 
 @contextlib.contextmanager
 def _store_directory(store_dir: str | None) -> Iterator[str]:
+    if store_dir == MEMORY_STORES:
+        yield MEMORY_STORES
+        return
     if store_dir is not None:
         Path(store_dir).expanduser().mkdir(parents=True, exist_ok=True)
         yield str(Path(store_dir).expanduser())
@@ -57,6 +63,10 @@ def execute(config: LoadConfig, check: CheckOptions, *, report_dir: str | None =
 
     out = out or sys.stdout
     err = err or sys.stderr
+    unreachable = _unreachable(config)
+    if unreachable is not None:  # one line, not one per terminal, and no run against nothing
+        print(f"error: cannot connect: {unreachable}", file=err, flush=True)
+        return EXIT_HOST_NOT_REACHED
     stats = LoadStats()
     with _store_directory(config.store_dir) as directory:
         runner = LoadRunner(config, stats, directory)
@@ -65,11 +75,18 @@ def execute(config: LoadConfig, check: CheckOptions, *, report_dir: str | None =
             use_live = live if live is not None else err.isatty()
             title = (f"iso-terminal load → {config.host}:{config.port}: {len(config.terminal_ids)} terminals, "
                      + (f"{config.count} transactions" if config.count else f"{config.duration:g}s")
-                     + (f" at {config.rate:g}/s" if config.rate else ""))
+                     + (f" at {config.rate:g}/s" if config.rate else "")
+                     + (f", {config.workers} workers" if config.workers > 1 else ""))
             display = LiveProgress(err, title) if use_live else PlainProgress(err)
         wall_start = time.time()
+        stopped_early = False
         try:
-            result = trio.run(_run_until_interrupted, runner, display, err)
+            if config.workers > 1:
+                merged = run_workers(config, directory, stats, display, err)
+                result, stopped_early = merged.result, merged.stopped_early
+            else:
+                result = trio.run(_run_until_interrupted, runner, display, err)
+                stopped_early = runner.stopping
         except BaseException as exc:
             if not _only_interrupts(exc):
                 _raise_plainly(exc)
@@ -86,7 +103,7 @@ def execute(config: LoadConfig, check: CheckOptions, *, report_dir: str | None =
                                     interrupted=True)
             summary = {"tool": "iso-terminal load", "format": 1,
                        "started_at": _iso(result.started_at), "ended_at": _iso(result.ended_at),
-                       "interrupted": interrupted, "stopped_early": runner.stopping, "config": config.describe(),
+                       "interrupted": interrupted, "stopped_early": stopped_early, "config": config.describe(),
                        **stats.summary(result.elapsed)}
             if interrupted:
                 consistency = ConsistencyResult("skipped", reason="the run was interrupted")
@@ -101,6 +118,8 @@ def execute(config: LoadConfig, check: CheckOptions, *, report_dir: str | None =
         finally:
             for store in runner.stores.values():
                 store.close()
+    if _never_connected(summary) and stats.connect_failure:
+        print(f"error: {stats.connect_failure}", file=err, flush=True)  # once, however many terminals failed
     if report_dir is not None:
         json_path, html_path = write_report(report_dir, summary)
         summary["report"] = {"summary": str(json_path), "html": str(html_path)}
@@ -158,6 +177,37 @@ def _only_interrupts(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_only_interrupts(inner) for inner in exc.exceptions)
     return isinstance(exc, KeyboardInterrupt)
+
+
+def _unreachable(config: LoadConfig) -> str | None:
+    """Why the host cannot be reached (after the profile's connect attempts), or None when it answers
+    a TCP connect (TLS handshake included). Checked once before the run, so a wrong port is one line."""
+    connect = tcp_connector(config.host, config.port, ssl_context=config.ssl_context)
+    profile = config.profile
+
+    async def probe() -> str | None:
+        reason = ""
+        for attempt in range(1, max(1, profile.connect_attempts) + 1):
+            with trio.move_on_after(profile.connect_timeout) as scope:
+                try:
+                    stream = await connect()
+                except OSError as exc:
+                    reason = str(exc)
+                else:
+                    await trio.aclose_forcefully(stream)
+                    return None
+            if scope.cancelled_caught:
+                reason = f"{config.host}:{config.port}: connect timed out after {profile.connect_timeout:g}s"
+            if attempt < profile.connect_attempts:
+                await trio.sleep(profile.backoff(attempt))
+        return reason
+
+    return trio.run(probe)
+
+
+def _never_connected(summary: Mapping[str, Any]) -> bool:
+    return bool(summary.get("terminal_events", {}).get("connect_failures")) and not any(
+        summary.get("messages_sent", {}).values())
 
 
 def exit_status(summary: Mapping[str, Any], check: CheckOptions) -> int:

@@ -26,6 +26,9 @@ a void, whose "reversed" is its success: ``is_error`` knows."""
 CUP_CLOCK_SLACK = 5.0
 """Seconds a CUP posting's host receive time may lie outside the run (no field 7 to go by)."""
 
+MEMORY_STORES = ":memory:"
+"""``--store-dir :memory:``: every terminal's store in memory only, gone when the run ends."""
+
 EXIT_HOST_NOT_REACHED = 3
 EXIT_INCONSISTENT = 4
 EXIT_CHECK_REQUIRED = 5
@@ -147,17 +150,20 @@ class LoadConfig:
     pans: tuple[str, ...] = ("4761739001010010",)
     expiry: str = "3012"
     seed: int | None = None
-    store_dir: str | None = None  # None: a temporary directory, removed after the run
+    store_dir: str | None = None  # None: a temporary directory, removed after the run; MEMORY_STORES: none
+    workers: int = 1  # processes, each running its share of the terminals
     tpdu: bytes | None = None
     ssl_context: ssl.SSLContext | None = None  # TLS to the host
-    offload_store: bool = True  # store calls in worker threads (fsync must not stall every terminal)
+    offload_store: bool = True  # store opens and syncs in worker threads (an fsync must not stall every terminal)
 
     def __post_init__(self) -> None:
         if not self.terminal_ids:
             raise LoadError("at least one terminal is needed")
         if len(set(self.terminal_ids)) != len(self.terminal_ids):
             raise LoadError("terminal ids must be distinct")
-        if (self.count is None) == (self.duration is None):
+        if self.count is None and self.duration is None:
+            raise LoadError("say how long to run: --count (total transactions) or --duration (wall time)")
+        if self.count is not None and self.duration is not None:
             raise LoadError("give either --count (total transactions) or --duration (wall time), not both")
         if self.count is not None and self.count < 1:
             raise LoadError(f"--count must be at least 1, got {self.count}")
@@ -173,6 +179,14 @@ class LoadConfig:
             raise LoadError(f"the amount range must be 1 <= low <= high minor units, got {low}-{high}")
         if not self.pans:
             raise LoadError("at least one card number is needed")
+        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
+            raise LoadError(f"--workers must be at least 1, got {self.workers!r}")
+        if self.workers > len(self.terminal_ids):
+            raise LoadError(f"--workers {self.workers} is more than the {len(self.terminal_ids)} terminals: "
+                            "every worker needs a terminal of its own")
+        if self.count is not None and self.count < self.workers:
+            raise LoadError(f"--count {self.count} is fewer than --workers {self.workers}: every worker needs "
+                            "a transaction to run")
 
     def describe(self) -> dict[str, Any]:
         """The settings as the summary records them."""
@@ -185,5 +199,5 @@ class LoadConfig:
             "cards": len(self.pans), "seed": self.seed, "response_timeout_seconds": self.profile.response_timeout,
             "currency": self.profile.currency, "currency_exponent": self.profile.currency_exponent,
             "tls": self.ssl_context is not None, "mac": self.profile.mac,
-            "store_dir": self.store_dir or "(temporary)",
+            "store_dir": self.store_dir or "(temporary)", "workers": self.workers,
         }

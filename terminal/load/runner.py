@@ -15,8 +15,9 @@ import trio
 
 from switch.codec.message import Codec
 from terminal.client import ConnectFactory, TerminalClient, TrioClock, tcp_connector
-from terminal.load.options import LoadConfig, LoadError, store_file_name
+from terminal.load.options import MEMORY_STORES, LoadConfig, LoadError, store_file_name
 from terminal.load.stats import LoadStats, Progress
+from terminal.load.syncer import GroupSyncer
 from terminal.policy import (
     Action,
     Command,
@@ -77,21 +78,30 @@ class TokenBucket:
 
 @dataclass
 class LoadResult:
-    """What a run leaves: the stores (still open, for the check), times by both clocks, interruption."""
+    """What a run leaves: the stores (still open, for the check), times by both clocks, interruption.
+
+    A run split over worker processes has no stores here: ``journal_entries`` and ``journalled``
+    carry what the workers read from theirs before closing them."""
 
     stores: dict[str, TerminalStore]
     started_at: float  # Unix seconds (the policies' clock)
     ended_at: float
     elapsed: float  # seconds from the start to the last transaction's outcome (or to the stop)
     interrupted: bool = False
+    journal_entries: dict[str, list[JournalEntry]] | None = None
+    journalled: set[tuple[str, str, str]] | None = None
 
     def journal(self) -> dict[str, list[JournalEntry]]:
         """Each terminal's journal entries made during this run (earlier runs' entries excluded)."""
+        if self.journal_entries is not None:
+            return self.journal_entries
         return {terminal: [entry for entry in store.entries() if entry.created_at >= self.started_at]
                 for terminal, store in self.stores.items()}
 
     def journalled_keys(self) -> set[tuple[str, str, str]]:
         """(terminal, STAN, field 7) of every entry the stores hold, from any run."""
+        if self.journalled is not None:
+            return self.journalled
         return {(terminal, entry.stan, entry.transmission_time)
                 for terminal, store in self.stores.items() for entry in store.entries()}
 
@@ -153,8 +163,12 @@ class LoadRunner:
         self._t0 = 0.0
         self._deadline: float | None = None
         self.stores: dict[str, TerminalStore] = {}
+        self.started_at: float | None = None  # Unix seconds, once ``run`` has begun
+        self._syncer = GroupSyncer() if config.offload_store else None
 
     def store_path(self, terminal_id: str) -> str:
+        if self.store_dir == MEMORY_STORES:
+            return ":memory:"
         return os.path.join(self.store_dir, store_file_name(terminal_id))
 
     async def run(self, on_progress: Callable[[Progress], None] | None = None,
@@ -162,7 +176,7 @@ class LoadRunner:
         clock = self._clock or TrioClock.wall()
         self._clock = clock
         self._t0 = trio.current_time()
-        started_at = clock.now()
+        started_at = self.started_at = clock.now()
         if self.config.duration is not None:
             self._deadline = self._t0 + self.config.duration
         result = LoadResult(self.stores, started_at, started_at, 0.0)
@@ -170,6 +184,8 @@ class LoadRunner:
             async with trio.open_nursery() as nursery:
                 if on_progress is not None:
                     nursery.start_soon(self._report_progress, on_progress, progress_interval)
+                if self._syncer is not None:
+                    nursery.start_soon(self._syncer.run)
                 async with trio.open_nursery() as terminals:
                     for terminal_id in self.config.terminal_ids:
                         terminals.start_soon(self._terminal, terminal_id)
@@ -190,15 +206,15 @@ class LoadRunner:
             await trio.sleep(interval)
             on_progress(self.stats.snapshot(self._at()))
 
-    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if self.config.offload_store:
-            return await trio.to_thread.run_sync(functools.partial(fn, *args))
-        return fn(*args)
+            return await trio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+        return fn(*args, **kwargs)
 
     async def _terminal(self, terminal_id: str) -> None:
         assert self._clock is not None
         config = self.config
-        store = await self._call(TerminalStore.open, self.store_path(terminal_id), terminal_id)
+        store = await self._call(TerminalStore.open, self.store_path(terminal_id), terminal_id, deferred_sync=True)
         self.stores[terminal_id] = store
         profile = dataclasses.replace(config.profile, terminal_id=terminal_id)
         policy = await self._call(_CountingPolicy, profile, store, self._clock.now())
@@ -206,10 +222,10 @@ class LoadRunner:
 
         def on_note(note: Note) -> None:
             if not (closing and note.kind == "connection-lost"):  # our own close at the end is no loss
-                self.stats.record_note(note.kind)
+                self.stats.record_note(note.kind, note.text)
 
         client = TerminalClient(policy, self._codec, config.framing, self._connect, self._clock, tpdu=config.tpdu,
-                                offload_store=config.offload_store, on_note=on_note)
+                                offload_sync=config.offload_store, syncer=self._syncer, on_note=on_note)
         async with client:
             await self._housekeeping(client, policy, Drain())  # anything an earlier run left owed
             while (job := await self._next_job()) is not None:

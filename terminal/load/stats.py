@@ -65,6 +65,7 @@ class LoadStats:
 
     def __init__(self) -> None:
         self.started = 0
+        self.finished = 0  # kept as outcomes are recorded: read on every record and every snapshot
         self.errors = 0
         self.outcomes: Counter[str] = Counter({kind: 0 for kind in OUTCOME_KINDS})
         self.by_operation: dict[str, Counter[str]] = {}
@@ -74,6 +75,7 @@ class LoadStats:
         self.messages_sent: Counter[str] = Counter()
         self.housekeeping: dict[str, Counter[str]] = {}
         self._timeline: dict[int, list[int]] = {}  # tenth of a second → counts in _TIMELINE_COLUMNS order
+        self.connect_failure: str | None = None  # the first "cannot connect: ..." of any terminal, for one error line
         self.first_outcome_at: float | None = None
         self.last_outcome_at: float | None = None
         self._latencies: list[float] = []
@@ -95,6 +97,7 @@ class LoadStats:
         if self.finished >= self.started:
             raise ValueError("an outcome was recorded for a transaction never started")
         self.outcomes[kind] += 1
+        self.finished += 1
         self.by_operation.setdefault(operation, Counter())[kind] += 1
         if response_code:
             self.response_codes[response_code] += 1
@@ -114,8 +117,10 @@ class LoadStats:
         self._recent.append(at)
         self._prune_recent(at)
 
-    def record_note(self, kind: str) -> None:
+    def record_note(self, kind: str, text: str = "") -> None:
         self.notes[kind] += 1
+        if kind == "connect-failed" and self.connect_failure is None:
+            self.connect_failure = text or "cannot connect"
 
     def record_sends(self, purposes: Iterable[str]) -> None:
         """Messages the terminals transmitted, by the policy's purpose (signon, financial, reversal...)."""
@@ -130,10 +135,6 @@ class LoadStats:
             self._recent.popleft()
 
     # -- reading ---------------------------------------------------------------------------------
-
-    @property
-    def finished(self) -> int:
-        return sum(self.outcomes.values())
 
     @property
     def in_flight(self) -> int:
@@ -206,6 +207,8 @@ class LoadStats:
         """Every accounting identity that must hold; the broken ones, described (empty: all hold)."""
         problems = []
         finished = self.finished
+        if sum(self.outcomes.values()) != finished:
+            problems.append(f"outcomes add up to {sum(self.outcomes.values())}, not {finished}")
         if self.started != finished + self.in_flight or self.in_flight < 0:
             problems.append(f"started {self.started} != finished {finished} + in flight {self.in_flight}")
         per_operation = sum(sum(counts.values()) for counts in self.by_operation.values())
