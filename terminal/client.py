@@ -80,6 +80,7 @@ from terminal.policy import (
     TerminalPolicy,
 )
 from terminal.store import TerminalStore
+from terminal.wire_hints import closed_by_host_text, framing_error_text, undecodable_reply_text
 
 __all__ = [
     "DEFAULT_TPDU",
@@ -234,6 +235,7 @@ class _Link:
         self.frames = frames
         self.reader_scope = trio.CancelScope()
         self.send_inbox, self.inbox = trio.open_memory_channel[Frame | _Ended](_INBOX_SIZE)
+        self.frames_received = 0  # a close before any reply hints at TLS or a refusing host
 
     async def read(self) -> None:
         """Reader task: every non-keep-alive frame into the inbox, then one ``_Ended``."""
@@ -243,14 +245,15 @@ class _Link:
                     try:
                         frame = await self.frames.receive_frame()
                     except FramingError as exc:
-                        await self.send_inbox.send(_Ended(f"framing error: {exc}"))
+                        await self.send_inbox.send(_Ended(framing_error_text(exc, self.frames.framing)))
                         return
                     except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                         await self.send_inbox.send(_Ended(_describe(exc, "connection broken")))
                         return
                     if frame is None:
-                        await self.send_inbox.send(_Ended("connection closed by the host"))
+                        await self.send_inbox.send(_Ended(closed_by_host_text(self.frames_received)))
                         return
+                    self.frames_received += 1
                     if not frame.is_keepalive:
                         await self.send_inbox.send(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
@@ -529,7 +532,8 @@ class TerminalClient:
         try:
             message = self.codec.decode(item.payload)
         except MessageDecodeError as exc:
-            await self._call(self.policy.receive_undecodable, self._now(), str(exc))
+            text = undecodable_reply_text(exc, item, self.codec.dialect, self.framing)
+            await self._call(self.policy.receive_undecodable, self._now(), text)
             return
         mac_ok = self.policy.reply_mac_ok(message, item.payload, self.mac_placement)
         await self._call(self.policy.receive, message, self._now(), mac_ok=mac_ok)

@@ -474,3 +474,29 @@ def test_the_unbalanced_settle_line_says_what_was_uploaded_and_the_totals() -> N
     alone = unbalanced_text("000001", "000002", "00", ours, None, 1, 0)
     assert "the upload of 1 record (answered 00)" in alone
     assert "the host gave no totals; the terminal's were debits 2 / 3000, credits 1 / 250" in alone
+
+
+def test_a_terminal_in_the_wrong_dialect_is_told_which_one_fits(switch: tuple[int, Path], tmp_path: Path) -> None:
+    """Not pyiso8583's "field t": the reply decodes as the switch's dialect, and the line says so."""
+    port, _ = switch
+    result = invoke("echo", "--dialect", "iso87-ascii", *host_args(port, tmp_path / "t.sqlite"))
+    assert result.exit_code != 0
+    assert "this looks like a different dialect: it decodes as iso87-binary, not as iso87-ascii" in result.output
+    assert "field t" not in result.output
+
+
+def test_load_checks_consistency_against_the_switch_it_loads(monkeypatch: pytest.MonkeyPatch,
+                                                               tmp_path: Path) -> None:
+    """The check is told the terminals' host and port, so it can refuse an admin API of another switch."""
+    seen: list[object] = []
+
+    def fake_execute(config: object, check: object, **_: object) -> int:
+        seen.append(check)
+        return 0
+
+    import terminal.load
+
+    monkeypatch.setattr(terminal.load, "execute", fake_execute)
+    result = invoke("load", "--count", "1", "--port", "18583", "--store-dir", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert getattr(seen[0], "target", None) == ("127.0.0.1", 18583)

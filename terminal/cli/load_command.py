@@ -133,7 +133,7 @@ def load(settings: TerminalSettings, terminal_count: int, count: int | None, dur
                 raise CliError(f"{option} {directory}: cannot write there: {exc.strerror or exc}",
                                EXIT_TERMINAL_USAGE) from None
     check = CheckOptions(admin_url=None if no_check else (admin_url or DEFAULT_ADMIN_URL), token=admin_token,
-                         required=require_check)
+                         required=require_check, target=(settings.host, settings.port))
     with _notes_to_stderr(settings.verbose):
         status = execute(config, check, report_dir=report_dir, as_json=settings.as_json, quiet=quiet)
     ctx.exit(status)
