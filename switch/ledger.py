@@ -15,7 +15,8 @@ Two layers with one rule between them:
   of them are durable. The host never sends an answer whose row is not yet committed
   (``Decision.commit_seq`` + ``switch.commit``).
 
-Every row carries a sequence number from one counter (``next_sequence``), which is also what RRNs
+Every row carries a sequence number from one counter (``next_sequence``; in multi-instance mode, from
+blocks claimed in the database), which is also what RRNs
 are made from, so RRNs stay unique across restarts. A reply that posts nothing but must carry an RRN
 (a fault's or maintenance's approval code) takes one from a range of its own, ``unposted_rrn`` (RRNs
 starting with 9), claimed durably in blocks, so it is unique across restarts too without a row that
@@ -28,24 +29,29 @@ Only ``flush`` (and ``close``) touch the backend's connection, and the queue of 
 the owner only appends to and ``flush`` only takes from the front of (each operation atomic), so
 the two never need a lock on the hot path.
 
-One process per ledger (file or database): a second writer would not see the first one's in-memory
-indexes (docs/scaleout.md plans how several instances will share one PostgreSQL ledger).
+One process per ledger file or database by default: a second writer would not see the first one's
+in-memory indexes. A PostgreSQL ledger opened with ``multi_instance=True`` is shared instead: each
+instance decides only for the terminals it owns (a per-terminal advisory lock; the terminal's rows are
+reloaded when it is taken over, and it is given back only once they are all committed) and numbers
+its rows from sequence blocks claimed in the database (docs/scaleout.md, ``switch.ownership``). A
+SQLite ledger is always one process's: it has no way to lock a terminal across processes.
 Reading a ledger another process is serving (``iso-switch ledger``) is fine: it replays what has
 been committed so far.
+
+The indexes and the code that applies rows to them are in ``switch.ledger_state``.
 """
 
 from __future__ import annotations
 
-import heapq
 import os
+import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from operator import itemgetter
+from collections.abc import Iterable
 from typing import Any
 
 from switch.ledger_backends import open_backend
-from switch.ledger_backends.base import SCHEMA_VERSION, TABLES, UNPOSTED_CLAIM, LedgerBackend, LedgerError, PendingRow
+from switch.ledger_backends.base import SCHEMA_VERSION, UNPOSTED_CLAIM, LedgerBackend, LedgerError, PendingRow
 from switch.ledger_records import (
     DISCREPANCY_KINDS,
     REVERSAL_EFFECTS,
@@ -57,12 +63,26 @@ from switch.ledger_records import (
     Settlement,
     UploadRecord,
 )
+from switch.ledger_state import (
+    _T_DISCREPANCIES,
+    _T_POSTINGS,
+    _T_REVERSALS,
+    _T_SETTLEMENTS,
+    _T_UPLOAD_ENDS,
+    _T_UPLOADS,
+    FIRST_BATCH,
+    LedgerState,
+    _posting_row,
+    next_batch_number,
+)
+from switch.ownership import NumberBlocks, Ownership, TerminalBusy, TerminalRows, UnflushedTerminal
 
 __all__ = [
     "DISCREPANCY_KINDS",
     "FIRST_BATCH",
     "REVERSAL_EFFECTS",
     "SCHEMA_VERSION",
+    "SEQUENCE_BLOCK",
     "SETTLEMENT_RESULTS",
     "UNPOSTED_RRN_BASE",
     "BatchSummary",
@@ -72,11 +92,12 @@ __all__ = [
     "Posting",
     "Reversal",
     "Settlement",
+    "TerminalBusy",
+    "TerminalRows",
+    "UnflushedTerminal",
     "UploadRecord",
     "next_batch_number",
 ]
-
-FIRST_BATCH = "000001"
 
 UNPOSTED_RRN_BASE = 9 * 10**11
 """RRNs of replies that post nothing are 9xxxxxxxxxxx: ledger sequences (the posted RRNs) would need
@@ -84,84 +105,17 @@ UNPOSTED_RRN_BASE = 9 * 10**11
 UNPOSTED_RRN_SPAN = 10**11
 UNPOSTED_BLOCK = 1_000_000
 """How many unposted RRNs one durable claim covers (see ``Ledger.unposted_rrn_number``)."""
+SEQUENCE_BLOCK = 10_000
+"""Multi-instance mode: how many ledger sequences one claim covers. One claim (a row-locked UPDATE)
+per this many rows keeps claims off the hot path; an instance that stops wastes at most one block of
+numbers (RRNs are unique, not gap-free)."""
 
 
-def next_batch_number(batch: str) -> str:
-    """The batch after ``batch``: n6, 999999 wraps to 000001 (as terminal batch counters do)."""
-    return f"{int(batch) % 999999 + 1:06d}"
-
-
-class _Batch:
-    """Mutable batch state behind the indexes (snapshotted as ``BatchSummary``)."""
-
-    __slots__ = ("batch", "closed_at", "closed_seq", "credit_amount", "credit_count",
-                 "credit_reversal_amount", "credit_reversal_count", "debit_amount", "debit_count",
-                 "debit_reversal_amount", "debit_reversal_count", "discrepancies", "posting_seqs",
-                 "terminal", "upload_ended", "uploads")
-
-    def __init__(self, terminal: str, batch: str):
-        self.terminal = terminal
-        self.batch = batch
-        self.debit_count = self.debit_amount = self.credit_count = self.credit_amount = 0
-        self.debit_reversal_count = self.debit_reversal_amount = 0
-        self.credit_reversal_count = self.credit_reversal_amount = 0
-        self.posting_seqs: list[int] = []
-        self.uploads: dict[str, UploadRecord] = {}  # by STAN: a re-uploaded record replaces the first
-        self.upload_ended = False
-        self.discrepancies = 0
-        self.closed_seq: int | None = None
-        self.closed_at: float | None = None
-
-    def add(self, direction: str, amount: int, sign: int) -> None:
-        if direction == "credit":
-            self.credit_count += sign
-            self.credit_amount += sign * amount
-        else:
-            self.debit_count += sign
-            self.debit_amount += sign * amount
-
-    def summary(self) -> BatchSummary:
-        return BatchSummary(
-            self.terminal, self.batch, "open" if self.closed_seq is None else "closed",
-            self.debit_count, self.debit_amount, self.credit_count, self.credit_amount,
-            self.debit_reversal_count, self.debit_reversal_amount,
-            self.credit_reversal_count, self.credit_reversal_amount,
-            len(self.posting_seqs), len(self.uploads), self.upload_ended, self.discrepancies,
-            self.closed_seq, self.closed_at)
-
-
-# ---------------------------------------------------------------------------------------------
-# Rows: one append-only table per record type (``switch.ledger_backends.base.TABLES``); state = replay
-# of all rows in seq order. A queued row names its table; the backend owns the SQL.
-
-(_T_POSTINGS, _T_REVERSALS, _T_UPLOADS, _T_UPLOAD_ENDS, _T_SETTLEMENTS, _T_DISCREPANCIES) = (
-    "postings", "reversals", "uploads", "upload_ends", "settlements", "discrepancies")  # names in TABLES
-
-
-_PostingRow = tuple[Any, ...]
-"""A posting as the postings table stores it: ``Posting``'s fields but ``reversal_seq``, in order, with
-``approved`` as 0/1 (what every backend returns; a bool would go through sqlite3's adapter lookup)."""
-
-_POSTING_COLUMNS = tuple(column.name for column in TABLES["postings"])
-assert tuple(f for f in Posting.__dataclass_fields__ if f != "reversal_seq") == _POSTING_COLUMNS, \
-    "posting rows are Posting minus reversal_seq"
-(_P_TERMINAL, _P_STAN, _P_TIME, _P_KIND, _P_DIRECTION, _P_AMOUNT, _P_BATCH, _P_APPROVED, _P_AUTH,
- _P_IDENTITY) = (
-    _POSTING_COLUMNS.index(name)
-    for name in ("terminal", "stan", "transmission_time", "kind", "direction", "amount", "batch", "approved",
-                 "auth_code", "identity"))
-
-
-def _posting_row(p: Posting) -> _PostingRow:
-    return (p.seq, p.received_at, p.terminal, p.stan, p.transmission_time, p.mti, p.kind, p.direction,
-            p.amount, p.currency, p.pan, p.batch, p.response_code, int(p.approved), p.rrn, p.auth_code,
-            p.identity, p.requested_amount)
-
-
-class Ledger:
+class Ledger(LedgerState):
     """The durable ledger; see the module docstring. Build with ``Ledger.open(path)``."""
 
     def __init__(self, backend: LedgerBackend) -> None:
+        super().__init__()
         self.path = backend.name  # a file path, or a URL without its password
         self._backend: LedgerBackend | None = backend  # None once closed
         self._flush_lock = threading.Lock()  # flush() vs close() from different threads
@@ -169,30 +123,18 @@ class Ledger:
         self._sequence = 0
         self._pending_seq = 0
         self._committed_seq = 0
-        # indexes
-        self._postings: dict[int, _PostingRow] = {}  # seq -> row, see _PostingRow
-        self._reversed_by: dict[int, int] = {}  # posting seq -> the reversal that undid it ("reversed")
-        self._posting_by_key: dict[tuple[str, str, str], int] = {}  # (terminal, stan, identity) -> seq
-        self._partial: dict[int, int] = {}  # posting seq -> amount undone by partial reversals
-        self._posting_by_stan: dict[tuple[str, str], int] = {}  # (terminal, stan) -> latest seq
-        self._advice_by_stan: dict[tuple[str, str], int] = {}  # (terminal, stan) -> latest advice seq
-        self._reversals: dict[int, Reversal] = {}
-        self._reversal_by_original: dict[int, int] = {}  # posting seq -> reversal seq
-        self._reversal_by_target: dict[tuple[str, str, str], int] = {}  # what it asked for -> seq
-        self._reversal_by_stan: dict[tuple[str, str], int] = {}  # (terminal, original STAN) -> latest seq
-        self._batches: dict[tuple[str, str], _Batch] = {}
-        self._current_batch: dict[str, str] = {}  # terminal -> host-kept open batch number (ISO)
-        self._last_closed: dict[str, str] = {}  # terminal -> last closed batch number
-        self._settlements: dict[int, Settlement] = {}
-        self._settlement_by_stan: dict[tuple[str, str], int] = {}
-        self._discrepancies: list[Discrepancy] = []
         self._unposted_next = 0  # next unposted RRN number; numbers below _unposted_claimed are claimed
         self._unposted_claimed = 0
+        # multi-instance mode (PostgreSQL only): all three set together, else all None
+        self._ownership: Ownership | None = None
+        self._seq_blocks: NumberBlocks | None = None
+        self._unposted_blocks: NumberBlocks | None = None
 
     # -- opening and closing ------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, writer: bool = False) -> Ledger:
+    def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, writer: bool = False,
+             multi_instance: bool = False) -> Ledger:
         """Open (creating or migrating if needed) the ledger at ``path``: a SQLite file, ``":memory:"``
         for a throwaway one, or a ``postgresql://`` URL.
 
@@ -201,8 +143,17 @@ class Ledger:
         another connection holds (a reader's checkpoint) before failing. ``writer``: this process will
         serve from the ledger; refused (LedgerError) while another does, where the backend can tell
         (PostgreSQL; a SQLite file is one process's by convention).
+
+        ``multi_instance`` (PostgreSQL only): serve from a ledger other instances serve from too. Nothing
+        is replayed at open; the ledger decides only for terminals it has acquired
+        (``fetch_terminal_rows`` + ``install_terminal_rows``, or ``acquire_terminal``), and its
+        sequences come from blocks claimed in the database. Refused while a single-instance writer
+        serves the database, and a single-instance writer is refused while any multi-instance one does.
         """
-        return cls.from_backend(open_backend(path, busy_timeout=busy_timeout), writer=writer)
+        backend = open_backend(path, busy_timeout=busy_timeout)
+        if multi_instance:
+            return cls._open_multi_instance(backend)
+        return cls.from_backend(backend, writer=writer)
 
     @classmethod
     def from_backend(cls, backend: LedgerBackend, *, claim: bool = True, writer: bool = False) -> Ledger:
@@ -224,50 +175,67 @@ class Ledger:
             raise LedgerError(f"{backend.name}: not a usable ledger database: {exc}") from None
         return ledger
 
+    @classmethod
+    def _open_multi_instance(cls, backend: LedgerBackend) -> Ledger:
+        from switch.ledger_backends.pg_control import PostgresControl
+        from switch.ledger_backends.postgresql import PostgresBackend
+
+        if not isinstance(backend, PostgresBackend):
+            backend.close()
+            raise LedgerError(f"{backend.name}: multi-instance mode needs a PostgreSQL ledger (a SQLite file is "
+                              "served by one process)")
+        control: PostgresControl | None = None
+        try:
+            control = PostgresControl(backend.url, backend.name, secrets.randbits(62))
+            ledger = cls(backend)
+            ledger._ownership = Ownership(control)
+            ledger._seq_blocks = NumberBlocks(SEQUENCE_BLOCK, control.claim_sequences)
+            ledger._unposted_blocks = NumberBlocks(UNPOSTED_BLOCK, control.claim_unposted)
+            backend.fence = control  # every group commit checks this instance still owns its terminals
+        except BaseException:
+            if control is not None:
+                control.close()
+            backend.close()
+            raise
+        return ledger
+
     def _load(self) -> None:
         """Replay every committed row, in sequence order, through the same code live writes use."""
         assert self._backend is not None
         with self._backend.snapshot() as table_rows:
-            self._replay(table_rows)
-
-    def _replay(self, table_rows: Callable[[str], Iterable[tuple[Any, ...]]]) -> None:
-        def rows(table: str, build: Callable[[tuple[Any, ...]], Any], apply: Callable[[Any], None]
-                 ) -> Iterator[tuple[int, Callable[[Any], None], Any]]:
-            for row in table_rows(table):
-                yield row[0], apply, build(row)
-
-        streams = [
-            rows("postings", tuple, self._apply_posting),
-            rows("reversals", lambda r: Reversal(*r), self._apply_reversal),
-            rows("uploads", lambda r: UploadRecord(*r), self._apply_upload),
-            rows("upload_ends", tuple, self._apply_upload_end),
-            rows("settlements", lambda r: Settlement(*r[:8], bool(r[8]), *r[9:]),  # type: ignore[call-arg]  # row = fields
-                 self._apply_settlement),
-            rows("discrepancies", lambda r: Discrepancy(*r), self._apply_discrepancy),
-        ]
-        last = 0
-        for seq, apply, record in heapq.merge(*streams, key=itemgetter(0)):
-            apply(record)
-            last = seq
+            last = self._replay(table_rows)
         self._sequence = self._pending_seq = self._committed_seq = last
 
     def close(self) -> None:
-        """Flush what is pending, then close the backend's connection. Idempotent."""
+        """Flush what is pending, then close the backend's connection (and, in multi-instance mode, the
+        lock connection: every terminal this instance owned is free again). Idempotent."""
         with self._flush_lock:
             if self._backend is None:
                 return
-            self._flush_locked()
-            self._backend.close()
-            self._backend = None
+            try:
+                self._flush_locked()
+            finally:
+                self._backend.close()
+                self._backend = None
+                if self._ownership is not None:
+                    self._ownership.control.close()
 
     @property
     def closed(self) -> bool:
         return self._backend is None
 
+    @property
+    def multi_instance(self) -> bool:
+        return self._ownership is not None
+
     # -- sequence and durability --------------------------------------------------------------
 
     def next_sequence(self) -> int:
-        """A new sequence number (monotonic, never reused after a restart: RRNs are made from it)."""
+        """A new sequence number (monotonic, never reused after a restart: RRNs are made from it; in
+        multi-instance mode never used by another instance either)."""
+        if self._seq_blocks is not None:
+            self._sequence = self._seq_blocks.take()
+            return self._sequence
         self._sequence += 1
         return self._sequence
 
@@ -282,7 +250,11 @@ class Ledger:
         committer stalled for half a block of such replies, which ``/health`` reports long before,
         could leave that claim unwritten). After ``UNPOSTED_RRN_SPAN`` numbers the range wraps, as RRN
         counters do; every open uses up a block, so that is 100,000 opens of one ledger file.
+        Multi-instance mode: blocks are claimed by an atomic increment in the database (ahead, by the
+        group committer), so instances never share one.
         """
+        if self._unposted_blocks is not None:
+            return UNPOSTED_RRN_BASE + self._unposted_blocks.take() % UNPOSTED_RRN_SPAN
         number = self._unposted_next
         if number >= self._unposted_claimed:  # the claim ahead cannot have been skipped; never reuse
             self._claim_unposted()
@@ -313,6 +285,8 @@ class Ledger:
             raise LedgerError(f"{self.path}: ledger is closed")
         if seq <= self._pending_seq:
             raise ValueError(f"sequence {seq} appended after {self._pending_seq}: take a new next_sequence()")
+        if self._ownership is not None:
+            self._ownership.note_row(params[2], seq)  # every table's third column is the terminal
         self._pending.append((seq, table, params))
         self._pending_seq = seq
 
@@ -322,11 +296,21 @@ class Ledger:
         Safe from a worker thread while the owning thread keeps appending: an append lands either in
         this transaction or in the next (see ``_flush_locked``). If the
         write fails, the rows go back to the front of the queue and the error propagates.
+        Multi-instance mode: the transaction also checks that this instance still holds the lock of
+        every terminal written (else LedgerError, nothing written), and the next sequence block is
+        claimed here, off the event loop, when the current one is half used.
         """
         with self._flush_lock:
             if self._backend is None:
                 raise LedgerError(f"{self.path}: ledger is closed")
-            return self._flush_locked()
+            committed = self._flush_locked()
+            if self._seq_blocks is not None and self._unposted_blocks is not None:
+                from switch.ledger_backends.postgresql import PostgresBackend
+
+                assert isinstance(self._backend, PostgresBackend)
+                self._seq_blocks.prefetch(self._backend.claim_sequences)
+                self._unposted_blocks.prefetch(self._backend.claim_unposted)
+            return committed
 
     def _flush_locked(self) -> int:
         assert self._backend is not None
@@ -345,6 +329,7 @@ class Ledger:
             raise
         self._committed_seq = batch[-1][0]
         return self._committed_seq
+
 
     # -- postings -----------------------------------------------------------------------------
 
@@ -367,45 +352,6 @@ class Ledger:
         self._apply_posting(row)
         self._append(seq, _T_POSTINGS, row)
 
-    def _apply_posting(self, row: _PostingRow) -> None:
-        seq, terminal, stan = row[0], row[_P_TERMINAL], row[_P_STAN]
-        self._postings[seq] = row
-        self._posting_by_key[(terminal, stan, row[_P_IDENTITY] or row[_P_TIME])] = seq
-        self._posting_by_stan[(terminal, stan)] = seq
-        kind = row[_P_KIND]
-        if kind == "advice":
-            self._advice_by_stan[(terminal, stan)] = seq
-        batch = self._batch(terminal, row[_P_BATCH])
-        batch.posting_seqs.append(seq)
-        if row[_P_APPROVED] and kind != "authorization" and seq not in self._reversed_by:  # captured
-            batch.add(row[_P_DIRECTION], row[_P_AMOUNT], 1)
-
-    def _as_posting(self, row: _PostingRow) -> Posting:
-        """The ``Posting`` a stored row stands for (a new object each time; postings compare by value)."""
-        return Posting(*row[:_P_APPROVED], bool(row[_P_APPROVED]),  # type: ignore[call-arg]  # row = fields
-                       *row[_P_APPROVED + 1:_P_IDENTITY], self._reversed_by.get(row[0]), row[_P_IDENTITY],
-                       row[_P_IDENTITY + 1])
-
-    def posting(self, seq: int) -> Posting | None:
-        row = self._postings.get(seq)
-        return None if row is None else self._as_posting(row)
-
-    def find_posting(self, terminal: str, stan: str, identity: str) -> Posting | None:
-        """The posting with exactly this terminal + STAN + identity (the duplicate key; rows written
-        without an identity are keyed by their field 7)."""
-        seq = self._posting_by_key.get((terminal, stan, identity))
-        return None if seq is None else self._as_posting(self._postings[seq])
-
-    def latest_posting(self, terminal: str, stan: str) -> Posting | None:
-        """The most recent posting of this terminal with this STAN (reversal fallback match)."""
-        seq = self._posting_by_stan.get((terminal, stan))
-        return None if seq is None else self._as_posting(self._postings[seq])
-
-    def latest_advice(self, terminal: str, stan: str) -> Posting | None:
-        seq = self._advice_by_stan.get((terminal, stan))
-        return None if seq is None else self._as_posting(self._postings[seq])
-
-    # -- reversals ----------------------------------------------------------------------------
 
     def record_reversal(self, reversal: Reversal) -> None:
         """Record a reversal's answer; effect "reversed" takes the original out of its batch totals."""
@@ -422,114 +368,15 @@ class Ledger:
         self._apply_reversal(reversal)
         self._append(reversal.seq, _T_REVERSALS, tuple(getattr(reversal, f) for f in _REVERSAL_FIELDS))
 
-    def _apply_reversal(self, reversal: Reversal) -> None:
-        seq = reversal.seq
-        self._reversals[seq] = reversal
-        self._reversal_by_target[(reversal.terminal, reversal.original_stan, reversal.original_time)] = seq
-        self._reversal_by_stan[(reversal.terminal, reversal.original_stan)] = seq
-        if reversal.original_seq is None:
-            return
-        self._reversal_by_original.setdefault(reversal.original_seq, seq)
-        if reversal.effect not in ("reversed", "partially-reversed"):
-            return
-        original = self._as_posting(self._postings[reversal.original_seq])
-        was_captured = original.captured
-        batch = self._batch(original.terminal, original.batch)
-        if reversal.effect == "partially-reversed":
-            # the transaction stays (count unchanged); only the amount undone moves to the reversal column
-            self._partial[original.seq] = self._partial.get(original.seq, 0) + reversal.amount
-            if was_captured:
-                if original.direction == "credit":
-                    batch.credit_amount -= reversal.amount
-                    batch.credit_reversal_amount += reversal.amount
-                else:
-                    batch.debit_amount -= reversal.amount
-                    batch.debit_reversal_amount += reversal.amount
-            return
-        remaining = original.amount - self._partial.get(original.seq, 0)
-        self._reversed_by[original.seq] = seq
-        if was_captured:
-            batch.add(original.direction, remaining, -1)
-            if original.direction == "credit":
-                batch.credit_reversal_count += 1
-                batch.credit_reversal_amount += remaining
-            else:
-                batch.debit_reversal_count += 1
-                batch.debit_reversal_amount += remaining
-
-    def captured_amount(self, posting: Posting) -> int:
-        """What a posting still charges: its amount less partial reversals; 0 once fully reversed."""
-        if posting.reversal_seq is not None or not posting.approved:
-            return 0
-        return posting.amount - self._partial.get(posting.seq, 0)
-
-    def reversal_of(self, posting_seq: int) -> Reversal | None:
-        """The reversal that first answered for this original, if any."""
-        seq = self._reversal_by_original.get(posting_seq)
-        return None if seq is None else self._reversals[seq]
-
-    def reversal_for(self, terminal: str, original_stan: str, original_time: str) -> Reversal | None:
-        """The latest reversal that asked for exactly this original (terminal + STAN + field 7)."""
-        seq = self._reversal_by_target.get((terminal, original_stan, original_time))
-        return None if seq is None else self._reversals[seq]
-
-    def latest_reversal_for_stan(self, terminal: str, original_stan: str) -> Reversal | None:
-        """The latest reversal that asked for an original with this STAN, whatever its field 7."""
-        seq = self._reversal_by_stan.get((terminal, original_stan))
-        return None if seq is None else self._reversals[seq]
-
-    # -- batches, uploads, settlements --------------------------------------------------------
-
-    def _batch(self, terminal: str, batch: str) -> _Batch:
-        state = self._batches.get((terminal, batch))
-        if state is None:
-            state = self._batches[(terminal, batch)] = _Batch(terminal, batch)
-        return state
-
-    def current_batch(self, terminal: str) -> str:
-        """The open batch number the host keeps for a terminal (ISO 8583 terminals send none).
-
-        Starts at 000001 and moves on when that batch closes. CUP terminals carry their own (60.2).
-        """
-        return self._current_batch.get(terminal, FIRST_BATCH)
-
-    def last_closed_batch(self, terminal: str) -> str | None:
-        return self._last_closed.get(terminal)
-
-    def batch_is_closed(self, terminal: str, batch: str) -> bool:
-        state = self._batches.get((terminal, batch))
-        return state is not None and state.closed_seq is not None
-
-    def batch_summary(self, terminal: str, batch: str) -> BatchSummary:
-        """The batch's current totals (an unknown batch is an empty open one)."""
-        state = self._batches.get((terminal, batch))
-        return state.summary() if state is not None else _Batch(terminal, batch).summary()
-
-    def batch_postings(self, terminal: str, batch: str) -> list[Posting]:
-        state = self._batches.get((terminal, batch))
-        return [] if state is None else [self._as_posting(self._postings[seq]) for seq in state.posting_seqs]
-
     def record_upload(self, record: UploadRecord) -> None:
         """Store one uploaded record; a record for a STAN already uploaded replaces it."""
         self._apply_upload(record)
         self._append(record.seq, _T_UPLOADS, tuple(getattr(record, f) for f in _UPLOAD_FIELDS))
 
-    def _apply_upload(self, record: UploadRecord) -> None:
-        batch = self._batch(record.terminal, record.batch)
-        batch.uploads[record.stan] = record
-        batch.upload_ended = False  # a record after an end marker starts a new upload round
-
     def end_upload(self, seq: int, received_at: float, terminal: str, batch: str) -> None:
         """The terminal says its upload is complete: the next settlement accepts the uploaded batch."""
         self._apply_upload_end((seq, received_at, terminal, batch))
         self._append(seq, _T_UPLOAD_ENDS, (seq, received_at, terminal, batch))
-
-    def _apply_upload_end(self, row: tuple[Any, ...]) -> None:
-        self._batch(row[2], row[3]).upload_ended = True
-
-    def uploads(self, terminal: str, batch: str) -> list[UploadRecord]:
-        state = self._batches.get((terminal, batch))
-        return [] if state is None else sorted(state.uploads.values(), key=lambda r: r.seq)
 
     def record_settlement(self, settlement: Settlement, discrepancies: Iterable[Discrepancy] = ()) -> None:
         """Record a settlement's outcome (closing the batch when ``closed``) and what it found."""
@@ -547,51 +394,101 @@ class Ledger:
             self._append(discrepancy.seq, _T_DISCREPANCIES,
                          tuple(getattr(discrepancy, f) for f in _DISCREPANCY_FIELDS))
 
-    def _apply_settlement(self, settlement: Settlement) -> None:
-        self._settlements[settlement.seq] = settlement
-        self._settlement_by_stan[(settlement.terminal, settlement.stan)] = settlement.seq
-        if not settlement.closed:
+    # -- terminal ownership (multi-instance mode) ---------------------------------------------
+
+    def _owning(self) -> Ownership:
+        if self._ownership is None:
+            raise LedgerError(f"{self.path}: terminal ownership needs a ledger opened with multi_instance=True")
+        if self._backend is None:
+            raise LedgerError(f"{self.path}: ledger is closed")
+        return self._ownership
+
+    def owns(self, terminal: str) -> bool:
+        """Does this instance decide for ``terminal``? Any thread; O(1), for every request. Always True
+        in single-instance mode. Raises LedgerError once the lock connection is lost (fail-stop: the
+        locks may be gone, so no further decision may be made)."""
+        return True if self._ownership is None else self._ownership.owns(terminal)
+
+    def touch_terminal(self, terminal: str, now: float) -> None:
+        """Note a request of an owned terminal at ``now`` (the caller's clock, the same one given to
+        ``release_idle_terminals``). Loop thread; O(1). No-op in single-instance mode."""
+        if self._ownership is not None:
+            self._ownership.touch(terminal, now)
+
+    def fetch_terminal_rows(self, terminal: str, timeout: float) -> TerminalRows:
+        """WORKER THREAD (blocking): take ``terminal``'s lock, waiting at most ``timeout`` seconds
+        (TerminalBusy: another instance owns it), then read its committed rows. Holding the lock, the
+        rows are complete: the previous owner gave the terminal up only after committing, and a
+        commit of a previous owner that died is waited for or refused (``pg_control``'s fence).
+        Pass the result to ``install_terminal_rows`` on the loop thread. LedgerError if the lock
+        connection fails (fail-stop)."""
+        ownership = self._owning()
+        ownership.lock(terminal, timeout)
+        rows = TerminalRows(terminal, ownership.control.terminal_rows(terminal))
+        blocks = self._seq_blocks
+        if blocks is not None and rows.last_seq >= blocks.next_number:  # racy read, re-checked at install
+            rows = TerminalRows(terminal, rows.rows, ownership.control.claim_sequences(blocks.block))
+        return rows
+
+    def install_terminal_rows(self, rows: TerminalRows, now: float | None = None) -> bool:
+        """LOOP THREAD (synchronous, no I/O): drop whatever memory holds for the terminal, replay
+        ``rows`` through the same ``_apply_*`` code as at open, and own the terminal from now on
+        (``now``: its first activity, for idle release). False, and nothing changed, when the terminal
+        is already owned (a second fetch raced the first; its rows add nothing and installing them
+        would drop decisions not yet committed)."""
+        ownership = self._owning()
+        if not ownership.begin_install(rows.terminal):
+            return False
+        if self._seq_blocks is not None:  # our new rows of this terminal must follow its old ones
+            self._seq_blocks.move_past(rows.last_seq, rows.fresh_block)
+        self._forget_terminals((rows.terminal,))
+        self._replay(rows.source())
+        ownership.finish_install(rows.terminal, now)
+        return True
+
+    def acquire_terminal(self, terminal: str, timeout: float, now: float | None = None) -> None:
+        """``fetch_terminal_rows`` then ``install_terminal_rows`` in the calling thread: for a caller that
+        is the only thread using this ledger (tools, tests). The server splits the two across threads.
+        No-op if already owned."""
+        if self._ownership is not None and self._ownership.owns(terminal):
             return
-        terminal, number = settlement.terminal, settlement.batch
-        batch = self._batch(terminal, number)
-        if batch.closed_seq is None:
-            batch.closed_seq = settlement.seq
-            batch.closed_at = settlement.received_at
-            batch.upload_ended = False  # the uploaded records stay, for the report
-        self._last_closed[terminal] = number
-        if self.current_batch(terminal) == number:
-            self._current_batch[terminal] = next_batch_number(number)
+        self.install_terminal_rows(self.fetch_terminal_rows(terminal, timeout), now)
 
-    def settlement_for(self, terminal: str, stan: str) -> Settlement | None:
-        """The latest settlement this terminal sent with this STAN (a 0501 repeat's first answer)."""
-        seq = self._settlement_by_stan.get((terminal, stan))
-        return None if seq is None else self._settlements[seq]
+    def release_terminal(self, terminal: str) -> None:
+        """LOOP THREAD (synchronous, no I/O): stop deciding for ``terminal`` and forget its state.
+        Refused with UnflushedTerminal while one of its rows is not committed (flush first; the caller
+        must also have no request of it waiting for a decision). The database lock is dropped by the
+        next ``unlock_released_terminals``; until then a ``fetch_terminal_rows`` takes it back
+        without waiting."""
+        self._owning().release(terminal, self._committed_seq)
+        self._forget_terminals((terminal,))
 
-    def _apply_discrepancy(self, discrepancy: Discrepancy) -> None:
-        self._discrepancies.append(discrepancy)
-        self._batch(discrepancy.terminal, discrepancy.batch).discrepancies += 1
+    def release_idle_terminals(self, idle_seconds: float, now: float) -> list[str]:
+        """LOOP THREAD (synchronous, no I/O): ``release_terminal`` every owned terminal with no request
+        for ``idle_seconds`` (``touch_terminal``'s clock) whose rows are all committed; terminals with
+        rows still uncommitted are left for a later call. Returns the terminals released (sorted); call
+        ``unlock_released_terminals`` in a worker thread afterwards."""
+        ownership = self._owning()
+        released = ownership.idle(idle_seconds, now, self._committed_seq)
+        for terminal in released:
+            ownership.release(terminal, self._committed_seq)
+        self._forget_terminals(set(released))
+        return released
 
-    # -- reports ------------------------------------------------------------------------------
+    def unlock_released_terminals(self) -> list[str]:
+        """WORKER THREAD (blocking): drop the database locks of the released terminals, so other
+        instances can take them; returns those unlocked. LedgerError if the lock connection fails."""
+        return self._owning().unlock_released()
 
-    def postings(self, terminal: str | None = None, batch: str | None = None) -> list[Posting]:
-        """Every decided 0100/0200/0220 in sequence order, optionally for one terminal / batch."""
-        return [self._as_posting(row) for row in self._postings.values()
-                if (terminal is None or row[_P_TERMINAL] == terminal) and (batch is None or row[_P_BATCH] == batch)]
+    def owned_terminals(self) -> frozenset[str]:
+        """The terminals this instance decides for now (empty in single-instance mode: it decides for all)."""
+        return frozenset() if self._ownership is None else self._ownership.owned()
 
-    def reversals(self, terminal: str | None = None) -> list[Reversal]:
-        return [r for r in self._reversals.values() if terminal is None or r.terminal == terminal]
-
-    def batches(self, terminal: str | None = None) -> list[BatchSummary]:
-        """Every batch with its net totals and status, sorted by terminal and batch number."""
-        return [state.summary() for key, state in sorted(self._batches.items())
-                if terminal is None or key[0] == terminal]
-
-    def settlements(self, terminal: str | None = None) -> list[Settlement]:
-        return [s for s in self._settlements.values() if terminal is None or s.terminal == terminal]
-
-    def discrepancies(self, terminal: str | None = None, batch: str | None = None) -> list[Discrepancy]:
-        return [d for d in self._discrepancies
-                if (terminal is None or d.terminal == terminal) and (batch is None or d.batch == batch)]
+    def check_locks(self) -> None:
+        """WORKER THREAD (blocking): LedgerError if the lock connection is gone (it then stays lost and
+        ``owns`` raises). Call it every few seconds: it makes a lost session noticed between requests,
+        though commits are refused without it anyway (the fence)."""
+        self._owning().control.ping()
 
 
 _REVERSAL_FIELDS = tuple(Reversal.__dataclass_fields__)

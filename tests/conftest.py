@@ -27,7 +27,8 @@ _SLOW_MODULES = frozenset({
     "test_admin_e2e", "test_cli", "test_consistency", "test_durability", "test_fuzz_e2e", "test_scenarios_e2e",
     "test_switch_process", "test_terminal_cli", "test_tls", "test_session_e2e",
     "test_plugin", "test_plugin_example",
-    "test_ledger_postgres_e2e",
+    "test_ledger_postgres_e2e", "test_ownership_stateful",
+    "test_journal_writer",
 })
 """Modules whose tests start real switches, subprocesses or whole terminal-against-host runs."""
 

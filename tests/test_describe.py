@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from switch.codec.dialect import DialectRegistry, load_dialect
@@ -131,7 +131,10 @@ def test_unmask_shows_everything() -> None:
 @given(pan=st.text("0123456789", min_size=12, max_size=19))
 @settings(max_examples=200, deadline=None)
 def test_no_pan_leaks_through_value_or_wire(pan: str) -> None:
-    report = describe_message(ISO, ISO.encode(purchase(f2=pan)))
+    message = purchase(f2=pan)
+    # a "PAN" that is another field's own value (12 digits equal to the amount, say) shows there by right
+    assume(not any(pan in str(value) for key, value in message.fields.items() if key != 2))
+    report = describe_message(ISO, ISO.encode(message))
     shown = "\n".join(render_text(report)) + json.dumps(report_to_json(report))
     assert pan not in shown
     assert pan.encode().hex().upper() not in shown

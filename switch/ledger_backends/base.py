@@ -1,9 +1,10 @@
 """What a ledger store must do, and the logical schema every store keeps.
 
-``switch.ledger.Ledger`` decides everything in memory and only asks its backend for four things:
-replay the committed rows of each table in sequence order (in one consistent snapshot), write a
-batch of queued rows in ONE durable transaction (the group commit), claim a block of unposted RRN
-numbers atomically, and close. Everything dialect-specific (placeholders, upserts, column types,
+``switch.ledger.Ledger`` decides everything in memory and only asks its backend for a few things:
+replay the committed rows of each table in sequence order (in one consistent snapshot; all of them,
+or one terminal's), write a batch of queued rows in ONE durable transaction (the group commit),
+claim a block of unposted RRN numbers atomically, and close. (Multi-instance mode, PostgreSQL only,
+adds a lock connection: ``pg_control``.) Everything dialect-specific (placeholders, upserts, column types,
 constraints, migrations) lives in the backend modules, so the in-memory logic is the same whatever
 the database.
 
@@ -142,6 +143,12 @@ class LedgerBackend(ABC):
     def write(self, batch: Sequence[PendingRow]) -> None:
         """Write ``batch`` (seq ascending, grouped by table as queued) in ONE transaction, durable when
         this returns. On any error nothing is written and the error propagates."""
+
+    @abstractmethod
+    def terminal_snapshot(self, terminal: str) -> RowSource:
+        """One terminal's committed rows, per table in seq order, read in one consistent snapshot
+        (what an instance replays when it takes a terminal over; also how tests compare an instance's
+        view with the database's)."""
 
     @abstractmethod
     def claim_unposted(self, block: int) -> int:

@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from itertools import groupby
 from operator import itemgetter
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -47,13 +47,26 @@ from switch.ledger_backends.base import (
 )
 from switch.ledger_records import DISCREPANCY_KINDS, REVERSAL_EFFECTS, SETTLEMENT_RESULTS
 
-__all__ = ["MIGRATIONS", "WRITER_LOCK_WAIT", "PostgresBackend", "create_statements", "display_url"]
+__all__ = ["MIGRATIONS", "SEQ_KEY", "WRITER_LOCK_KEY", "WRITER_LOCK_WAIT", "Fence", "PostgresBackend",
+           "claim_sequences_on", "claim_unposted_on", "create_statements", "display_url", "reason",
+           "terminal_rows_on"]
+
+
+class Fence(Protocol):
+    """What the write transaction asks of the lock connection (``pg_control.PostgresControl``)."""
+
+    def fence_check(self, cursor: psycopg.Cursor[Any], terminals: Collection[str]) -> None: ...
+
 
 _TYPES = {ColumnKind.SEQ: "BIGINT PRIMARY KEY", ColumnKind.INT: "BIGINT", ColumnKind.TEXT: "TEXT",
           ColumnKind.TIME: "DOUBLE PRECISION", ColumnKind.FLAG: "BOOLEAN"}
 
 _MIGRATION_LOCK = 0x1508_3500_0001  # pg_advisory_xact_lock key: instances starting at once migrate in turn
-_WRITER_LOCK = 0x1508_3500_0002  # pg_advisory_lock key held by the one switch serving the database
+WRITER_LOCK_KEY = 0x1508_3500_0002
+"""pg_advisory_lock key: held EXCLUSIVE by a single-instance switch, SHARED by every multi-instance one,
+so the two modes never serve one database at once."""
+SEQ_KEY = "seq_next"
+"""``meta`` key (multi-instance mode): the first ledger sequence no instance has claimed yet."""
 WRITER_LOCK_WAIT = 3.0
 
 
@@ -125,9 +138,52 @@ _PROGRESS_EVERY = 50_000
 _REPLAY_CHUNK = 10_000
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
     """psycopg's message on one line (libpq's are often several)."""
     return re.sub(r"\s+", " ", str(exc)).strip() or type(exc).__name__
+
+
+def _select_terminal(table: str) -> str:
+    return _select(table).replace(" ORDER BY seq", " WHERE terminal = %s ORDER BY seq")
+
+
+def terminal_rows_on(conn: psycopg.Connection[Any], terminal: str) -> dict[str, list[tuple[Any, ...]]]:
+    """One terminal's committed rows per table (seq ascending, ``TABLES`` column order), read in one
+    REPEATABLE READ snapshot so the six tables agree. postings and reversals have (terminal, seq)
+    indexes, settlements and uploads terminal-first ones; upload_ends and discrepancies (a row per
+    upload round / per difference found) are small enough to scan."""
+    with conn.transaction():
+        conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        return {table: conn.execute(_select_terminal(table), (terminal,)).fetchall() for table in TABLES}
+
+
+_SEQ_ROW = f"INSERT INTO meta VALUES ('{SEQ_KEY}', '0') ON CONFLICT (key) DO NOTHING"
+_CLAIM_SEQUENCES = (
+    "UPDATE meta SET value = (GREATEST(value::bigint, (SELECT COALESCE(max(m), 0) + 1 FROM ("
+    + " UNION ALL ".join(f"SELECT max(seq) AS m FROM {table}" for table in TABLES)
+    + f") AS s)) + %s)::text WHERE key = '{SEQ_KEY}' RETURNING value::bigint")
+
+
+def claim_unposted_on(conn: psycopg.Connection[Any], block: int) -> int:
+    """Move the unposted RRN high-water mark up by ``block`` in one atomic statement; the block's start."""
+    row = conn.execute(_CLAIM_AT_OPEN, (str(block), block)).fetchone()
+    assert row is not None
+    return int(row[0]) - block
+
+
+def claim_sequences_on(conn: psycopg.Connection[Any], block: int) -> int:
+    """Claim ``block`` ledger sequences for this instance alone; return the first (multi-instance mode).
+
+    One autocommit statement pair on the ``meta`` row: the UPDATE's row lock makes concurrent claims
+    take turns, so blocks never overlap, and every block starts above every committed row (a
+    single-instance run in between may have numbered rows from its own counter; ``max(seq)`` of each
+    table is one index probe)."""
+    with conn.cursor() as cursor:
+        cursor.execute(_SEQ_ROW)
+        cursor.execute(_CLAIM_SEQUENCES, (block,))
+        row = cursor.fetchone()
+    assert row is not None
+    return int(row[0]) - block
 
 
 class PostgresBackend(LedgerBackend):
@@ -135,17 +191,20 @@ class PostgresBackend(LedgerBackend):
 
     def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
         self.name = display_url(url)
+        self.url = url
+        self.fence: Fence | None = None
+        """Multi-instance mode: checked inside every write transaction (``pg_control``)."""
         try:
             conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, round(connect_timeout)),
                                    application_name="iso-switch")
         except psycopg.Error as exc:
-            raise LedgerError(f"{self.name}: cannot open ledger: {_reason(exc)}") from None
+            raise LedgerError(f"{self.name}: cannot open ledger: {reason(exc)}") from None
         self._conn: psycopg.Connection[Any] | None = conn
         try:
             self._create_or_migrate(conn)
         except psycopg.Error as exc:
             conn.close()
-            raise LedgerError(f"{self.name}: not a usable ledger database: {_reason(exc)}") from None
+            raise LedgerError(f"{self.name}: not a usable ledger database: {reason(exc)}") from None
         except BaseException:
             conn.close()
             raise
@@ -198,6 +257,8 @@ class PostgresBackend(LedgerBackend):
     def write(self, batch: Sequence[PendingRow]) -> None:
         conn = self._connection()
         with conn.transaction(), conn.cursor() as cursor:
+            if self.fence is not None:  # multi-instance: still the owner of every terminal written?
+                self.fence.fence_check(cursor, {row[2][2] for row in batch if row[1] != UNPOSTED_CLAIM})
             for table, group in groupby(batch, key=_TABLE):
                 if table == UNPOSTED_CLAIM:
                     cursor.executemany(_CLAIM_AHEAD, map(_PARAMS, group))
@@ -207,9 +268,7 @@ class PostgresBackend(LedgerBackend):
                         copy.write_row(params[2])
 
     def claim_unposted(self, block: int) -> int:
-        row = self._connection().execute(_CLAIM_AT_OPEN, (str(block), block)).fetchone()
-        assert row is not None
-        return int(row[0]) - block
+        return claim_unposted_on(self._connection(), block)
 
     def import_rows(self, source: RowSource, *, replace: bool, unposted_next: int,
                     progress: Callable[[str, int], None] | None = None) -> None:
@@ -240,6 +299,13 @@ class PostgresBackend(LedgerBackend):
                     progress(table, copied)
             cursor.execute(_CLAIM_AHEAD, (str(unposted_next),))
 
+    def terminal_snapshot(self, terminal: str) -> RowSource:
+        rows = terminal_rows_on(self._connection(), terminal)
+        return lambda table: rows[table]
+
+    def claim_sequences(self, block: int) -> int:
+        return claim_sequences_on(self._connection(), block)
+
     def lock_writer(self) -> None:
         """A session-level advisory lock: held until this connection closes, released by the server when
         the process dies (SIGKILL included), so a restart never finds it stale. Tried for up to
@@ -247,13 +313,13 @@ class PostgresBackend(LedgerBackend):
         conn = self._connection()
         deadline = time.monotonic() + WRITER_LOCK_WAIT
         while True:  # bounded by the deadline
-            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_WRITER_LOCK,)).fetchone()
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (WRITER_LOCK_KEY,)).fetchone()
             if (row and row[0]) or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
         if not (row and row[0]):
             raise LedgerError(f"{self.name}: another switch is serving from this ledger; one process per ledger "
-                              "(several instances on one database are planned: docs/scaleout.md)")
+                              "unless every instance runs in multi-instance mode (docs/scaleout.md)")
 
     def meta(self, key: str) -> str | None:
         row = self._connection().execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()

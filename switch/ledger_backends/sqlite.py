@@ -134,6 +134,16 @@ class SqliteBackend(LedgerBackend):
         finally:
             conn.execute("COMMIT")
 
+    def terminal_snapshot(self, terminal: str) -> RowSource:
+        conn = self._connection()
+        conn.execute("BEGIN")
+        try:
+            rows = {table: conn.execute(f"SELECT * FROM {table} WHERE terminal = ? ORDER BY seq",
+                                        (terminal,)).fetchall() for table in TABLES}
+        finally:
+            conn.execute("COMMIT")
+        return lambda table: rows[table]
+
     def write(self, batch: Sequence[PendingRow]) -> None:
         conn = self._connection()
         try:
