@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     from switch.host import Host
     from switch.journal import Journal
     from switch.ledger import Ledger
+    from switch.server_terminals import TerminalOwner
 
 __all__ = [
     "API_PREFIX",
@@ -103,6 +104,8 @@ class SwitchRuntime:
     """The hosts of ``--also-listen`` listeners with their dialects: a scenario or a reset applies
     to every listener, as at start-up."""
     committer: GroupCommitter | None = None
+    owner: TerminalOwner | None = None
+    """Multi-instance mode: the terminal owner; ``/health`` reports its terminals and a lost lock session."""
     """The ledger's group committer: ``/health`` reports a commit path that makes no progress."""
     commit_stall_seconds: float = COMMIT_STALL_SECONDS
     scenario_paths: tuple[str, ...] = ()

@@ -9,14 +9,20 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from fastapi.responses import JSONResponse
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-    from switch.admin import SwitchRuntime
+
+class GuardSettings(Protocol):
+    """What the gatekeepers read, per request: a switch's ``SwitchRuntime``, or the supervisor's admin
+    endpoint of ``serve --workers`` (``switch.workers_admin``)."""
+
+    token: str | None
+    allowed_hosts: tuple[str, ...]
 
 OPEN_PATHS = frozenset({"/health", "/", "/favicon.ico"})
 """Paths served without the bearer token: liveness probes should not need a secret, and the console
@@ -55,7 +61,7 @@ class Guard:
     100 MB body is never buffered (at most ``MAX_BODY_BYTES`` are).
     """
 
-    def __init__(self, app: ASGIApp, runtime: SwitchRuntime) -> None:
+    def __init__(self, app: ASGIApp, runtime: GuardSettings) -> None:
         self.app = app
         self.runtime = runtime
 
@@ -117,7 +123,7 @@ class BearerAuth:
     ``/metrics`` are covered too. The token is read per request, so it can be changed at runtime.
     """
 
-    def __init__(self, app: ASGIApp, runtime: SwitchRuntime) -> None:
+    def __init__(self, app: ASGIApp, runtime: GuardSettings) -> None:
         self.app = app
         self.runtime = runtime
 

@@ -38,6 +38,9 @@ def health_body(runtime: SwitchRuntime) -> tuple[dict[str, Any], int]:
                             f"{commit_age:.1f} s (limit {runtime.commit_stall_seconds:g} s)")
         elif commit_age and not committer.running:
             problems.append("commit path stopped: ledger rows are pending and the group committer is not running")
+    owner = runtime.owner
+    if owner is not None and owner.failure is not None:
+        problems.append(f"multi-instance: {owner.failure}")
     body: dict[str, Any] = {
         "status": "unhealthy" if problems else "ok",
         "uptime_seconds": round(time.monotonic() - runtime.started, 3),
@@ -49,6 +52,9 @@ def health_body(runtime: SwitchRuntime) -> tuple[dict[str, Any], int]:
         "commit_lag_seconds": round(commit_age, 3),
         "listeners": runtime.listeners,
     }
+    if owner is not None:  # multi-instance: which terminals this instance decides for, how often they moved
+        body["terminals"] = {"owned": len(runtime.ledger.owned_terminals()), "acquired": owner.stats.acquired,
+                             "busy": owner.stats.busy, "released": owner.stats.released}
     if problems:
         body["problems"] = problems
     return body, 503 if problems else 200

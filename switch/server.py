@@ -57,6 +57,7 @@ from switch.server_listen import (
     Listener,
     SwitchGroup,
     listener_address,
+    open_reuse_port_listeners,
     serve_listeners,
     server_ssl_context,
 )
@@ -163,6 +164,7 @@ class SwitchServer(_FaultedServer):
         frames = conn.frames
         journal = self.journal
         faults = self.faults
+        owner = self.owner
         while True:
             while conn.full:  # backpressure: read no more until replies leave
                 conn.room = trio.Event()
@@ -206,7 +208,10 @@ class SwitchServer(_FaultedServer):
                                  arrived, payload)
                 continue
             try:
-                reply, commit_seq = self._decide(request, error, conn.peer, payload)
+                if owner is None or request is None:
+                    reply, commit_seq = self._decide(request, error, conn.peer, payload)
+                else:  # multi-instance: the reader waits while the terminal is taken over, keeping order
+                    reply, commit_seq = await self._decide_owned(request, error, conn.peer, payload)
                 outgoing = self._outgoing(reply, commit_seq, request, error, tpdu, request_seq, arrived)
             except _CloseConnection as exc:
                 self._unanswered(request, error, request_seq, NO_FAULTS, f"connection closed: {exc}")
@@ -264,6 +269,8 @@ class SwitchServer(_FaultedServer):
         """
         async with trio.open_nursery() as root:
             await root.start(self.committer.run)
+            if self.owner is not None:
+                await root.start(self.owner.run)
             try:
                 await self.accept(task_status=task_status)
             finally:
@@ -278,8 +285,11 @@ class SwitchServer(_FaultedServer):
         """
         async with trio.open_nursery() as handlers:
             try:
-                listeners: list[Listener] = list(await trio.open_tcp_listeners(self.config.port,
-                                                                               host=self.config.host))
+                if self.config.reuse_port:
+                    listeners: list[Listener] = list(await open_reuse_port_listeners(self.config.port,
+                                                                                     self.config.host))
+                else:
+                    listeners = list(await trio.open_tcp_listeners(self.config.port, host=self.config.host))
             except OSError as exc:  # name the address: with several listeners "address in use" says too little
                 raise OSError(exc.errno, f"{self.config.host}:{self.config.port}: {exc.strerror or exc}") from exc
             if self.config.ssl_context is not None:

@@ -31,9 +31,10 @@ from switch.faults import FaultDecision, FaultEngine
 from switch.held import HeldRequest, HeldRequests
 from switch.host import Host
 from switch.journal import Journal
-from switch.ledger import Ledger
+from switch.ledger import Ledger, LedgerError
 from switch.metrics import SwitchMetrics
 from switch.security import SecurityError, apply_mac, mac_field
+from switch.server_terminals import TerminalOwner
 from switch.wire_hints import hint_for_undecodable, readable_decode_error
 
 log = logging.getLogger("switch.server")
@@ -44,6 +45,9 @@ _LOGGED_OUTCOMES = frozenset({"mac-failed", "unknown-terminal", "unknown-merchan
 DEFAULT_MAX_CONNECTIONS = 1024
 DEFAULT_MAX_PENDING = 64
 REPORT_EVERY = 10.0  # seconds between summary lines of a rate-limited log
+TERMINAL_BUSY_CODE = "91"
+"""Multi-instance: the answer when another instance keeps the request's terminal past the wait
+(issuer unavailable: the terminal retries or reverses, and nothing was decided here)."""
 
 
 def utc_now() -> datetime:
@@ -80,6 +84,7 @@ class ServerConfig:
     ssl_context: ssl.SSLContext | None = None  # TLS on this listener (server side, see server_ssl_context)
     max_connections: int | None = DEFAULT_MAX_CONNECTIONS  # per listener; more are accepted and closed at once
     max_pending: int = DEFAULT_MAX_PENDING  # requests read but not yet answered, per connection
+    reuse_port: bool = False  # SO_REUSEPORT: several worker processes on one port (serve --workers)
 
 
 
@@ -219,7 +224,7 @@ class _ServerCore:
                  committer: GroupCommitter, config: ServerConfig | None = None,
                  clock: Callable[[], datetime] = utc_now, faults: FaultEngine | None = None,
                  journal: Journal | None = None, metrics: SwitchMetrics | None = None,
-                 held: HeldRequests | None = None):
+                 held: HeldRequests | None = None, owner: TerminalOwner | None = None):
         self.codec = codec
         self.framing = framing
         self.host = host
@@ -231,6 +236,10 @@ class _ServerCore:
         self.journal = journal
         self.metrics = metrics
         self.held = held if held is not None else HeldRequests(metrics=metrics)  # shared by a switch's listeners
+        self.owner = owner
+        """Multi-instance mode only (shared by a switch's listeners): owns terminals before deciding."""
+        if owner is not None:
+            owner.add_forget(host.forget_terminal)
         self.stats = ServerStats()
         self._started = time.monotonic()
         self._debug = log.isEnabledFor(logging.DEBUG)  # once: the per-request check is measurable
@@ -319,6 +328,35 @@ class _ServerCore:
         if self._debug:
             log.debug("%s: %s -> %s (%s)", peer, request.mti, decision.outcome, decision.reason)
         return decision.response, decision.commit_seq
+
+    async def _decide_owned(self, request: Message, error: MessageDecodeError | None, peer: str, raw: bytes
+                            ) -> tuple[Message | None, int | None]:
+        """Multi-instance ``_decide``: own the request's terminal first (``TerminalOwner``); when another
+        instance keeps it past the wait, the "unprocessed" 91 and nothing decided. Raises
+        ``_CloseConnection`` when the lock session is lost (the switch then stops)."""
+        owner = self.owner
+        assert owner is not None
+        try:
+            terminal = Host.terminal_of(request.fields)
+            if not owner.owned(terminal) and not await owner.acquire(terminal):
+                log.info("%s: %s of terminal %s answered %s: another instance serves it", peer, request.mti,
+                         terminal, TERMINAL_BUSY_CODE)
+                return self.host.unprocessed_reply(request, TERMINAL_BUSY_CODE), None
+        except LedgerError as exc:
+            raise _CloseConnection(f"no decision without the terminal's lock: {exc}") from None
+        reply, commit_seq = self._decide(request, error, peer, raw)
+        if commit_seq is not None and commit_seq > self.ledger.pending_seq:
+            # a repeat answered from a row another instance committed (installed at take-over): durable
+            # already, and above anything this instance appended, so no flush of ours would ever cover it
+            commit_seq = None
+        return reply, commit_seq
+
+    async def _decide_any(self, request: Message | None, error: MessageDecodeError | None, peer: str, raw: bytes
+                          ) -> tuple[Message | None, int | None]:
+        """``_decide``, through ``_decide_owned`` in multi-instance mode (the paths off the hot one)."""
+        if self.owner is None or request is None:
+            return self._decide(request, error, peer, raw)
+        return await self._decide_owned(request, error, peer, raw)
 
     def _encode(self, reply: Message) -> tuple[bytes, Message] | None:
         """The reply encoded, or else a minimal reply: its MTI, 39 and each field that encodes on

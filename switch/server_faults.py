@@ -58,11 +58,11 @@ class _FaultedServer(_HeldServer):
                 reply = self.host.unprocessed_reply(request, plan.respond) if request is not None else None
                 commit_seq = None
                 if reply is None and request is None:  # nothing readable to answer: as the host would
-                    reply, commit_seq = self._decide(request, error, conn.peer, raw)
+                    reply, commit_seq = await self._decide_any(request, error, conn.peer, raw)
                 if reply is None:
                     return
             else:
-                reply, commit_seq = self._decide(request, error, conn.peer, raw)
+                reply, commit_seq = await self._decide_any(request, error, conn.peer, raw)
                 if reply is None:
                     return
             if commit_seq:

@@ -108,7 +108,7 @@ class _HeldServer(_ServerCore):
         commit_seq = None
         try:
             if reply is None:
-                reply, commit_seq = self._decide(request, error, conn.peer, raw)
+                reply, commit_seq = await self._decide_any(request, error, conn.peer, raw)
             result.posted = bool(commit_seq)
             if reply is None:
                 result.status = ReleaseStatus.NO_REPLY

@@ -59,6 +59,38 @@ def listener_address(listener: trio.abc.Listener[trio.abc.Stream]) -> tuple[str,
 Listener = trio.abc.Listener[trio.abc.Stream]
 """What ``serve`` reports: a ``trio.SocketListener``, or a ``trio.SSLListener`` around one."""
 
+LISTEN_BACKLOG = 4096  # capped by the kernel's somaxconn, as trio.open_tcp_listeners does
+
+
+async def open_reuse_port_listeners(port: int, host: str) -> list[trio.SocketListener]:
+    """Listening sockets on ``host:port`` with SO_REUSEPORT, so several worker processes (``serve
+    --workers``) bind the same port and the kernel spreads new connections over them. Linux and the
+    BSDs only: elsewhere a one-line OSError says so."""
+    if not hasattr(trio.socket, "SO_REUSEPORT"):
+        raise OSError(errno.ENOPROTOOPT, "SO_REUSEPORT is not available on this system (--workers needs it)")
+    infos = await trio.socket.getaddrinfo(host, port, type=trio.socket.SOCK_STREAM,
+                                          flags=trio.socket.AI_PASSIVE)
+    listeners: list[trio.SocketListener] = []
+    try:
+        for family, kind, proto, _, address in infos:
+            sock = trio.socket.socket(family, kind, proto)
+            try:
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEADDR, 1)
+                sock.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_REUSEPORT, 1)
+                if family == trio.socket.AF_INET6:
+                    sock.setsockopt(trio.socket.IPPROTO_IPV6, trio.socket.IPV6_V6ONLY, 1)
+                await sock.bind(address)
+                sock.listen(LISTEN_BACKLOG)
+            except BaseException:
+                sock.close()
+                raise
+            listeners.append(trio.SocketListener(sock))
+    except BaseException:
+        for listener in listeners:
+            listener.socket.close()
+        raise
+    return listeners
+
 
 
 def _fd_limit() -> str:
@@ -119,6 +151,8 @@ class SwitchGroup:
         for other in servers[1:]:
             if other.ledger is not first.ledger or other.committer is not first.committer:
                 raise ValueError("the listeners of one switch must share one ledger and one committer")
+            if other.owner is not first.owner:
+                raise ValueError("the listeners of one switch must share one terminal owner (multi-instance)")
         self.servers = tuple(servers)
         self.ledger = first.ledger
         self.committer = first.committer
@@ -136,6 +170,9 @@ class SwitchGroup:
     async def serve(self, *, task_status: trio.TaskStatus[list[Listener]] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as root:
             await root.start(self.committer.run)
+            owner = self.servers[0].owner
+            if owner is not None:
+                await root.start(owner.run)
             try:
                 async with trio.open_nursery() as accepting:
                     listeners: list[Listener] = []

@@ -264,6 +264,51 @@ def test_probability_is_per_message(probability):
     assert abs(hits - count * probability) < 5 * sigma
 
 
+def _identity_engine(seed: int = 7) -> FaultEngine:
+    fault_engine = FaultEngine(seed=seed, identity_draws=True)
+    fault_engine.add({"id": "slow", "probability": 0.3, "delay_response": {"uniform": ["10ms", "2s"]}})
+    fault_engine.add({"id": "echo", "probability": 0.2, "wrong_echo": ["stan"]})
+    return fault_engine
+
+
+def test_identity_draws_give_a_message_the_same_faults_whatever_instance_and_order():
+    traffic = [message(mti, f11=f"{stan:06d}", f41=f"T{terminal:07d}")
+               for stan in range(1, 300) for terminal in range(3) for mti in ("0200", "0400")]
+    one = _identity_engine()
+    alone = {(m.mti, m[11], m[41]): one.decide(m, connection=1, elapsed=0.0) for m in traffic}
+    # two instances sharing the same traffic in another order, each seeing a different part of it
+    shuffled = list(traffic)
+    random.Random(5).shuffle(shuffled)
+    instances = [_identity_engine(), _identity_engine()]
+    for index, item in enumerate(shuffled):
+        plan = instances[index % 2].decide(item, connection=index % 13 + 1, elapsed=float(index))
+        assert plan == alone[(item.mti, item[11], item[41])]
+    hits = sum(bool(plan.rules) for plan in alone.values())
+    expected = len(traffic) * (1 - 0.7 * 0.8)
+    assert abs(hits - expected) < 5 * (len(traffic) * 0.44 * 0.56) ** 0.5
+    other_seed = _identity_engine(seed=8)
+    assert [other_seed.decide(m, connection=1, elapsed=0.0) for m in traffic] != list(alone.values())
+
+
+def test_identity_draws_differ_per_stan_mti_and_terminal_but_not_per_resend():
+    fault_engine = FaultEngine(seed=3, identity_draws=True)
+    fault_engine.add({"probability": 0.5, "delay_request": {"uniform": [0, 1]}})
+    plans = {(stan, mti): fault_engine.decide(message(mti, f11=f"{stan:06d}"), connection=1, elapsed=0.0)
+             for stan in range(1, 200) for mti in ("0200", "0201")}
+    resent = [fault_engine.decide(message("0200", f11=f"{stan:06d}"), connection=2, elapsed=9.0)
+              for stan in range(1, 200)]
+    assert resent == [plans[(stan, "0200")] for stan in range(1, 200)]
+    assert any(plans[(stan, "0200")] != plans[(stan, "0201")] for stan in range(1, 200))
+    assert len({plan.delay_request for plan in plans.values() if plan.rules}) > 50  # values vary per message
+
+
+def test_stream_draws_stay_the_default():
+    assert not FaultEngine(seed=1).identity_draws
+    streamed = engine({"probability": 0.5, "duplicate": True}, seed=9)
+    assert fired(streamed, [message()] * 200) != []  # one message resent: the stream still varies the draw
+    assert 0 < len(fired(engine({"probability": 0.5, "duplicate": True}, seed=9), [message()] * 200)) < 200
+
+
 def test_probability_applies_after_the_counts():
     fault_engine = engine({"when": {"every": 2}, "probability": 0.5, "duplicate": True}, seed=3)
     positions = fired(fault_engine, [message()] * 2000)

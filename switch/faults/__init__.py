@@ -33,6 +33,11 @@ messages it fires on. Messages that race on different connections are matched in
 ``decide`` is called, which is all a concurrent server can promise. Without a seed one is drawn from
 ``os.urandom`` and shown as ``engine.seed`` for replay.
 
+**Identity draws** (``identity_draws=True``, what ``serve --multi-instance`` uses): the chance and the
+values of a match come from a hash of (seed, rule id, terminal, STAN, MTI) instead of the rule's
+streams, so several instances sharing a ledger fault the same message the same way whichever of them
+receives it, in whatever order. Counts (``nth``, ``every``, ``first``) stay per instance.
+
 **Several rules on one message** all fire and combine: delays add, flags OR, and for a value only
 one can have (garbage, truncate, wrong length, MAC mask, check value mask, slice, bandwidth, respond,
 each wrong-echo field, hold) the first rule in plan order wins; a hold wins over everything but

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 from collections.abc import Mapping, Sequence
@@ -287,6 +288,19 @@ def _shown_whole(rule: FaultRule) -> FaultRule:
     return rule
 
 
+def identity_draw(seed: int, rule_id: str, message: Message) -> tuple[float, random.Random]:
+    """A match's chance (uniform in [0, 1)) and its values' generator, from the seed, the rule and the
+    message's identity (terminal: field 41 without trailing spaces, else 42; STAN; MTI) alone: no
+    per-process stream, so instances sharing a ledger fault the same message the same way. A message
+    sent again unchanged (same STAN and MTI) draws the same again; its 0201/0401 repeat draws anew."""
+    fields = message.fields
+    terminal = fields.get(41, "").rstrip(" ") or fields.get(42, "").strip()
+    identity = f"{seed}\x00{rule_id}\x00{terminal}\x00{fields.get(11, '')}\x00{message.mti}"
+    digest = hashlib.blake2b(identity.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+    chance = int.from_bytes(digest[:8], "big") / 2.0**64
+    return chance, random.Random(int.from_bytes(digest[8:], "big"))
+
+
 @dataclass
 class _RuleState:
     chance: random.Random  # one draw per match: the probability
@@ -309,8 +323,13 @@ class FaultEngine:
     ``drop_request = true``), shipped in ``signon-timeout.toml``.
     """
 
-    def __init__(self, rules: Sequence[FaultRule] = (), *, seed: int | None = None, maintenance: str = "off"):
+    def __init__(self, rules: Sequence[FaultRule] = (), *, seed: int | None = None, maintenance: str = "off",
+                 identity_draws: bool = False):
         self._seed = self._valid_seed(seed) if seed is not None else int.from_bytes(os.urandom(4), "big")
+        self.identity_draws = identity_draws
+        """Draw each match's chance and values from (seed, rule id, terminal, STAN, MTI) instead of the
+        rule's stream: the same message gets the same faults in whichever instance sees it
+        (multi-instance mode, see ``identity_draw``)."""
         self._maintenance = "off"
         self._maintenance_code = "91"
         self.maintenance = maintenance
@@ -321,9 +340,11 @@ class FaultEngine:
         self.load(rules)
 
     @classmethod
-    def from_scenario(cls, scenario: Scenario, *, seed: int | None = None) -> FaultEngine:
+    def from_scenario(cls, scenario: Scenario, *, seed: int | None = None, identity_draws: bool = False
+                      ) -> FaultEngine:
         """The scenario's faults; ``seed`` (the command line's) overrides the scenario's."""
-        return cls(parse_fault_rules(scenario), seed=seed if seed is not None else scenario.seed)
+        return cls(parse_fault_rules(scenario), seed=seed if seed is not None else scenario.seed,
+                   identity_draws=identity_draws)
 
     @staticmethod
     def _valid_seed(seed: Any) -> int:
@@ -493,11 +514,14 @@ class FaultEngine:
                 continue
             state = self._states[rule.id]
             state.matched += 1
-            chance = state.chance.random()  # drawn on every match: counts and actions never shift the stream
+            if self.identity_draws and message is not None:
+                chance, values = identity_draw(self._seed, rule.id, message)
+            else:
+                chance, values = state.chance.random(), state.values  # drawn on every match: never shifts
             if not rule.counted_in(state.matched) or chance >= rule.probability:
                 continue
             state.fired += 1
-            fired.append((rule, state.values))
+            fired.append((rule, values))
         if not fired:
             return EMPTY_DECISION
         return combine(fired, message)

@@ -55,6 +55,14 @@ class Host(SettlementMixin, FinancialMixin):
         self.session_keys.clear()
         self._pin_failures.clear()
 
+    def forget_terminal(self, terminal: str) -> None:
+        """Forget one terminal's sign-on and working keys (``terminal_of``'s id): multi-instance mode
+        calls it when this instance takes the terminal over or gives it back, since sessions live in
+        memory and another instance may have served the terminal meanwhile. It signs on again. PIN try
+        counts are per card, not per terminal, and stay."""
+        self.sessions.pop(terminal, None)
+        self.session_keys.pop(terminal, None)
+
     def handle(self, request: Message, now: datetime, *, raw: bytes | None = None) -> Decision:
         """Decide the answer to a decoded request at host time ``now`` (aware UTC).
 
