@@ -29,6 +29,7 @@ from switch.faults import FaultEngine
 from switch.held import HeldRequests
 from switch.host import Host, HostConfig
 from switch.journal import Journal
+from switch.journal.writing import choose_writer
 from switch.ledger import Ledger
 from switch.ledger_backends import is_postgres_target
 from switch.metrics import SwitchMetrics
@@ -44,6 +45,7 @@ from switch.server import (
     run_until_signalled,
     server_ssl_context,
 )
+from switch.server_terminals import DEFAULT_IDLE_SECONDS, DEFAULT_WAIT, TerminalOwner
 
 APP_NAME = "iso8583-switch-emulator"
 
@@ -148,6 +150,7 @@ class SwitchOptions:
     grace_period: float = 5.0
     host_overrides: dict[str, object] = field(default_factory=dict)
     journal: str | os.PathLike[str] | None = None  # None: journal.jsonl beside the ledger file; "none": memory only
+    journal_writer: str = "auto"  # "process": lines formatted in a writer process; "thread": in this one; "auto"
     admin_host: str = "127.0.0.1"
     admin_port: int | None = 8584  # None: no admin API
     admin_port_given: bool = True  # False: the port is a default, and a free one may replace it when taken
@@ -159,6 +162,10 @@ class SwitchOptions:
     tls_cert: str | None = None  # TLS on the main listener: PEM certificate (chain) ...
     tls_key: str | None = None  # ... and its private key
     also_listen: tuple[ListenerSpec, ...] = ()
+    multi_instance: bool = False  # share a PostgreSQL ledger with other instances (docs/scaleout.md)
+    terminal_wait: float = DEFAULT_WAIT  # multi-instance: wait for a terminal another instance serves
+    terminal_idle: float = DEFAULT_IDLE_SECONDS  # multi-instance: give back a terminal idle this long
+    reuse_port: bool = False  # SO_REUSEPORT on every listener: a worker of serve --workers
 
 
 def resolve_ledger_path(option: str | os.PathLike[str] | None) -> str:
@@ -337,15 +344,22 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
     profiles = load_profiles(options.profiles, dialect_path=options.dialect_paths) if options.profiles else None
     contexts = [server_ssl_context(item.tls_cert, item.tls_key) if item.tls_cert and item.tls_key else None
                 for item in listeners]
-    faults = FaultEngine.from_scenario(scenario, seed=options.seed)
+    # multi-instance: a message's fault draws depend on it alone, not on which instance's stream it met
+    faults = FaultEngine.from_scenario(scenario, seed=options.seed, identity_draws=options.multi_instance)
     configs = [HostConfig.for_dialect(item.dialect, **{**scenario.host, **cli_overrides}) for item in listeners]
     placements = [_mac_placement(item.dialect, profiles, item.port) for item in listeners]
     ledger_path = resolve_ledger_path(options.ledger)
-    ledger = Ledger.open(ledger_path, writer=True)
+    if options.multi_instance and not is_postgres_target(ledger_path):
+        raise ValueError(f"--multi-instance needs a postgresql:// ledger, not {ledger_path}: instances on a SQLite "
+                         "file would each decide from their own memory")
+    ledger = Ledger.open(ledger_path, writer=True, multi_instance=options.multi_instance)
+    owner = (TerminalOwner(ledger, wait=options.terminal_wait, idle_seconds=options.terminal_idle)
+             if options.multi_instance else None)
     committer = GroupCommitter(ledger)
     codec = Codec(dialect)
     journal_path = resolve_journal_path(options.journal, ledger_path)
-    journal = Journal(codec, path=journal_path)  # one file; masked by the main dialect (others: PAN-safe)
+    journal = Journal(codec, path=journal_path,  # one file; masked by the main dialect (others: PAN-safe)
+                      writer=choose_writer(options.journal_writer))
     metrics = SwitchMetrics()
     held = HeldRequests(metrics=metrics)  # one per switch: the cap and the ids span every listener
     servers = []
@@ -361,14 +375,15 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
             ledger=ledger, committer=committer,
             config=ServerConfig(host=item.host, port=item.port, idle_timeout=options.idle_timeout,
                                 grace_period=options.grace_period, ssl_context=context,
-                                max_connections=options.max_connections),
-            faults=faults, journal=journal, metrics=metrics, held=held,
+                                max_connections=options.max_connections, reuse_port=options.reuse_port),
+            faults=faults, journal=journal, metrics=metrics, held=held, owner=owner,
         ))
     server = servers[0]
     runtime = SwitchRuntime(faults=faults, host=server.host, ledger=ledger, journal=journal, metrics=metrics,
                             dialect_name=dialect.name, scenario=scenario.name, seed=options.seed,
                             token=options.admin_token, dialect=dialect, host_overrides=cli_overrides,
                             committer=committer, held=held, scenario_paths=tuple(options.scenario_paths),
+                            owner=owner,
                             allowed_hosts=tuple(options.admin_allow_hosts),
                             more_listeners=tuple((extra.host, item.dialect)
                                                  for extra, item in zip(servers[1:], listeners[1:], strict=True)))

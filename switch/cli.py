@@ -279,6 +279,10 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
               metavar="SECONDS", help="On SIGINT/SIGTERM, how long in-flight requests may take to finish.")
 @click.option("--journal", "journal_path", default=None, metavar="PATH|none",
               help="JSON-lines journal of every frame (default: journal.jsonl beside the ledger; none: memory only).")
+@click.option("--journal-writer", type=click.Choice(["auto", "process", "thread"]), default="auto", show_default=True,
+              help="Where the journal file's lines are formatted: a writer process on another core (less CPU in "
+                   "the switch per message), the switch process itself (one process fewer), or auto: the "
+                   "process when 3 or more CPUs are usable.")
 @click.option("--admin-host", default="127.0.0.1", show_default=True, help="Address of the admin HTTP API.")
 @click.option("--admin-port", default=8584, show_default=True, type=click.IntRange(0, 65535),
               help="Port of the admin HTTP API (0 picks a free one). Left at the default and taken (another switch), "
@@ -307,14 +311,25 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
                    "[HOST:]PORT[,dialect=NAME|FILE][,length-header=KIND][,tpdu=yes|no][,tls=yes|no]"
                    "[,tls-cert=FILE,tls-key=FILE]. tls=yes reuses --tls-cert/--tls-key. Repeatable, "
                    "e.g. --also-listen 9583,dialect=cup-pos")
+@click.option("--multi-instance", is_flag=True,
+              help="Share the postgresql:// --ledger with other iso-switch instances (one host behind a load "
+                   "balancer): each terminal is decided by one instance at a time (README \"Scaling out\").")
+@click.option("--terminal-idle", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              metavar="SECONDS", help="With --multi-instance: give a terminal back to the others after this "
+                                      "long without a request.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Run N switch processes on the one port (SO_REUSEPORT, Linux) under a supervisor with one "
+                   "admin endpoint; needs a postgresql:// --ledger, implies --multi-instance; journals "
+                   "journal-<n>.jsonl (README \"Scaling out\").")
 @click.option("-v", "--verbose", count=True, help="Log connections (-v) and every decision (-vv) to stderr.")
 def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: FramingOverrides, tpdu: bool | None,
           keepalive: str | None, ledger_path: str | None, scenario: str | None, seed: int | None,
           require_signon: bool | None, idle_timeout: float, max_connections: int, grace_period: float,
-          journal_path: str | None,
+          journal_path: str | None, journal_writer: str,
           admin_host: str, admin_port: int, no_admin: bool, admin_token: str | None,
           admin_allow_hosts: tuple[str, ...], scenario_paths: tuple[str, ...], profiles_path: str | None,
-          tls_cert: str | None, tls_key: str | None, also_listen: tuple[str, ...], verbose: int) -> None:
+          tls_cert: str | None, tls_key: str | None, also_listen: tuple[str, ...], multi_instance: bool,
+          terminal_idle: float, workers: int | None, verbose: int) -> None:
     """Run the switch until SIGINT/SIGTERM, then drain in-flight requests and close the ledger.
 
     \b
@@ -346,13 +361,20 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
     options = SwitchOptions(host=bind_host, port=port, ledger=ledger_path, scenario=scenario, seed=seed,
                             require_signon=require_signon, idle_timeout=idle_timeout or None,
                             max_connections=max_connections or None,
-                            grace_period=grace_period, journal=journal_path, admin_host=admin_host,
+                            grace_period=grace_period, journal=journal_path, journal_writer=journal_writer,
+                            admin_host=admin_host,
                             admin_port=None if no_admin else admin_port, admin_token=admin_token,
                             admin_port_given=click.get_current_context().get_parameter_source("admin_port")
                             is not click.core.ParameterSource.DEFAULT,
                             profiles=profiles_path, dialect_paths=dialect_paths, tls_cert=tls_cert,
                             tls_key=tls_key, also_listen=tuple(specs), admin_allow_hosts=admin_allow_hosts,
-                            scenario_paths=scenario_paths)
+                            scenario_paths=scenario_paths, multi_instance=multi_instance,
+                            terminal_idle=terminal_idle)
+    if workers is not None:
+        from switch.workers_cli import serve_workers
+
+        serve_workers(dialect, framing, options, workers, verbose)
+        return
     try:
         switch = build_switch(dialect, framing, options)
     except (ScenarioError, LedgerError, ValueError) as exc:
@@ -397,6 +419,9 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
         leaves = _leaves(group)
         if len(leaves) == 1 and is_store_error(leaves[0]):  # the group committer stopped the switch
             reason = " ".join(str(leaves[0]).split()) or type(leaves[0]).__name__
+            if server.owner is not None and leaves[0] is server.owner.failure:  # multi-instance: locks lost
+                raise CliError(f"ledger {server.ledger.path}: {reason}; the switch stopped deciding and exited",
+                               EXIT_BAD_DATA) from None
             raise CliError(f"ledger {server.ledger.path}: commit failed ({reason}); the replies waiting for it "
                            "were withheld and the switch stopped", EXIT_BAD_DATA) from None
         if len(leaves) != 1 or not isinstance(leaves[0], OSError):
@@ -426,7 +451,7 @@ JOURNAL_FOLLOW_BACKLOG = 20  # entries shown before following, as `tail -f` does
 
 
 @cli.command(short_help="Print the switch's message journal readably (--follow to watch it).")
-@click.argument("path", required=False, metavar="[PATH]")
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
 @click.option("-f", "--follow", is_flag=True,
               help="Keep printing entries as they are appended, across rotation, until Ctrl-C.")
 @click.option("--terminal", default=None, metavar="TID", help="Only entries of this terminal (field 41).")
@@ -438,14 +463,16 @@ JOURNAL_FOLLOW_BACKLOG = 20  # entries shown before following, as `tail -f` does
 @click.option("--limit", type=click.IntRange(min=1), default=None, metavar="N",
               help=f"Only the last N matching entries already in the file (default: all; with --follow: "
                    f"{JOURNAL_FOLLOW_BACKLOG}).")
-def journal(path: str | None, follow: bool, terminal: str | None, mti: str | None, stan: str | None,
+def journal(paths: tuple[str, ...], follow: bool, terminal: str | None, mti: str | None, stan: str | None,
             faults_only: bool, as_json: bool, limit: int | None) -> None:
     """Print the journal file: one line per frame in (<-) or out (->) with time, connection, MTI,
     STAN, terminal, response code, faults applied and notes. PAN, track, PIN and ICC data are
     masked in the file itself.
 
-    PATH defaults to journal.jsonl next to the default ledger. Only PATH is read, not its rotated
-    copies (PATH.1, PATH.2, ...); pass one of those to read it.
+    PATH defaults to journal.jsonl next to the default ledger (or, when there is none, the
+    journal-<n>.jsonl files `serve --workers` writes there). Several PATHs are read merged by time,
+    each line marked with its file (not with --follow). Only PATH is read, not its rotated copies
+    (PATH.1, PATH.2, ...); pass one of those to read it.
     """
     import collections
     import pathlib
@@ -463,10 +490,23 @@ def journal(path: str | None, follow: bool, terminal: str | None, mti: str | Non
         raise CliError(f"--mti must be four digits, got {mti!r}")
     if stan is not None and not (1 <= len(stan) <= 6 and stan.isascii() and stan.isdigit()):
         raise CliError(f"--stan must be 1 to 6 digits, got {stan!r}")
-    journal_path = pathlib.Path(path) if path is not None else default_ledger_path().parent / "journal.jsonl"
-    if not journal_path.is_file():
-        raise CliError(f"no journal file at {journal_path}", EXIT_BAD_DATA)
+    journal_paths = [pathlib.Path(path) for path in paths]
+    if not journal_paths:
+        default = default_ledger_path().parent / "journal.jsonl"
+        journal_paths = [default] if default.is_file() else sorted(
+            default.parent.glob("journal-*.jsonl"), key=lambda p: (len(p.name), p.name)) or [default]
+    for each in journal_paths:
+        if not each.is_file():
+            raise CliError(f"no journal file at {each}", EXIT_BAD_DATA)
     selection = EntryFilter(terminal=terminal, mti=mti, stan=stan, faults_only=faults_only)
+    if len(journal_paths) > 1:
+        if follow:
+            raise CliError("--follow reads one journal file; give one PATH")
+        from switch.workers_cli import print_journals
+
+        print_journals(journal_paths, selection, as_json, limit)
+        return
+    journal_path = journal_paths[0]
 
     def warn(number: int, reason: str) -> None:
         click.echo(f"warning: {journal_path} line {number}: {reason}; skipped", err=True)

@@ -29,6 +29,7 @@ _SLOW_MODULES = frozenset({
     "test_plugin", "test_plugin_example",
     "test_ledger_postgres_e2e", "test_ownership_stateful",
     "test_journal_writer",
+    "test_multi_instance", "test_workers",
 })
 """Modules whose tests start real switches, subprocesses or whole terminal-against-host runs."""
 

@@ -59,7 +59,7 @@ def written_and_expected(codec: Codec, exchanges: list[tuple[Message, Message | 
             seq = journal.record_in(connection=2, peer=peer, raw=codec.encode(request), message=request,
                                     faults=faults, rules=rules, note=note)
             if reply is None:
-                journal._write_batch(journal._take_batch())  # written while the outcome is unknown
+                journal._write_pending_now()  # written while the outcome is unknown
                 journal.record_unsent(seq, ("drop_response",), "dropped", ("lose",))
                 (entry,) = journal.query(limit=1)
                 expected.append(compact_json({**entry.as_dict(), "faults": list(faults), "rules": list(rules),

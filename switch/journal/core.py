@@ -1,31 +1,27 @@
-"""The journal itself: records taken on the hot path, entries formatted once, the ring and the file writer."""
+"""The journal itself: records taken on the hot path, entries formatted once for queries, the ring; the
+file is written by ``switch.journal.writing``."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import trio
 
 from switch.codec.message import Codec, Message, MessageDecodeError
-from switch.journal.lines import UPDATE_UNSENT, LineFormatter
+from switch.journal.lines import UPDATE_UNSENT
 from switch.journal.masking import _Masker
-
-log = logging.getLogger("switch.journal")
+from switch.journal.records import DIRECTION_IN, DIRECTION_OUT, _Record, _Update
+from switch.journal.writing import FileWriter, JournalWriterKind
 
 _STAN_WIDTH = 6
-_SLICE = 256  # entries formatted between checkpoints: ~2 ms of the event loop at most
 
-DIRECTION_IN = "in"
-DIRECTION_OUT = "out"
-__all__ = ["DIRECTION_IN", "DIRECTION_OUT", "UPDATE_UNSENT", "Journal", "JournalEntry"]
+__all__ = ["DIRECTION_IN", "DIRECTION_OUT", "UPDATE_UNSENT", "Journal", "JournalEntry", "JournalWriterKind"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,77 +75,6 @@ class JournalEntry:
         return cached
 
 
-class _Record:
-    """What ``record_*`` stores: cheap to build; formatted later, at most once."""
-
-    __slots__ = ("claimed", "connection", "decode_error", "direction", "entry", "error", "faults", "fields",
-                 "formatted", "header", "matched", "mti", "note", "peer", "raw", "request_seq",
-                 "response_code", "rules", "seq", "stan", "terminal", "time", "unsent")
-
-    def __init__(self, seq: int, stamp: float, connection: int, peer: str, direction: str, raw: bytes,
-                 message: Message | None, decode_error: MessageDecodeError | None, error: str | None,
-                 faults: tuple[str, ...], rules: tuple[str, ...], note: str, request_seq: int | None):
-        self.seq = seq
-        self.time = stamp
-        self.connection = connection
-        self.peer = peer
-        self.direction = direction
-        self.raw = raw
-        self.fields: dict[int, str] | None
-        self.mti: str | None
-        fields: dict[int, str]
-        if message is not None:
-            fields = self.fields = dict(message.fields)  # the caller may reuse its message
-            self.mti = message.mti
-            self.header = message.header
-        else:
-            self.fields = None
-            self.header = ""
-            if decode_error is not None:  # what was read before the failing element feeds the filters
-                self.mti = decode_error.mti
-                fields = {int(key): value for key, value in decode_error.partial.items()
-                          if key in ("11", "39", "41") and key != decode_error.field and isinstance(value, str)}
-            else:
-                self.mti = None
-                fields = {}
-        self.stan = fields.get(11)
-        self.terminal = fields.get(41)
-        self.response_code = fields.get(39)
-        self.decode_error = decode_error
-        self.error = error
-        self.faults = faults
-        self.rules = rules
-        self.note = note
-        self.request_seq = request_seq
-        self.matched: bool | None = False if direction == DIRECTION_IN else None
-        self.unsent = False
-        self.claimed = False  # handed to the file writer
-        self.formatted: tuple[dict[str, str], str, str | None] | None = None
-        self.entry: JournalEntry | None = None
-
-    def format(self, masker: _Masker) -> tuple[dict[str, str], str, str | None]:
-        """(masked fields, masked raw hex, error), computed once (by a query or the writer)."""
-        formatted = self.formatted
-        if formatted is None:
-            if self.fields is not None:
-                fields, raw_hex = masker.decoded(self.raw, self.fields, self.header)
-                formatted = (fields, raw_hex, self.error)
-            else:
-                fields, raw_hex, error = masker.undecodable(self.raw)
-                formatted = (fields, raw_hex, self.error or error)
-            self.formatted = formatted
-        return formatted
-
-
-class _Update:
-    """A request already written to the file whose response was then not sent: written again."""
-
-    __slots__ = ("record",)
-
-    def __init__(self, record: _Record):
-        self.record = record
-
-
 
 # --------------------------------------------------------------------------------------------
 # The journal
@@ -162,14 +87,6 @@ def _normalized_stan(stan: str | None) -> str | None:
     return stan
 
 
-class _Batch:
-    __slots__ = ("done", "items")
-
-    def __init__(self, items: list[tuple[_Record, bool | None, tuple[str, ...], tuple[str, ...], str, bool]]):
-        self.items = items
-        self.done = False
-
-
 class Journal:
     """Every frame in and out: a ring for queries and, with ``path``, a rotated JSON-lines file.
 
@@ -177,12 +94,15 @@ class Journal:
     ``run()`` in a nursery to write the file; cancel it to stop (it flushes first), then
     ``close()``. Without ``path`` there is only the ring and ``run()`` returns at once.
     ``max_pending`` bounds what waits for the writer, so a stalled disk costs entries (counted and
-    logged), never the switch's memory.
+    logged), never the switch's memory. ``writer``: where the file's lines are formatted, on the
+    event loop ("thread", the default for a library object) or in a writer process ("process",
+    the switch's default: see ``switch.journal.writing``).
     """
 
     def __init__(self, codec: Codec, *, path: str | os.PathLike[str] | None = None, ring_size: int = 10_000,
                  max_bytes: int = 20 * 1024 * 1024, backups: int = 5, flush_interval: float = 0.2,
-                 max_pending: int = 100_000, clock: Callable[[], float] = time.time) -> None:
+                 max_pending: int = 100_000, clock: Callable[[], float] = time.time,
+                 writer: JournalWriterKind | str = JournalWriterKind.THREAD) -> None:
         if ring_size < 1:
             raise ValueError(f"ring_size must be at least 1, got {ring_size}")
         if max_bytes < 1:
@@ -193,27 +113,17 @@ class Journal:
             raise ValueError(f"flush_interval must be positive, got {flush_interval}")
         if max_pending < 1:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        if writer not in tuple(JournalWriterKind):
+            raise ValueError(f"writer must be one of {', '.join(JournalWriterKind)}, got {writer!r}")
         self._codec = codec
         self._masker = _Masker(codec)
-        self._lines = LineFormatter(_Masker(codec))  # the file writer's own caches
         self.path = Path(path) if path is not None else None
         self._ring: deque[_Record] = deque(maxlen=ring_size)
         self._next_seq = 1
         self._clock = clock
-        self._max_bytes = max_bytes
-        self._backups = backups
-        self._flush_interval = flush_interval
-        # File writer state. ``_pending`` is filled on the Trio thread and emptied there too (into
-        # a batch); the file object is only touched by the thread writing a batch.
-        self._writing = self.path is not None
-        self._pending: deque[_Record | _Update] = deque(maxlen=max_pending)
-        self._lost = 0
-        self._inflight: _Batch | None = None
-        self._flush_lock = trio.Lock()
-        self._file: BinaryIO | None = None
-        self._size = 0
-        self._failed = False
-        self._closed = False
+        self._writer = None if self.path is None else FileWriter(
+            codec, self.path, max_bytes=max_bytes, backups=backups, flush_interval=flush_interval,
+            max_pending=max_pending, kind=JournalWriterKind(writer))
 
     # -- recording (hot path) -------------------------------------------------------------
 
@@ -231,10 +141,11 @@ class Journal:
 
     def _add(self, record: _Record) -> None:
         self._ring.append(record)
-        if self._writing:
-            pending = self._pending
+        writer = self._writer
+        if writer is not None and writer.writing:
+            pending = writer.pending
             if len(pending) == pending.maxlen:
-                self._lost += 1
+                writer.lost += 1
             pending.append(record)
 
     def record_in(self, *, connection: int, peer: str, raw: bytes | bytearray | memoryview,
@@ -296,8 +207,9 @@ class Journal:
             request.note = f"{request.note}; {note}" if request.note else note
         request.unsent = True
         request.entry = None
-        if request.claimed and self._writing:  # its line is written already: write the update too
-            self._pending.append(_Update(request))
+        writer = self._writer
+        if request.claimed and writer is not None and writer.writing:  # its line is written already: the update too
+            writer.pending.append(_Update(request))
 
     def _find(self, seq: int) -> _Record | None:
         """The ring holds consecutive seqs, so the position is arithmetic (recent ones are cheap)."""
@@ -361,142 +273,30 @@ class Journal:
 
     # -- the file ---------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Write queued entries to the file every ``flush_interval`` until cancelled.
+    @property
+    def writer_kind(self) -> JournalWriterKind | None:
+        """How the file is written (None: no file)."""
+        return self._writer.kind if self._writer is not None else None
 
-        The lines are formatted (masking, hex, JSON) on the event loop, ``_SLICE`` entries between
-        checkpoints, and only the writes and rotation run in a worker thread, so the loop never
-        waits on the disk. Formatting in a thread cost more: it competes for the GIL with the loop,
-        and the hand-offs (up to the 5 ms switch interval each) left the loop idle while requests
-        waited (measured: ~15 us more CPU per request). On cancellation everything still queued is
-        written (shielded) before returning.
-        """
-        if not self._writing:
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Write queued entries to the file every ``flush_interval`` until cancelled (``writer``:
+        formatted here or in a writer process, see ``switch.journal.writing``). On cancellation
+        everything still queued is written (shielded) before returning, and a writer process has
+        written all it was handed and exited."""
+        if self._writer is None or not self._writer.writing:
             task_status.started()
             return
-        try:
-            if self._file is None:
-                await trio.to_thread.run_sync(self._open_file)
-            task_status.started()
-            while self._writing:
-                await trio.sleep(self._flush_interval)
-                await self._flush()
-        finally:
-            with trio.CancelScope(shield=True):
-                await self._flush()
+        await self._writer.run(task_status)
 
     async def flush(self) -> None:
         """Write everything queued so far now (``run`` does it every ``flush_interval``)."""
-        await self._flush()
+        if self._writer is not None:
+            await self._writer.flush()
 
-    async def _flush(self) -> None:
-        async with self._flush_lock:  # one batch at a time, in order
-            while self._writing and (self._inflight is not None or self._pending):
-                if self._inflight is None or self._inflight.done:
-                    self._inflight = self._take_batch()
-                # Not abandoned on cancel: a cancelled flush still finishes the batch it started
-                # (formatting it again from the state claimed, which a retry cannot change).
-                batch = self._inflight
-                lines = await self._format(batch)
-                await trio.to_thread.run_sync(self._write_lines, batch, lines)
-                self._inflight = None
-
-    async def _format(self, batch: _Batch) -> list[str]:
-        """The batch's lines, formatted on the event loop with a checkpoint every ``_SLICE`` entries."""
-        line_of = self._lines.line
-        items = batch.items
-        lines: list[str] = []
-        for start in range(0, len(items), _SLICE):
-            if start:
-                await trio.lowlevel.checkpoint()
-            lines += [line_of(*item) for item in items[start:start + _SLICE]]
-        return lines
-
-    def _take_batch(self) -> _Batch:
-        """Claim what is queued, with the state each entry has now (the Trio thread may change it
-        while the thread writes)."""
-        if self._lost:
-            log.warning("journal writer fell behind: %d entries were not written to %s", self._lost, self.path)
-            self._lost = 0
-        items: list[tuple[_Record, bool | None, tuple[str, ...], tuple[str, ...], str, bool]] = []
-        pending = self._pending
-        while pending:
-            item = pending.popleft()
-            if type(item) is _Update:
-                record = item.record
-                items.append((record, False, record.faults, record.rules, record.note, True))
-            else:
-                record = item  # type: ignore[assignment]
-                record.claimed = True
-                matched = False if record.unsent else (True if record.matched else None)
-                items.append((record, matched if record.direction == DIRECTION_IN else None, record.faults,
-                              record.rules, record.note, False))
-        return _Batch(items)
-
-    def _open_file(self) -> None:
-        assert self.path is not None
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "ab")  # noqa: SIM115 - held open across batches
-            self._size = self._file.tell()
-        except OSError as exc:
-            self._give_up(exc)
-
-    def _give_up(self, exc: OSError) -> None:
-        """The file is optional; the ring is not. Say so once and stop queueing for the file."""
-        if not self._failed:
-            log.error("journal file %s cannot be written (%s); keeping the in-memory journal only",
-                      self.path, exc)
-        self._failed = True
-        self._writing = False
-        self._pending.clear()
-        if self._file is not None:
-            with contextlib.suppress(OSError):
-                self._file.close()
-            self._file = None
-
-    def _write_batch(self, batch: _Batch) -> None:
-        """Format and write a batch at once (``close``: nothing else runs any more)."""
-        line_of = self._lines.line
-        self._write_lines(batch, [line_of(*item) for item in batch.items])
-
-    def _write_lines(self, batch: _Batch, lines: list[str]) -> None:
-        """Runs in a worker thread: write, rotate, flush."""
-        try:
-            if self._file is None:
-                self._open_file()
-                if self._file is None:
-                    return
-            # Lines are ASCII (JSON with ASCII escapes), so a str's length is its size in bytes.
-            chunk: list[str] = []
-            chunk_size = 0
-            for line in lines:
-                if self._size + chunk_size + len(line) > self._max_bytes and self._size + chunk_size > 0:
-                    self._file.write("".join(chunk).encode())
-                    chunk, chunk_size = [], 0
-                    self._rotate()
-                chunk.append(line)
-                chunk_size += len(line)
-            self._file.write("".join(chunk).encode())
-            self._size += chunk_size
-            self._file.flush()
-        except OSError as exc:
-            self._give_up(exc)
-        batch.done = True
-
-    def _rotate(self) -> None:
-        """journal.jsonl -> .1 -> .2 ... -> .N (the oldest dropped); a fresh file continues."""
-        assert self._file is not None and self.path is not None
-        self._file.close()
-        self._file = None
-        if self._backups == 0:
-            self.path.unlink(missing_ok=True)
-        for index in range(self._backups, 0, -1):
-            source = self.path if index == 1 else self.path.with_name(f"{self.path.name}.{index - 1}")
-            if source.exists():
-                os.replace(source, self.path.with_name(f"{self.path.name}.{index}"))
-        self._file = open(self.path, "ab")  # noqa: SIM115
-        self._size = 0
+    def _write_pending_now(self) -> None:
+        """Format and write what is queued in this thread, at once (tests and benchmarks)."""
+        if self._writer is not None:
+            self._writer.write_pending_now()
 
     def close(self) -> None:
         """Write whatever ``run`` did not (e.g. entries recorded after it stopped) and close the file.
@@ -504,21 +304,5 @@ class Journal:
         Blocks on the disk: call it at shutdown, after ``run`` has returned. The ring stays
         readable; later entries go to the ring only.
         """
-        if self._closed:
-            return
-        self._closed = True
-        if self._writing:
-            if self._inflight is not None and not self._inflight.done:
-                self._write_batch(self._inflight)
-                self._inflight = None
-            if self._pending:
-                self._write_batch(self._take_batch())
-        self._writing = False
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError as exc:
-                self._give_up(exc)
-            self._file = None
-
-
+        if self._writer is not None:
+            self._writer.close()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from switch.journal.masking import _FIELD_KEYS, SENSITIVE_FIELDS, _hex_masked, _Masker
 
 if TYPE_CHECKING:
-    from switch.journal.core import _Record
+    from switch.journal.records import _Record
 
 _LINE_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)  # made once, not per call as json.dumps
 _json_string: Callable[[str], str] = json.encoder.encode_basestring_ascii  # C: what json.dumps escapes with
