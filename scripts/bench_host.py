@@ -22,13 +22,13 @@ collection triggered by the previous round's garbage is not charged to this one.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+
+from benchkit import best_of
 
 from switch.codec import Codec, Message, load_dialect
 from switch.host import Host, HostConfig
@@ -51,24 +51,6 @@ def purchases(codec: Codec, count: int) -> list[Message]:
                   41: f"B{index // 1000:07d}", 42: "MERCHANT0000001", 49: "840"}
         messages.append(codec.decode(codec.encode(Message("0200", fields))))
     return messages
-
-
-def best_of(rounds: int, runs: dict[str, Callable[[], float]]) -> dict[str, float]:
-    """The fastest of ``rounds`` runs of each, with the collector off (see the module docstring).
-
-    The runs take turns within a round, so a burst of load from another process slows one round of
-    every figure rather than every round of one figure.
-    """
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            gc.collect()
-            gc.disable()
-            try:
-                timings[name].append(run())
-            finally:
-                gc.enable()
-    return {name: min(values) for name, values in timings.items()}
 
 
 def time_handle(config: HostConfig, messages: list[Message], rules: ResponseRules | None) -> float:

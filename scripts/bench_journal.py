@@ -25,16 +25,15 @@ temporary directory. Run:
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import marshal
 import pickle
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import trio
+from benchkit import best_of
 
 from switch.codec import Codec, Message, load_dialect
 from switch.journal import Journal
@@ -152,20 +151,6 @@ def time_json_baseline(documents: list[dict[str, object]]) -> float:
     for document in documents:
         dumps(document, separators=(",", ":"))
     return (time.perf_counter() - start) * 2 / len(documents)
-
-
-def best_of(rounds: int, runs: dict[str, Callable[[], float]]) -> dict[str, float]:
-    """The fastest of ``rounds`` runs of each, taking turns within a round, collector off."""
-    timings: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            gc.collect()
-            gc.disable()
-            try:
-                timings[name].append(run())
-            finally:
-                gc.enable()
-    return {name: min(values) for name, values in timings.items()}
 
 
 def main() -> int:

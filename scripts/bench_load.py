@@ -15,7 +15,9 @@ rotated, so both sides see the same machine:
 * with ``--baseline DIR``, the load runner of another checkout (durable stores): before/after.
 
 It prints every measurement, then the median TPS of each and its ratio to the client on the same
-host. Run on an idle machine:
+host, and for the load runners the median CPU time (user + system, its worker processes included)
+per finished transaction: less disturbed by other work on the machine than the rate, but it
+includes the ~0.8 s the process spends starting up and checking its stores. Run on an idle machine:
 
     python scripts/bench_load.py [--seconds 8] [--rounds 3] [--terminals 50]
 """
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import socket
 import statistics
 import subprocess
@@ -36,6 +39,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import iso8583
+from benchkit import start_server
 from iso8583.specs import default as SPEC
 
 ECHO_HOST = r'''
@@ -126,21 +130,6 @@ async def independent_client(port: int, seconds: float, connections: int, window
     return answered / (time.perf_counter() - start)
 
 
-def start_server(argv: list[str], ready: str) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    deadline = time.monotonic() + 30
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if ready in line:
-            return proc
-    proc.kill()
-    raise RuntimeError(f"server did not start: {argv}")
-
-
 def stop_server(proc: subprocess.Popen[str]) -> None:
     proc.terminate()
     try:
@@ -151,18 +140,22 @@ def stop_server(proc: subprocess.Popen[str]) -> None:
 
 
 def load_runner(port: int, seconds: float, terminals: int, store_dir: str, workers: int,
-                tree: str | None = None) -> float:
+                tree: str | None = None) -> tuple[float, float]:
+    """(TPS, CPU seconds per finished transaction) of one ``iso-terminal load`` run."""
     argv = [sys.executable, "-m", "terminal", "load", "--port", str(port), "--terminals", str(terminals),
             "--duration", f"{seconds}s", "--no-check", "--quiet", "--json", "--store-dir", store_dir,
             "--timeout", "10"] + (["--workers", str(workers)] if workers > 1 else [])
     env = {**os.environ, "PYTHONPATH": tree} if tree else None  # an older checkout's terminal package
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120, env=env, cwd=tree)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if done.returncode != 0:
         raise RuntimeError(f"iso-terminal load exited {done.returncode}: {done.stderr.strip()[-500:]}")
     summary = json.loads(done.stdout)
     if summary["outcomes"].get("approved", 0) < summary["transactions"]["finished"] * 0.99:
         raise RuntimeError(f"iso-terminal load: not everything approved: {summary['outcomes']}")
-    return float(summary["tps"])
+    return float(summary["tps"]), cpu / max(1, summary["transactions"]["finished"])
 
 
 def main() -> int:
@@ -188,6 +181,7 @@ def main() -> int:
         variants.append("baseline load durable")
     hosts = ["switch", "echo host"]
     runs: dict[tuple[str, str], list[float]] = {(h, v): [] for h in hosts for v in variants}
+    cpu: dict[tuple[str, str], list[float]] = {(h, v): [] for h in hosts for v in variants if v != "client"}
     with tempfile.TemporaryDirectory(prefix="bench-load-", dir=os.environ.get("BENCH_DISK_DIR")) as tmp:
         echo_script = Path(tmp) / "echo_host.py"
         echo_script.write_text(ECHO_HOST)
@@ -203,6 +197,7 @@ def main() -> int:
                 try:
                     shift = round_number % len(variants)
                     for variant in variants[shift:] + variants[:shift]:
+                        per_transaction = ""
                         if variant == "client":
                             tps = asyncio.run(independent_client(port, args.seconds, args.connections, args.window))
                         else:
@@ -211,13 +206,17 @@ def main() -> int:
                             store_dir = ":memory:" if memory else str(disk)
                             workers = args.workers if "--workers" in variant else 1
                             tree = args.baseline if variant.startswith("baseline") else None
-                            tps = load_runner(port, args.seconds, args.terminals, store_dir, workers, tree)
+                            tps, seconds = load_runner(port, args.seconds, args.terminals, store_dir, workers, tree)
+                            cpu[(host, variant)].append(seconds)
+                            per_transaction = f"   {seconds * 1e3:.2f} ms CPU/transaction"
                         runs[(host, variant)].append(tps)
-                        print(f"round {round_number + 1}: {host:<9} {variant:<30} {tps:>8.0f} TPS", flush=True)
+                        print(f"round {round_number + 1}: {host:<9} {variant:<30} {tps:>8.0f} TPS{per_transaction}",
+                              flush=True)
                 finally:
                     stop_server(proc)
 
-    print(f"\n{'host':<9} {'':<30} {'median':>8}   ratio to the client on the same host (goal >= 0.4)")
+    print(f"\n{'host':<9} {'':<30} {'median':>8}   ratio to the client on the same host (goal >= 0.4), "
+          "median ms CPU per transaction")
     summary: dict[str, dict[str, float]] = {}
     for host in hosts:
         client = statistics.median(runs[(host, "client")])
@@ -225,7 +224,12 @@ def main() -> int:
             median = statistics.median(runs[(host, variant)])
             ratio = median / client if client else 0.0
             summary[f"{host} / {variant}"] = {"median_tps": median, "ratio": ratio}
-            print(f"{host:<9} {variant:<30} {median:>8.0f}   {ratio:.2f}")
+            line = f"{host:<9} {variant:<30} {median:>8.0f}   {ratio:.2f}"
+            if (host, variant) in cpu:
+                cpu_median = statistics.median(cpu[(host, variant)])
+                summary[f"{host} / {variant}"]["median_cpu_per_transaction_s"] = cpu_median
+                line += f"   {cpu_median * 1e3:.2f}"
+            print(line)
     if args.json:
         print(json.dumps({"runs": {f"{h} / {v}": r for (h, v), r in runs.items()}, "summary": summary}))
     return 0

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import iso8583
 import trio
+from benchkit import start_server
 from iso8583.specs import default as SPEC
 
 FLOOR_SERVER = r'''
@@ -153,20 +154,6 @@ async def drive(port: int, seconds: float, connections: int, window: int, f7: st
             "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else 0.0}
 
 
-def start_server(argv: list[str], port: int, ready: str, env: dict[str, str]) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    deadline = time.monotonic() + 30
-    assert proc.stdout is not None
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if ready in line:
-            return proc
-    proc.kill()
-    raise RuntimeError(f"server did not start: {argv}")
-
-
 def cpu_seconds(pid: int) -> float | None:
     """User + system CPU time of process ``pid`` (every thread), from /proc; None where there is none."""
     try:
@@ -184,7 +171,7 @@ def measure(argv: list[str], port: int, ready: str, args: argparse.Namespace,
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
-    proc = start_server(argv, port, ready, env)
+    proc = start_server(argv, ready, env)
     try:
         f7 = datetime.now(UTC).strftime("%m%d%H%M%S")
         before = cpu_seconds(proc.pid)

@@ -255,7 +255,10 @@ class _Link:
                         return
                     self.frames_received += 1
                     if not frame.is_keepalive:
-                        await self.send_inbox.send(frame)
+                        try:  # no extra yield per reply when the inbox has room (the next read yields anyway)
+                            self.send_inbox.send_nowait(frame)
+                        except trio.WouldBlock:
+                            await self.send_inbox.send(frame)  # full: wait for the driver (backpressure)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 return  # the driver dropped this link: nobody is listening any more
 

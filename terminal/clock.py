@@ -11,6 +11,8 @@ assumes the profile's zone is the host's; a whole-hours offset usually means the
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -32,11 +34,43 @@ class SyncedClock:
         return self.utc(now) + timedelta(minutes=self.utc_offset_minutes)
 
     def field7(self, now: float) -> str:
-        return self.utc(now).strftime("%m%d%H%M%S")
+        second = _whole_second(now + self.offset)
+        if second is None:
+            return self.utc(now).strftime("%m%d%H%M%S")
+        return _field7(second)
 
     def fields_12_13(self, now: float) -> tuple[str, str]:
-        local = self.local(now)
-        return local.strftime("%H%M%S"), local.strftime("%m%d")
+        second = _whole_second(now + self.offset)
+        if second is None:
+            local = self.local(now)
+            return local.strftime("%H%M%S"), local.strftime("%m%d")
+        return _fields_12_13(second + 60 * self.utc_offset_minutes)
+
+
+# A load run stamps thousands of requests per second with the same few strings: they are formatted
+# once per second (strftime was a visible share of a load terminal's CPU), from the whole second
+# ``datetime.fromtimestamp`` would give (it rounds to microseconds, half to even, then truncates).
+
+
+def _whole_second(unix_seconds: float) -> int | None:
+    """The second ``datetime.fromtimestamp(unix_seconds)`` falls in; None: not cached (not finite, < 0)."""
+    if not (unix_seconds >= 0 and math.isfinite(unix_seconds)):
+        return None
+    second = math.floor(unix_seconds)
+    if round((unix_seconds - second) * 1e6) >= 1_000_000:  # the exact fraction, rounded as datetime does
+        second += 1
+    return second
+
+
+@functools.lru_cache(maxsize=16)
+def _field7(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%m%d%H%M%S")
+
+
+@functools.lru_cache(maxsize=16)
+def _fields_12_13(local_second: int) -> tuple[str, str]:
+    local = datetime.fromtimestamp(0, UTC) + timedelta(seconds=local_second)
+    return local.strftime("%H%M%S"), local.strftime("%m%d")
 
 
 def host_offset(f12: object, f13: object, now: float, utc_offset_minutes: int) -> float | None:

@@ -5,7 +5,9 @@ Everything a careful terminal must not forget when it is killed lives here, in o
 
 ``deferred_sync=True`` (the load runner's stores) trades when, not whether. Each ``transaction()``
 is a savepoint (atomic: a failed step is undone, the steps before it stand) inside one open SQLite
-transaction, and ``sync()`` commits it and fdatasyncs the WAL (``synchronous=NORMAL``). The driver
+transaction — the first step after a sync begins that transaction instead, as undoing it is
+rolling back (two statements fewer per request) —, and ``sync()`` commits it and fdatasyncs the
+WAL (``synchronous=NORMAL``). The driver
 calls ``sync()`` before every request it writes, so whatever a request depends on (its STAN,
 journal entry and reversal) is on disk before the request leaves, exactly as with FULL. What waits
 for the next request (or ``close``) is only what an answer changed; a terminal killed before then
@@ -105,9 +107,12 @@ class _Transaction:
         conn = store._db()
         if not store._depth:
             if store.deferred_sync:  # a step of the open transaction that ``sync`` commits
-                if not conn.in_transaction:
+                if conn.in_transaction:
+                    conn.execute("SAVEPOINT step")
+                    store._whole_step = False
+                else:  # the first step since the last sync: undoing it is undoing the transaction
                     conn.execute("BEGIN IMMEDIATE")
-                conn.execute("SAVEPOINT step")
+                    store._whole_step = True
             else:
                 conn.execute("BEGIN IMMEDIATE")
         store._depth += 1
@@ -122,10 +127,14 @@ class _Transaction:
             if exc_type is not None:  # undo this step only: the steps before it stand
                 store._forget()
                 if conn.in_transaction:  # (SQLite itself rolls everything back on some I/O errors)
-                    conn.execute("ROLLBACK TO step")
-                    conn.execute("RELEASE step")
+                    if store._whole_step:
+                        conn.execute("ROLLBACK")
+                    else:
+                        conn.execute("ROLLBACK TO step")
+                        conn.execute("RELEASE step")
                 return
-            conn.execute("RELEASE step")
+            if not store._whole_step:
+                conn.execute("RELEASE step")
             store._unsynced = True
             return
         if exc_type is not None:
@@ -189,6 +198,7 @@ class TerminalStore(PendingQueues):
         self.path = path
         self.terminal_id = terminal_id
         self._depth = 0
+        self._whole_step = False  # deferred mode: the open step began the transaction (no savepoint)
         self.deferred_sync = deferred_sync and path != ":memory:"
         self._unsynced = False
         self._wal_fd: int | None = None

@@ -32,8 +32,11 @@ class StoreError(RuntimeError):
 _JSON = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one per call
 
 
+_KEYS = {number: str(number) for number in range(1, 193)}  # field numbers as JSON keys, made once
+
+
 def _message_json(message: Message) -> str:
-    fields = {str(k): v for k, v in sorted(message.fields.items()) if k not in SECRET_FIELDS}
+    fields = {_KEYS.get(k) or str(k): v for k, v in sorted(message.fields.items()) if k not in SECRET_FIELDS}
     return _JSON.encode({"mti": message.mti, "header": message.header, "fields": fields})
 
 

@@ -879,8 +879,10 @@ def test_workers_with_memory_stores(healthy_switch: tuple[int, int], tmp_path: P
     assert not (tmp_path / "xdg").exists()  # nothing written where the stores would otherwise go
 
 
-async def test_group_syncer_releases_each_terminal_only_after_its_own_store_synced() -> None:
-    """Real worker threads (no autojump): many terminals' syncs go out in a few batches."""
+@pytest.mark.parametrize("sync_threads", [1, 8])
+async def test_group_syncer_releases_each_terminal_only_after_its_own_store_synced(sync_threads: int) -> None:
+    """Real worker threads (no autojump): many terminals' syncs go out in a few batches, each batch's
+    stores one after the other (1) or in parallel (8)."""
     synced: list[str] = []
 
     class FakeStore:
@@ -892,7 +894,7 @@ async def test_group_syncer_releases_each_terminal_only_after_its_own_store_sync
                 raise OSError(f"{self.name}: No space left on device")
             synced.append(self.name)
 
-    syncer = GroupSyncer(batches_in_flight=2)
+    syncer = GroupSyncer(batches_in_flight=2, sync_threads=sync_threads)
     released: list[str] = []
     failures: list[str] = []
 
@@ -914,3 +916,10 @@ async def test_group_syncer_releases_each_terminal_only_after_its_own_store_sync
             nursery.cancel_scope.cancel()
     assert sorted(released) == sorted(synced) and len(released) == 29
     assert failures == ["T07: No space left on device"]  # only that terminal's request is stopped
+
+
+def test_group_syncer_needs_at_least_one_batch_and_thread() -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        GroupSyncer(sync_threads=0)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        GroupSyncer(batches_in_flight=0)

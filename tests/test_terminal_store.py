@@ -408,6 +408,29 @@ def test_a_failed_step_of_a_deferred_store_undoes_only_itself(store_path):
         assert reopened.entry(entry.id).state == "in-flight" and len(reopened.reversals()) == 1
 
 
+def test_a_failed_first_step_after_a_sync_undoes_only_itself(store_path):
+    """The first step after a sync opens the transaction without a savepoint: undoing it is a rollback,
+    which must leave the synced steps and let the next step start cleanly."""
+    with TerminalStore.open(store_path, TID, deferred_sync=True) as store:
+        entry = add(store)
+        store.sync()
+        assert not store.needs_sync
+        with pytest.raises(RuntimeError), store.transaction():
+            store.update_entry(entry.id, now=NOW, state="approved")
+            raise RuntimeError("the process failed mid-step")
+        assert store.entry(entry.id).state == "in-flight" and store.last_stan == "000000"
+        assert not store.needs_sync  # nothing new to sync: the failed step left nothing behind
+        store.next_stan()  # a first step again (the failed one's transaction is gone), then a savepoint step
+        store.update_entry(entry.id, now=NOW, state="declined")
+        with pytest.raises(RuntimeError), store.transaction():
+            store.next_stan()
+            raise RuntimeError("the second step fails")
+        assert store.last_stan == "000001" and store.entry(entry.id).state == "declined"
+        store.sync()
+    with TerminalStore.open(store_path, TID) as reopened:
+        assert reopened.last_stan == "000001" and reopened.entry(entry.id).state == "declined"
+
+
 def test_steps_of_a_deferred_store_not_yet_synced_are_not_on_disk(store_path):
     """What a request depends on is committed by sync(), which the driver calls before sending."""
     store = TerminalStore.open(store_path, TID, deferred_sync=True)

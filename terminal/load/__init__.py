@@ -19,12 +19,12 @@ Pieces, and why they are apart:
   is free); without it each terminal starts its next transaction as soon as the last one ended.
 * ``LoadRunner`` — the Trio shell. Its stores commit without fsync (``deferred_sync``) and a
   ``GroupSyncer`` syncs each one before its terminal's next request leaves, many terminals per
-  thread hop; the policy's calls run inline (no thread per call). Latency is measured around
-  ``run_command``: the time until the operation had its outcome, *including* anything the policy
-  had to send first (a sign-on, a stored reversal), because that is what the person at the till
-  waits for. When the run ends (count
-  reached or duration over) no new transaction starts; the ones in flight finish under the
-  terminal's own timeouts. Then every terminal drains what it owes (reversals, advices) and, with
+  thread hop and their fdatasyncs in parallel; the policy's calls run inline (no thread per
+  call). Latency is measured around ``run_command``: the time until the operation had its
+  outcome, *including* anything the policy had to send first (a sign-on, a stored reversal),
+  because that is what the person at the till waits for. When the run ends (count reached or
+  duration over) no new transaction starts; the ones in flight finish under the terminal's own
+  timeouts. Then every terminal drains what it owes (reversals, advices) and, with
   ``--settle``, settles its batch.
 * ``compare_views`` — the consistency check, pure: every journal entry of the run against the host's
   posting for the same (terminal, STAN, field 7). Money moved is compared, not existence: a request

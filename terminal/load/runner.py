@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
 import random
@@ -155,7 +156,7 @@ class LoadRunner:
         self._rng = random.Random(config.seed)
         self._bucket = TokenBucket(config.rate) if config.rate else None
         self._operations = list(config.mix)
-        self._weights = [config.mix[name] for name in self._operations]
+        self._cum_weights = list(itertools.accumulate(config.mix[name] for name in self._operations))
         self._codec = Codec(config.dialect)
         self._issued = 0
         self._stopping = False
@@ -280,7 +281,7 @@ class LoadRunner:
 
     def _job(self) -> _Job:
         config = self.config
-        operation = self._rng.choices(self._operations, self._weights)[0]
+        operation = self._rng.choices(self._operations, cum_weights=self._cum_weights)[0]  # = weights=, same draws
         amount = self._rng.randint(*config.amount_range)
         pan = self._rng.choice(config.pans)
         command: Command

@@ -349,6 +349,8 @@ class Note:
 
 
 def _check_now(now: object) -> None:
+    if type(now) is float and now - now == 0.0:  # the common case first (finite: inf - inf is nan)
+        return
     if isinstance(now, bool) or not isinstance(now, int | float) or not math.isfinite(now):
         raise PolicyError(f"now must be Unix seconds (a finite number), got {now!r}")
 
