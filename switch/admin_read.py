@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
+import trio
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 
 from switch.admin_control import unprocessable
+from switch.ledger import Ledger
 from switch.metrics import CONTENT_TYPE
 
 if TYPE_CHECKING:
@@ -23,6 +27,21 @@ def _unix_seconds(moment: datetime | None) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
+
+
+@asynccontextmanager
+async def ledger_view(ledger: Ledger, terminal: str | None) -> AsyncIterator[Ledger]:
+    """The ledger to read from: the switch's own, or — for a multi-instance ledger, which holds only
+    the terminals this instance owns — a replay of what the database has committed (in a worker
+    thread; one terminal's rows when the request names one)."""
+    if not ledger.multi_instance:
+        yield ledger
+        return
+    view = await trio.to_thread.run_sync(ledger.database_view, terminal)
+    try:
+        yield view
+    finally:
+        await trio.to_thread.run_sync(view.close)
 
 
 def health_body(runtime: SwitchRuntime) -> tuple[dict[str, Any], int]:
@@ -106,24 +125,28 @@ def add_read_routes(app: FastAPI, runtime: SwitchRuntime, api: str) -> None:
     async def postings(terminal: str | None = None, batch: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None
                        ) -> dict[str, Any]:
         """Every financial request the host decided, approved or declined."""
-        rows = runtime.ledger.postings(terminal=terminal, batch=batch)
+        async with ledger_view(runtime.ledger, terminal) as ledger:
+            rows = ledger.postings(terminal=terminal, batch=batch)
         return {"count": len(rows), "postings": [row.as_dict() for row in rows]}
 
     @app.get(f"{api}/ledger/batches", tags=["read"])
     async def batches(terminal: str | None = None) -> dict[str, Any]:
         """Batch totals per terminal (net of reversals: what settlement compares)."""
-        rows = runtime.ledger.batches(terminal=terminal)
+        async with ledger_view(runtime.ledger, terminal) as ledger:
+            rows = ledger.batches(terminal=terminal)
         return {"count": len(rows), "batches": [row.as_dict() for row in rows]}
 
     @app.get(f"{api}/ledger/discrepancies", tags=["read"])
     async def discrepancies(terminal: str | None = None,
                             batch: Annotated[str | None, Query(pattern=r"^[0-9]{6}$")] = None) -> dict[str, Any]:
         """Differences between uploaded batches and the ledger, found when settling after an upload."""
-        rows = runtime.ledger.discrepancies(terminal=terminal, batch=batch)
+        async with ledger_view(runtime.ledger, terminal) as ledger:
+            rows = ledger.discrepancies(terminal=terminal, batch=batch)
         return {"count": len(rows), "discrepancies": [row.as_dict() for row in rows]}
 
     @app.get(f"{api}/ledger/settlements", tags=["read"])
     async def settlements(terminal: str | None = None) -> dict[str, Any]:
-        rows = runtime.ledger.settlements(terminal=terminal)
+        async with ledger_view(runtime.ledger, terminal) as ledger:
+            rows = ledger.settlements(terminal=terminal)
         return {"count": len(rows), "settlements": [row.as_dict() for row in rows]}
 

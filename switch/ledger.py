@@ -228,6 +228,29 @@ class Ledger(LedgerState):
     def multi_instance(self) -> bool:
         return self._ownership is not None
 
+    def database_view(self, terminal: str | None = None) -> Ledger:
+        """WORKER THREAD (blocking): a ledger replayed from what the database has committed — every
+        terminal's rows, or only ``terminal``'s — on a connection of its own; the caller closes it.
+
+        For reads of a multi-instance ledger (admin API, the load runner's consistency check), whose
+        memory holds only the terminals this instance owns: the host is all instances together.
+        Nothing is claimed or written. A single-instance ledger is its own view: use it directly."""
+        from switch.ledger_backends.postgresql import PostgresBackend
+
+        backend = self._backend
+        if not isinstance(backend, PostgresBackend):
+            raise LedgerError(f"{self.path}: a database view is for a multi-instance PostgreSQL ledger")
+        view_backend = open_backend(backend.url)
+        if terminal is None:
+            return Ledger.from_backend(view_backend, claim=False)
+        try:
+            view = Ledger(view_backend)
+            view._replay(view_backend.terminal_snapshot(terminal))
+        except BaseException:
+            view_backend.close()
+            raise
+        return view
+
     # -- sequence and durability --------------------------------------------------------------
 
     def next_sequence(self) -> int:

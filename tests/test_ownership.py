@@ -315,3 +315,34 @@ def test_sqlite_and_single_instance_ledgers_have_no_ownership(tmp_path: Path) ->
     with pytest.raises(LedgerError, match="multi_instance=True"):
         single.acquire_terminal("ANY", timeout=0.1)
     single.close()
+
+
+def test_a_database_view_shows_what_every_instance_committed(instances: list[Ledger]) -> None:
+    """Reads (the admin API, the load runner's check) see the whole host, not the reader's terminals."""
+    a, b, _ = instances
+    a.acquire_terminal("T1", timeout=1.0)
+    b.acquire_terminal("T2", timeout=1.0)
+    sale(a, "T1", "000001", 1500)
+    sale(b, "T2", "000001", 250)
+    a.flush()
+    b.flush()
+    assert b.postings("T1") == []  # B's memory holds only its own terminals
+    whole = b.database_view()
+    one = b.database_view("T1")
+    try:
+        assert sorted((p.terminal, p.amount) for p in whole.postings()) == [("T1", 1500), ("T2", 250)]
+        assert [(p.terminal, p.amount) for p in one.postings()] == [("T1", 1500)]
+        assert view(one, "T1")[:5] == view(a, "T1")[:5]
+    finally:
+        whole.close()
+        one.close()
+    assert not a.closed and not b.closed
+
+
+def test_a_single_instance_ledger_has_no_database_view(tmp_path: Path) -> None:
+    ledger = Ledger.open(tmp_path / "l.sqlite")
+    try:
+        with pytest.raises(LedgerError, match="multi-instance"):
+            ledger.database_view()
+    finally:
+        ledger.close()
