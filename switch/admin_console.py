@@ -23,6 +23,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from switch.admin_read import ledger_view
 from switch.codec.message import Codec
 from switch.describe import describe_message, report_to_json
 from switch.faults.parse import rule_from_table
@@ -185,7 +186,8 @@ def add_console_routes(app: FastAPI, runtime: SwitchRuntime, api: str) -> None:
     @app.get(f"{api}/terminals", tags=["read"])
     async def terminals() -> dict[str, Any]:
         """Terminals the ledger or a sign-on session knows, with their sessions."""
-        known = {row.terminal for row in runtime.ledger.batches()}
+        async with ledger_view(runtime.ledger, None) as ledger:
+            known = {row.terminal for row in ledger.batches()}
         for host in runtime.hosts:
             known.update(host.sessions)
         return {"terminals": sorted(known)}
@@ -207,8 +209,11 @@ def add_console_routes(app: FastAPI, runtime: SwitchRuntime, api: str) -> None:
             sessions.append({"family": host.config.family, "signed_on_at": signed_on, "check_values": check_values})
         signons = [entry for entry in runtime.journal.query(terminal=terminal, mti="0800", limit=JOURNAL_SCAN)
                    if entry.fields.get("70") == "001"]
-        batch = runtime.ledger.current_batch(terminal)
-        batches = [row.as_dict() for row in runtime.ledger.batches(terminal=terminal)]
+        async with ledger_view(runtime.ledger, terminal) as ledger:
+            batch = ledger.current_batch(terminal)
+            batches = [row.as_dict() for row in ledger.batches(terminal=terminal)]
+            open_batch = ledger.batch_summary(terminal, batch).as_dict()
+            settlements = [row.as_dict() for row in ledger.settlements(terminal=terminal)]
         if not batches and not any(session["signed_on_at"] for session in sessions) and not signons:
             raise HTTPException(status_code=404, detail=f"terminal {terminal!r} is unknown to the ledger, the "
                                                         "sessions and the journal ring")
@@ -216,9 +221,9 @@ def add_console_routes(app: FastAPI, runtime: SwitchRuntime, api: str) -> None:
             "terminal": terminal,
             "sessions": sessions,
             "last_signon_request": signons[-1].time if signons else None,
-            "open_batch": runtime.ledger.batch_summary(terminal, batch).as_dict(),
+            "open_batch": open_batch,
             "batches": batches,
-            "settlements": [row.as_dict() for row in runtime.ledger.settlements(terminal=terminal)],
+            "settlements": settlements,
         }
 
 

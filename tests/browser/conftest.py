@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,11 @@ CHROMIUM = Path(os.environ.get("ISO_SWITCH_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-default-apps", "--disable-sync"]
 ASSETS = Path(__file__).parent / "assets"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+SCREENSHOTS = (DOCS_SCREENSHOTS if os.environ.get("ISO_CONSOLE_SCREENSHOTS")
+               else Path(tempfile.gettempdir()) / "iso-console-screenshots")
+"""Where each page's screenshot goes: the README's ``docs/console/`` with ISO_CONSOLE_SCREENSHOTS=1
+(to refresh them), else a temporary directory, so a test run leaves the source tree untouched."""
 START_LIMIT = 30.0
 UI_LIMIT_MS = 30_000  # generous for a loaded CI machine: an expectation returns as soon as it holds
 TERMINAL_LIMIT = 60.0
