@@ -498,7 +498,7 @@ async def test_order_expired_declines_and_resigns_on_with_a_new_stan(tmp_path: P
             assert stale.seconds >= 3.0  # held at the host until its field 7 was stale
             report = await status(store)
             assert report["pending_reversals"] == []
-            assert report["summary"]["open_batch_states"] == {"declined": 2}
+            assert report["summary"]["open_batch_states"] == {"declined": 2}, report  # the entries, if it fails
             book = await ledger(switch)
             for result, code in ((expired, "54"), (stale, "22")):
                 booked = posting(book, result.outcome["stan"])
