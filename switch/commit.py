@@ -131,8 +131,9 @@ class GroupCommitter:
         sequence no row was appended with (it could never become durable).
         """
         ledger = self.ledger
-        if ledger.committed_seq < seq:
-            self.uncommitted_age()  # note when the oldest pending row started waiting
+        if ledger.is_committed(seq):
+            return
+        self.uncommitted_age()  # note when the oldest pending row started waiting
         if seq > ledger.pending_seq:
             raise ValueError(f"sequence {seq} was never appended (pending up to {ledger.pending_seq})")
         while ledger.committed_seq < seq:

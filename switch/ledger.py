@@ -301,7 +301,12 @@ class Ledger(LedgerState):
         return self._committed_seq
 
     def is_committed(self, seq: int) -> bool:
-        return seq <= self._committed_seq
+        """Whether the row numbered ``seq`` is durable. In multi-instance mode a row installed from the
+        database (another instance's, answered again for a repeat) is, though its number may lie above
+        anything this instance appended: only this instance's own pending rows are not."""
+        if seq <= self._committed_seq:
+            return True
+        return self._ownership is not None and all(row[0] != seq for row in self._pending)
 
     def _append(self, seq: int, table: str, params: tuple[Any, ...]) -> None:
         if self._backend is None:

@@ -344,12 +344,7 @@ class _ServerCore:
                 return self.host.unprocessed_reply(request, TERMINAL_BUSY_CODE), None
         except LedgerError as exc:
             raise _CloseConnection(f"no decision without the terminal's lock: {exc}") from None
-        reply, commit_seq = self._decide(request, error, peer, raw)
-        if commit_seq is not None and commit_seq > self.ledger.pending_seq:
-            # a repeat answered from a row another instance committed (installed at take-over): durable
-            # already, and above anything this instance appended, so no flush of ours would ever cover it
-            commit_seq = None
-        return reply, commit_seq
+        return self._decide(request, error, peer, raw)
 
     async def _decide_any(self, request: Message | None, error: MessageDecodeError | None, peer: str, raw: bytes
                           ) -> tuple[Message | None, int | None]:
