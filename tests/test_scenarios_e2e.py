@@ -498,7 +498,12 @@ async def test_order_expired_declines_and_resigns_on_with_a_new_stan(tmp_path: P
             assert stale.seconds >= 3.0  # held at the host until its field 7 was stale
             report = await status(store)
             assert report["pending_reversals"] == []
-            assert report["summary"]["open_batch_states"] == {"declined": 2}, report  # the entries, if it fails
+            # 54 and 22, each declined once. On a loaded machine the 5 s session can run out while card
+            # ...0022 is held: then that purchase is answered A0 first, the terminal signs on again and
+            # sends a new STAN (answered 22) — the scenario's third failure, handled as it must be.
+            declined = sorted(e["response_code"] for e in report["open_batch_entries"] if e["state"] == "declined")
+            assert declined in (["22", "54"], ["22", "54", "A0"]), report
+            assert report["summary"]["open_batch_states"] == {"declined": len(declined)}, report
             book = await ledger(switch)
             for result, code in ((expired, "54"), (stale, "22")):
                 booked = posting(book, result.outcome["stan"])
