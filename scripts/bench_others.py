@@ -97,7 +97,7 @@ def main() -> int:
                     argv = [sys.executable, "-m", "switch", "serve", "--port", str(port), "--ledger", ledger,
                             "--no-signon", "--no-admin", *extra]
                     ready = "listening"
-                result = measure(argv, port, ready, args)
+                result = measure(argv, port, ready, args, tmp)
                 if result["approved"] != result["requests"]:
                     raise SystemExit(f"error: {label} approved {result['approved']:.0f} of {result['requests']:.0f} "
                                      f"requests; the comparison needs every request approved")

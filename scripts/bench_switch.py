@@ -163,15 +163,18 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(argv: list[str], port: int, ready: str, args: argparse.Namespace,
+def measure(argv: list[str], port: int, ready: str, args: argparse.Namespace, cwd: str,
             pythonpath: str | None = None) -> dict[str, float]:
     """One timed run; adds the server's CPU time per request (``cpu_us``), which a busy machine
     disturbs far less than the rate: when the server is the bottleneck, the ratio of two servers'
-    CPU per request is the ratio of the rates they could reach."""
+    CPU per request is the ratio of the rates they could reach.
+
+    The server runs in ``cwd`` (a scratch directory): started in a checkout, ``python -m switch``
+    would import that checkout's package whatever ``pythonpath`` (``--tree``) says."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
-    proc = start_server(argv, ready, env)
+    proc = start_server(argv, ready, env, cwd=cwd)
     try:
         f7 = datetime.now(UTC).strftime("%m%d%H%M%S")
         before = cpu_seconds(proc.pid)
@@ -205,6 +208,9 @@ def main() -> int:
     for option, tree in (("--tree", args.tree), ("--baseline-tree", args.baseline_tree)):
         if tree is not None and not (Path(tree) / "switch" / "__init__.py").is_file():
             parser.error(f"{option} {tree}: no switch package there")
+    # the servers run in a scratch directory: a relative tree must not change meaning there
+    args.tree = str(Path(args.tree).resolve()) if args.tree else None
+    args.baseline_tree = str(Path(args.baseline_tree).resolve()) if args.baseline_tree else None
     if args.seconds <= 0 or args.rounds < 1 or args.connections < 1 or args.window < 1:
         parser.error("--seconds must be > 0; --rounds, --connections and --window >= 1")
 
@@ -238,7 +244,7 @@ def main() -> int:
                             "--no-signon", "--no-admin", *extra]
                     ready = "listening"
                 tree = args.baseline_tree if key.startswith("baseline_") else args.tree
-                result = measure(argv, port, ready, args, tree)
+                result = measure(argv, port, ready, args, tmp, tree)
                 runs[key].append(result)
                 cpu = f"  {result['cpu_us']:6.1f} us CPU/req" if "cpu_us" in result else ""
                 print(f"round {round_number + 1}: {label:<40} {result['tps']:>8.0f} auth/s{cpu}  "

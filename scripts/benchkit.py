@@ -33,9 +33,13 @@ def best_of(rounds: int, runs: dict[str, Callable[[], float]]) -> dict[str, floa
 
 
 def start_server(argv: list[str], ready: str, env: dict[str, str] | None = None,
-                 timeout: float = 30.0) -> subprocess.Popen[str]:
-    """Start ``argv`` and return once a line of its output contains ``ready``; killed if it never does."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                 timeout: float = 30.0, cwd: str | None = None) -> subprocess.Popen[str]:
+    """Start ``argv`` and return once a line of its output contains ``ready``; killed if it never does.
+
+    ``cwd``: where it runs. ``python -m switch`` puts its working directory first on the path, ahead
+    of PYTHONPATH, so a server meant to run from another source tree must not start in a checkout.
+    """
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=cwd,
                             env=env if env is not None else {**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None

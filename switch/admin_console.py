@@ -27,12 +27,14 @@ from switch.admin_read import ledger_view
 from switch.codec.message import Codec
 from switch.describe import describe_message, report_to_json
 from switch.faults.parse import rule_from_table
-from switch.security import check_value
+from switch.host.core import keys_from_text
+from switch.security import WorkingKeys, check_value
 
 if TYPE_CHECKING:
     from switch.admin import SwitchRuntime
     from switch.codec import Dialect
     from switch.journal import JournalEntry
+    from switch.ledger_records import SessionRecord
 
 STATIC_DIR = Path(str(files("switch.console") / "static"))
 CONSOLE_PREFIX = "/console"
@@ -188,6 +190,7 @@ def add_console_routes(app: FastAPI, runtime: SwitchRuntime, api: str) -> None:
         """Terminals the ledger or a sign-on session knows, with their sessions."""
         async with ledger_view(runtime.ledger, None) as ledger:
             known = {row.terminal for row in ledger.batches()}
+            known.update(record.terminal for record in ledger.sessions() if record.signed_on_at is not None)
         for host in runtime.hosts:
             known.update(host.sessions)
         return {"terminals": sorted(known)}
@@ -196,17 +199,6 @@ def add_console_routes(app: FastAPI, runtime: SwitchRuntime, api: str) -> None:
     async def terminal_page(terminal: Annotated[str, PathParam(min_length=1, max_length=16)]) -> dict[str, Any]:
         """A terminal's session, last sign-on in the journal, key check values, open batch and settlements."""
         terminal = terminal.rstrip()
-        sessions = []
-        for host in runtime.hosts:
-            signed_on = host.sessions.get(terminal)
-            keys = host.session_keys.get(terminal)
-            check_values = None
-            if keys is not None:
-                check_values = {"pin_key": check_value(keys.pin_key).hex().upper(),
-                                "mac_key": check_value(keys.mac_key).hex().upper()}
-                if keys.track_key is not None:
-                    check_values["track_key"] = check_value(keys.track_key).hex().upper()
-            sessions.append({"family": host.config.family, "signed_on_at": signed_on, "check_values": check_values})
         signons = [entry for entry in runtime.journal.query(terminal=terminal, mti="0800", limit=JOURNAL_SCAN)
                    if entry.fields.get("70") == "001"]
         async with ledger_view(runtime.ledger, terminal) as ledger:
@@ -214,7 +206,16 @@ def add_console_routes(app: FastAPI, runtime: SwitchRuntime, api: str) -> None:
             batches = [row.as_dict() for row in ledger.batches(terminal=terminal)]
             open_batch = ledger.batch_summary(terminal, batch).as_dict()
             settlements = [row.as_dict() for row in ledger.settlements(terminal=terminal)]
-        if not batches and not any(session["signed_on_at"] for session in sessions) and not signons:
+            stored = ledger.session(terminal)
+        sessions = []
+        for host in runtime.hosts:
+            if runtime.ledger.multi_instance:  # the shared row: this instance may not serve the terminal now
+                signed_on, keys = _stored_session(stored)
+            else:
+                signed_on, keys = host.sessions.get(terminal), host.session_keys.get(terminal)
+            sessions.append({"family": host.config.family, "signed_on_at": signed_on,
+                             "check_values": _check_values(keys)})
+        if not batches and not any(session["signed_on_at"] for session in sessions) and not signons and stored is None:
             raise HTTPException(status_code=404, detail=f"terminal {terminal!r} is unknown to the ledger, the "
                                                         "sessions and the journal ring")
         return {
@@ -225,6 +226,27 @@ def add_console_routes(app: FastAPI, runtime: SwitchRuntime, api: str) -> None:
             "batches": batches,
             "settlements": settlements,
         }
+
+
+def _stored_session(record: SessionRecord | None) -> tuple[float | None, WorkingKeys | None]:
+    """A multi-instance session row as (signed on at, working keys); keys that cannot be read show none."""
+    if record is None or record.signed_on_at is None:
+        return None, None
+    try:
+        keys = keys_from_text(record.working_keys) if record.working_keys is not None else None
+    except ValueError:
+        keys = None
+    return record.signed_on_at, keys
+
+
+def _check_values(keys: WorkingKeys | None) -> dict[str, str] | None:
+    """Key check values (never the keys): what an operator compares with the terminal's."""
+    if keys is None:
+        return None
+    values = {"pin_key": check_value(keys.pin_key).hex().upper(), "mac_key": check_value(keys.mac_key).hex().upper()}
+    if keys.track_key is not None:
+        values["track_key"] = check_value(keys.track_key).hex().upper()
+    return values
 
 
 def check_templates() -> None:

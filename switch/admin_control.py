@@ -16,8 +16,10 @@ import trio
 from fastapi import Body, FastAPI, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
+from switch.commit import CommitError
 from switch.faults import FaultRuleError, parse_fault_rules
 from switch.host import HostConfig
+from switch.ledger import LedgerError
 from switch.scenario import MAX_SCENARIO_NAME, Scenario, ScenarioError, load_scenario_within, scenario_names
 
 if TYPE_CHECKING:
@@ -28,6 +30,10 @@ log = logging.getLogger("switch.admin")
 
 SCENARIO_LOADS = 2
 """Scenario loads running at once; more wait their turn instead of taking more worker threads."""
+TAKE_OVER_AT_ONCE = 4
+"""Terminals a multi-instance sessions reset takes over at once (each is a try-lock and a fetch)."""
+MAX_TAKE_OVERS = 10_000
+"""Stored sessions one reset takes over at most; any beyond are reported kept (reset again)."""
 RESTART_ONLY_HOST_SETTINGS = frozenset({"family", "signon_required_code"})
 """Host settings a loaded scenario cannot change at runtime: ``Host`` derives state from them when
 it is constructed (the dialect family's checks, the "sign on first" code), so replacing its config
@@ -87,6 +93,49 @@ def _fault_rule_error(exc: FaultRuleError) -> HTTPException:
 
 def _scenario_error(exc: ScenarioError) -> HTTPException:
     return unprocessable(["body", "name"], str(exc), file=exc.path, line=exc.line, key=exc.key)
+
+
+async def _reset_shared_sessions(runtime: SwitchRuntime) -> tuple[int, list[str]]:
+    """Multi-instance sessions reset: (sessions ended, terminals another instance serves).
+
+    Sessions are shared ledger rows, and only a terminal's owner may write its row. So: take over
+    (without waiting) every terminal whose COMMITTED session is open and that no instance serves,
+    end every session this instance serves, wait until the ended rows are committed, then give the
+    terminals taken over back at once, so live traffic of them is not held here until they go idle.
+    A terminal another instance serves is kept: only that instance can end its session (a
+    ``--workers`` supervisor sends the reset to every worker and reports what none of them ended)."""
+    owner, ledger, committer = runtime.owner, runtime.ledger, runtime.committer
+    assert owner is not None
+    stored = await trio.to_thread.run_sync(ledger.open_session_terminals)
+    taken: list[str] = []
+    kept: list[str] = []
+    failures: list[str] = []
+    limit = trio.Semaphore(TAKE_OVER_AT_ONCE)
+
+    async def take_over(terminal: str) -> None:
+        async with limit:
+            try:
+                (taken if await owner.acquire(terminal, wait=0.0) else kept).append(terminal)
+            except LedgerError as exc:  # the lock session is gone: the switch is stopping
+                failures.append(f"terminal {terminal}: {exc}")
+
+    async with trio.open_nursery() as nursery:
+        for terminal in stored[:MAX_TAKE_OVERS]:
+            if not owner.owned(terminal):
+                nursery.start_soon(take_over, terminal)
+    if failures:
+        raise HTTPException(status_code=503, detail=f"sessions not reset: {failures[0]}")
+    kept.extend(stored[MAX_TAKE_OVERS:])
+    ended = sum(len(host.sessions) for host in runtime.hosts)
+    for host in runtime.hosts:
+        host.reset_sessions()
+    if committer is not None:
+        try:
+            await committer.wait_committed(ledger.pending_seq)
+        except CommitError as exc:
+            raise HTTPException(status_code=503, detail=f"sessions ended in memory only: {exc}") from None
+    await owner.give_back(taken)
+    return ended, sorted(kept)
 
 
 def _find_rule(faults: FaultEngine, rule_id: str) -> FaultRule:
@@ -231,15 +280,22 @@ def add_control_routes(app: FastAPI, runtime: SwitchRuntime, api: str) -> None:
 
     @app.post(f"{api}/reset", tags=["control"])
     async def reset(request: ResetRequest) -> dict[str, Any]:
-        """Reset the fault engine, the sign-on sessions, or both. The ledger is never touched."""
+        """Reset the fault engine, the sign-on sessions, or both. Postings are never touched.
+
+        Multi-instance mode: sessions are ledger rows every instance shares (``_reset_shared_sessions``);
+        ``sessions_kept`` lists the terminals another instance serves now, whose sessions only that
+        instance can end."""
         result: dict[str, Any] = {"reset": request.what}
         if request.what in ("faults", "all"):
             runtime.faults.reset()
             result["faults"] = _faults_state(runtime.faults)
         if request.what in ("sessions", "all"):
-            result["sessions_cleared"] = sum(len(host.sessions) for host in runtime.hosts)
-            for host in runtime.hosts:
-                host.reset_sessions()
+            if runtime.owner is not None:
+                result["sessions_cleared"], result["sessions_kept"] = await _reset_shared_sessions(runtime)
+            else:
+                result["sessions_cleared"] = sum(len(host.sessions) for host in runtime.hosts)
+                for host in runtime.hosts:
+                    host.reset_sessions()
         log.info("admin: reset %s", request.what)
         return result
 

@@ -10,7 +10,9 @@ framing and TLS: one ``SwitchServer`` and one ``Host`` per listener over a share
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,7 +27,9 @@ from switch.codec import Codec, Dialect
 from switch.codec.dialect import load_dialect
 from switch.codec.framing import LENGTH_HEADERS, Framing, FramingError
 from switch.commit import GroupCommitter
+from switch.fault_counters import FaultCounters
 from switch.faults import FaultEngine
+from switch.faults.shared import SharedFaultEngine
 from switch.held import HeldRequests
 from switch.host import Host, HostConfig
 from switch.journal import Journal
@@ -166,6 +170,7 @@ class SwitchOptions:
     terminal_wait: float = DEFAULT_WAIT  # multi-instance: wait for a terminal another instance serves
     terminal_idle: float = DEFAULT_IDLE_SECONDS  # multi-instance: give back a terminal idle this long
     reuse_port: bool = False  # SO_REUSEPORT on every listener: a worker of serve --workers
+    fault_epoch: str = ""  # multi-instance: scopes the shared counts of counted fault rules (switch.faults.shared)
 
 
 def resolve_ledger_path(option: str | os.PathLike[str] | None) -> str:
@@ -224,6 +229,14 @@ class Switch:
         writes what is queued and the admin API stops. ``handle_signals=False`` (a switch inside
         someone else's program, e.g. the pytest plugin) serves until ``shutdown()`` instead.
         """
+        try:
+            await self._serve(handle_signals, task_status)
+        finally:
+            if self.runtime.faults.shared is not None:
+                self.runtime.faults.shared.close()
+
+    async def _serve(self, handle_signals: bool,
+                     task_status: trio.TaskStatus[tuple[list[trio.SocketListener], int | None]]) -> None:
         async with trio.open_nursery() as nursery:
             if self.server.journal is not None:
                 await nursery.start(self.server.journal.run)
@@ -331,6 +344,23 @@ def _mac_placement(dialect: Dialect, profiles: ProfileSet | None, port: int) -> 
         return None
 
 
+def _fault_engine(scenario: Scenario, options: SwitchOptions, ledger_path: str) -> FaultEngine:
+    """The scenario's fault engine. Multi-instance: a message's draws depend on it alone (not on which
+    instance's stream it met) and counted rules count in the shared database (``switch.faults.shared``)."""
+    if not options.multi_instance:
+        return FaultEngine.from_scenario(scenario, seed=options.seed)
+    seed = options.seed
+    if seed is None and scenario.seed is None and options.fault_epoch:
+        # the workers of one run must draw alike: one seed for all of them, from the run's token
+        seed = int.from_bytes(hashlib.blake2b(options.fault_epoch.encode(), digest_size=4).digest(), "big")
+    counters = FaultCounters.open(ledger_path)
+    try:
+        return SharedFaultEngine.for_scenario(scenario, seed=seed, counters=counters, epoch=options.fault_epoch)
+    except BaseException:
+        counters.close()
+        raise
+
+
 def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> Switch:
     """Everything ``serve`` needs, wired together; raises the loaders' typed errors on bad input
     (ScenarioError, ProfileError, DialectError, LedgerError, ValueError)."""
@@ -344,8 +374,6 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
     profiles = load_profiles(options.profiles, dialect_path=options.dialect_paths) if options.profiles else None
     contexts = [server_ssl_context(item.tls_cert, item.tls_key) if item.tls_cert and item.tls_key else None
                 for item in listeners]
-    # multi-instance: a message's fault draws depend on it alone, not on which instance's stream it met
-    faults = FaultEngine.from_scenario(scenario, seed=options.seed, identity_draws=options.multi_instance)
     configs = [HostConfig.for_dialect(item.dialect, **{**scenario.host, **cli_overrides}) for item in listeners]
     placements = [_mac_placement(item.dialect, profiles, item.port) for item in listeners]
     ledger_path = resolve_ledger_path(options.ledger)
@@ -353,40 +381,47 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
         raise ValueError(f"--multi-instance needs a postgresql:// ledger, not {ledger_path}: instances on a SQLite "
                          "file would each decide from their own memory")
     ledger = Ledger.open(ledger_path, writer=True, multi_instance=options.multi_instance)
-    owner = (TerminalOwner(ledger, wait=options.terminal_wait, idle_seconds=options.terminal_idle)
-             if options.multi_instance else None)
-    committer = GroupCommitter(ledger)
-    codec = Codec(dialect)
-    journal_path = resolve_journal_path(options.journal, ledger_path)
-    journal = Journal(codec, path=journal_path,  # one file; masked by the main dialect (others: PAN-safe)
-                      writer=choose_writer(options.journal_writer))
-    metrics = SwitchMetrics()
-    held = HeldRequests(metrics=metrics)  # one per switch: the cap and the ids span every listener
-    servers = []
-    for index, (item, config, placement, context) in enumerate(zip(listeners, configs, placements, contexts,
-                                                                    strict=True)):
-        # each host counts sign-ons on its own: a seed per listener, or a terminal signing on through two
-        # listeners would get the same working keys twice
-        key_seed = faults.seed if index == 0 else f"{faults.seed}/listener/{index}"
-        host = Host(config, ledger, scenario.response_rules, profiles=profiles, key_seed=key_seed,
-                    mac_placement=placement, auth_seed=faults.seed)  # one salt: the listeners share a ledger
-        servers.append(SwitchServer(
-            codec=codec if item.dialect is dialect else Codec(item.dialect), framing=item.framing, host=host,
-            ledger=ledger, committer=committer,
-            config=ServerConfig(host=item.host, port=item.port, idle_timeout=options.idle_timeout,
-                                grace_period=options.grace_period, ssl_context=context,
-                                max_connections=options.max_connections, reuse_port=options.reuse_port),
-            faults=faults, journal=journal, metrics=metrics, held=held, owner=owner,
-        ))
-    server = servers[0]
-    runtime = SwitchRuntime(faults=faults, host=server.host, ledger=ledger, journal=journal, metrics=metrics,
-                            dialect_name=dialect.name, scenario=scenario.name, seed=options.seed,
-                            token=options.admin_token, dialect=dialect, host_overrides=cli_overrides,
-                            committer=committer, held=held, scenario_paths=tuple(options.scenario_paths),
-                            owner=owner,
-                            allowed_hosts=tuple(options.admin_allow_hosts),
-                            more_listeners=tuple((extra.host, item.dialect)
-                                                 for extra, item in zip(servers[1:], listeners[1:], strict=True)))
-    group = SwitchGroup(servers) if len(servers) > 1 else None
-    return Switch(server, runtime, scenario, options, journal_path, group, profiles)
+    with contextlib.ExitStack() as undo:  # what is open is closed again if anything below fails
+        undo.callback(ledger.close)
+        faults = _fault_engine(scenario, options, ledger_path)
+        if faults.shared is not None:
+            undo.callback(faults.shared.close)
+        owner = (TerminalOwner(ledger, wait=options.terminal_wait, idle_seconds=options.terminal_idle)
+                 if options.multi_instance else None)
+        committer = GroupCommitter(ledger)
+        codec = Codec(dialect)
+        journal_path = resolve_journal_path(options.journal, ledger_path)
+        journal = Journal(codec, path=journal_path,  # one file; masked by the main dialect (others: PAN-safe)
+                          writer=choose_writer(options.journal_writer))
+        metrics = SwitchMetrics()
+        held = HeldRequests(metrics=metrics)  # one per switch: the cap and the ids span every listener
+        servers = []
+        for index, (item, config, placement, context) in enumerate(zip(listeners, configs, placements, contexts,
+                                                                        strict=True)):
+            # each host counts sign-ons on its own: a seed per listener, or a terminal signing on through two
+            # listeners would get the same working keys twice
+            key_seed = faults.seed if index == 0 else f"{faults.seed}/listener/{index}"
+            host = Host(config, ledger, scenario.response_rules, profiles=profiles, key_seed=key_seed,
+                        mac_placement=placement, auth_seed=faults.seed)  # one salt: the listeners share a ledger
+            servers.append(SwitchServer(
+                codec=codec if item.dialect is dialect else Codec(item.dialect), framing=item.framing, host=host,
+                ledger=ledger, committer=committer,
+                config=ServerConfig(host=item.host, port=item.port, idle_timeout=options.idle_timeout,
+                                    grace_period=options.grace_period, ssl_context=context,
+                                    max_connections=options.max_connections, reuse_port=options.reuse_port),
+                faults=faults, journal=journal, metrics=metrics, held=held, owner=owner,
+            ))
+        server = servers[0]
+        runtime = SwitchRuntime(faults=faults, host=server.host, ledger=ledger, journal=journal, metrics=metrics,
+                                dialect_name=dialect.name, scenario=scenario.name, seed=options.seed,
+                                token=options.admin_token, dialect=dialect, host_overrides=cli_overrides,
+                                committer=committer, held=held, scenario_paths=tuple(options.scenario_paths),
+                                owner=owner,
+                                allowed_hosts=tuple(options.admin_allow_hosts),
+                                more_listeners=tuple((extra.host, item.dialect)
+                                                     for extra, item in zip(servers[1:], listeners[1:], strict=True)))
+        group = SwitchGroup(servers) if len(servers) > 1 else None
+        built = Switch(server, runtime, scenario, options, journal_path, group, profiles)
+        undo.pop_all()  # built: Switch.run closes them
+    return built
 

@@ -317,6 +317,10 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
 @click.option("--terminal-idle", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
               metavar="SECONDS", help="With --multi-instance: give a terminal back to the others after this "
                                       "long without a request.")
+@click.option("--fault-epoch", default="", metavar="NAME",
+              help="With --multi-instance: the run that counted fault rules (nth/every/first) count in. "
+                   "Instances started with the same NAME share counts (and, with no --seed, one seed); a new "
+                   "NAME starts every count afresh (README \"Scaling out\").")
 @click.option("--workers", type=click.IntRange(min=1), default=None, metavar="N",
               help="Run N switch processes on the one port (SO_REUSEPORT, Linux) under a supervisor with one "
                    "admin endpoint; needs a postgresql:// --ledger, implies --multi-instance; journals "
@@ -329,7 +333,7 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
           admin_host: str, admin_port: int, no_admin: bool, admin_token: str | None,
           admin_allow_hosts: tuple[str, ...], scenario_paths: tuple[str, ...], profiles_path: str | None,
           tls_cert: str | None, tls_key: str | None, also_listen: tuple[str, ...], multi_instance: bool,
-          terminal_idle: float, workers: int | None, verbose: int) -> None:
+          terminal_idle: float, fault_epoch: str, workers: int | None, verbose: int) -> None:
     """Run the switch until SIGINT/SIGTERM, then drain in-flight requests and close the ledger.
 
     \b
@@ -369,7 +373,9 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
                             profiles=profiles_path, dialect_paths=dialect_paths, tls_cert=tls_cert,
                             tls_key=tls_key, also_listen=tuple(specs), admin_allow_hosts=admin_allow_hosts,
                             scenario_paths=scenario_paths, multi_instance=multi_instance,
-                            terminal_idle=terminal_idle)
+                            terminal_idle=terminal_idle, fault_epoch=fault_epoch)
+    if fault_epoch and not (multi_instance or workers is not None):
+        raise CliError("--fault-epoch needs --multi-instance (or --workers): one instance counts in memory")
     if workers is not None:
         from switch.workers_cli import serve_workers
 

@@ -77,7 +77,7 @@ class ReleaseResult:
     response_code: str | None = None
     rrn: str | None = None
     auth_code: str | None = None
-    posted: bool = False
+    posted: bool = False  # the decision wrote a ledger row: a posting, or (multi-instance) a session change
     committed: bool = False
     note: str = ""
 

@@ -35,6 +35,8 @@ instance decides only for the terminals it owns (a per-terminal advisory lock; t
 reloaded when it is taken over, and it is given back only once they are all committed) and numbers
 its rows from sequence blocks claimed in the database (docs/scaleout.md, ``switch.ownership``). A
 SQLite ledger is always one process's: it has no way to lock a terminal across processes.
+Multi-instance hosts also record each terminal's sign-on session as a row (``record_session``, the
+one table replaced per terminal rather than appended), so the session moves with the terminal.
 Reading a ledger another process is serving (``iso-switch ledger``) is fine: it replays what has
 been committed so far.
 
@@ -60,6 +62,7 @@ from switch.ledger_records import (
     Discrepancy,
     Posting,
     Reversal,
+    SessionRecord,
     Settlement,
     UploadRecord,
 )
@@ -67,6 +70,7 @@ from switch.ledger_state import (
     _T_DISCREPANCIES,
     _T_POSTINGS,
     _T_REVERSALS,
+    _T_SESSIONS,
     _T_SETTLEMENTS,
     _T_UPLOAD_ENDS,
     _T_UPLOADS,
@@ -91,6 +95,7 @@ __all__ = [
     "LedgerError",
     "Posting",
     "Reversal",
+    "SessionRecord",
     "Settlement",
     "TerminalBusy",
     "TerminalRows",
@@ -163,6 +168,7 @@ class Ledger(LedgerState):
         try:
             if writer:
                 backend.lock_writer()  # before the replay: what another writer holds in memory is unseen
+                backend.end_sessions()  # a single-instance host starts with no sessions, as after any restart
             ledger = cls(backend)
             ledger._load()
             if claim:
@@ -250,6 +256,17 @@ class Ledger(LedgerState):
             view_backend.close()
             raise
         return view
+
+    def open_session_terminals(self) -> list[str]:
+        """WORKER THREAD (blocking): the terminals whose COMMITTED session is open, whichever instance
+        wrote it, on a connection of its own (multi-instance sessions reset)."""
+        from switch.ledger_backends.postgresql import PostgresBackend
+
+        backend = self._backend
+        if not isinstance(backend, PostgresBackend):
+            raise LedgerError(f"{self.path}: stored sessions are read from a multi-instance PostgreSQL ledger")
+        with open_backend(backend.url) as reader:
+            return reader.open_session_terminals()
 
     # -- sequence and durability --------------------------------------------------------------
 
@@ -421,6 +438,19 @@ class Ledger(LedgerState):
             self._apply_discrepancy(discrepancy)
             self._append(discrepancy.seq, _T_DISCREPANCIES,
                          tuple(getattr(discrepancy, f) for f in _DISCREPANCY_FIELDS))
+
+    def record_session(self, seq: int, changed_at: float, terminal: str, signed_on_at: float | None,
+                       working_keys: str | None, signons: int) -> None:
+        """Record a terminal's sign-on session as it is now (``signed_on_at`` None: ended), replacing its
+        row. Multi-instance hosts call it on every session change and make ``seq`` durable before they
+        answer, so whichever instance serves the terminal next restores exactly this session."""
+        if working_keys is not None and signed_on_at is None:
+            raise ValueError(f"session row {seq} of {terminal}: working keys without a session")
+        if signons < 0:
+            raise ValueError(f"session row {seq} of {terminal}: sign-on count {signons} is negative")
+        record = SessionRecord(seq, changed_at, terminal, signed_on_at, working_keys, signons)
+        self._apply_session(record)
+        self._append(seq, _T_SESSIONS, (seq, changed_at, terminal, signed_on_at, working_keys, signons))
 
     # -- terminal ownership (multi-instance mode) ---------------------------------------------
 

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from switch.cli_common import EXIT_BAD_DATA, CliError
 from switch.ledger_backends import LedgerError, is_postgres_target
+
+if TYPE_CHECKING:
+    from switch.ledger_records import SessionRecord
 
 __all__ = ["ledger"]
 
@@ -24,11 +28,13 @@ def _amount(minor: int) -> str:
 @click.option("--terminal", default=None, help="Only this terminal (field 41).")
 @click.option("--batch", default=None, help="Only this batch number.")
 @click.option("--postings/--no-postings", default=True, show_default=True, help="List postings, not only batches.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document: postings, batches, discrepancies.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON document: postings, batches, discrepancies, sessions.")
 @click.pass_context
 def ledger(ctx: click.Context, ledger_path: str | None, terminal: str | None, batch: str | None, postings: bool,
            as_json: bool) -> None:
-    """Postings (approved and declined, with reversal state) and per-batch NET totals.
+    """Postings (approved and declined, with reversal state) and per-batch NET totals; the sign-on
+    sessions multi-instance switches share (never their keys), when there are any.
 
     `iso-switch ledger migrate SOURCE DEST` copies a SQLite ledger into PostgreSQL.
     """
@@ -54,12 +60,14 @@ def ledger(ctx: click.Context, ledger_path: str | None, terminal: str | None, ba
         rows = [p for p in book.postings(terminal=terminal, batch=batch)] if postings else []
         batches = [b for b in book.batches(terminal=terminal) if batch is None or b.batch == batch]
         discrepancies = book.discrepancies(terminal=terminal, batch=batch)
+        sessions = [record for record in book.sessions() if terminal is None or record.terminal == terminal]
     finally:
         book.close()
     if as_json:
         click.echo(json.dumps({"ledger": book.path, "postings": [p.as_dict() for p in rows],
                                "batches": [b.as_dict() for b in batches],
-                               "discrepancies": [d.as_dict() for d in discrepancies]}, indent=2))
+                               "discrepancies": [d.as_dict() for d in discrepancies],
+                               "sessions": [_session_dict(record) for record in sessions]}, indent=2))
         return
     click.echo(f"ledger {book.path}")
     if postings:
@@ -83,6 +91,26 @@ def ledger(ctx: click.Context, ledger_path: str | None, terminal: str | None, ba
         click.echo(f"\ndiscrepancies ({len(discrepancies)})")
         for d in discrepancies:
             click.echo(f"  {d.terminal:<8} batch {d.batch}  {d.kind}  stan {d.stan}  {d.detail}")
+    if sessions:
+        click.echo(f"\nsessions ({sum(record.signed_on for record in sessions)} signed on)  [multi-instance]")
+        for record in sessions:
+            state = (f"signed on {_utc(record.signed_on_at)}" if record.signed_on_at is not None
+                     else f"no session since {_utc(record.changed_at)}")
+            keys = "  working keys" if record.working_keys else ""
+            click.echo(f"  {record.terminal:<8}  {state}  sign-ons {record.signons}{keys}")
+
+
+def _utc(at: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _session_dict(record: SessionRecord) -> dict[str, object]:
+    """A session row without its key material (a ledger listing is no place for clear keys)."""
+    document = record.as_dict()
+    document["working_keys"] = record.working_keys is not None
+    return document
 
 
 @ledger.command(short_help="Copy a SQLite ledger into a PostgreSQL database.")

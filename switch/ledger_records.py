@@ -1,5 +1,5 @@
 """The ledger's records: immutable rows of what the host decided (postings, reversals, uploads,
-settlements, discrepancies) and the batch summary reports show. Kept apart from ``switch.ledger`` (the
+settlements, discrepancies, sign-on sessions) and the batch summary reports show. Kept apart from ``switch.ledger`` (the
 store and its indexes) so each file has one job; ``switch.ledger`` re-exports every name."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ __all__ = [
     "Discrepancy",
     "Posting",
     "Reversal",
+    "SessionRecord",
     "Settlement",
     "UploadRecord",
 ]
@@ -228,3 +229,26 @@ class BatchSummary(_Record):
             self.credit_count + self.credit_reversal_count, self.credit_amount + self.credit_reversal_amount,
             self.debit_reversal_count, self.debit_reversal_amount,
             self.credit_reversal_count, self.credit_reversal_amount)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord(_Record):
+    """A terminal's sign-on session as the ``sessions`` table keeps it (one row per terminal, the latest
+    change), shared by multi-instance switches (docs/scaleout.md).
+
+    ``signed_on_at`` None: no session (signed off, expired, or closed by a MAC failure).
+    ``working_keys``: the session's keys as the host serialised them (hex; None without profiles).
+    ``signons``: how many times the terminal signed on so far (seeds the next sign-on's keys).
+    ``seq`` / ``changed_at``: the ledger sequence and host time of the change.
+    """
+
+    seq: int
+    changed_at: float
+    terminal: str
+    signed_on_at: float | None
+    working_keys: str | None
+    signons: int
+
+    @property
+    def signed_on(self) -> bool:
+        return self.signed_on_at is not None

@@ -24,6 +24,7 @@ from switch.ledger_records import (
     Discrepancy,
     Posting,
     Reversal,
+    SessionRecord,
     Settlement,
     UploadRecord,
 )
@@ -81,8 +82,9 @@ class _Batch:
 # Rows: one append-only table per record type (``switch.ledger_backends.base.TABLES``); state = replay
 # of all rows in seq order. A queued row names its table; the backend owns the SQL.
 
-(_T_POSTINGS, _T_REVERSALS, _T_UPLOADS, _T_UPLOAD_ENDS, _T_SETTLEMENTS, _T_DISCREPANCIES) = (
-    "postings", "reversals", "uploads", "upload_ends", "settlements", "discrepancies")  # names in TABLES
+(_T_POSTINGS, _T_REVERSALS, _T_UPLOADS, _T_UPLOAD_ENDS, _T_SETTLEMENTS, _T_DISCREPANCIES, _T_SESSIONS) = (
+    "postings", "reversals", "uploads", "upload_ends", "settlements", "discrepancies",
+    "sessions")  # names in ROW_TABLES
 
 
 _PostingRow = tuple[Any, ...]
@@ -128,6 +130,7 @@ class LedgerState:
         self._settlements: dict[int, Settlement] = {}
         self._settlement_by_stan: dict[tuple[str, str], int] = {}
         self._discrepancies: list[Discrepancy] = []
+        self._sessions: dict[str, SessionRecord] = {}  # terminal -> its latest session row
 
     def _replay(self, table_rows: Callable[[str], Iterable[tuple[Any, ...]]]) -> int:
         """Apply every row ``table_rows`` gives (per table, seq ascending), merged into one sequence
@@ -145,6 +148,7 @@ class LedgerState:
             rows("settlements", lambda r: Settlement(*r[:8], bool(r[8]), *r[9:]),  # type: ignore[call-arg]  # row = fields
                  self._apply_settlement),
             rows("discrepancies", lambda r: Discrepancy(*r), self._apply_discrepancy),
+            rows("sessions", lambda r: SessionRecord(*r), self._apply_session),
         ]
         last = 0
         for seq, apply, record in heapq.merge(*streams, key=itemgetter(0)):
@@ -173,7 +177,7 @@ class LedgerState:
         for records in (self._reversals, self._settlements):
             for seq in [seq for seq, record in records.items() if record.terminal in terminals]:
                 del records[seq]
-        for by_terminal in (self._current_batch, self._last_closed):
+        for by_terminal in (self._current_batch, self._last_closed, self._sessions):
             for terminal in terminals:
                 by_terminal.pop(terminal, None)
         self._discrepancies = [d for d in self._discrepancies if d.terminal not in terminals]
@@ -341,6 +345,22 @@ class LedgerState:
     def _apply_discrepancy(self, discrepancy: Discrepancy) -> None:
         self._discrepancies.append(discrepancy)
         self._batch(discrepancy.terminal, discrepancy.batch).discrepancies += 1
+
+    # -- sign-on sessions (multi-instance mode) -----------------------------------------------
+
+    def _apply_session(self, record: SessionRecord) -> None:
+        known = self._sessions.get(record.terminal)
+        if known is None or known.seq < record.seq:
+            self._sessions[record.terminal] = record
+
+    def session(self, terminal: str) -> SessionRecord | None:
+        """The terminal's latest session row (None: never written). Only multi-instance switches write
+        them; a single-instance host keeps its sessions in memory."""
+        return self._sessions.get(terminal)
+
+    def sessions(self) -> list[SessionRecord]:
+        """Every terminal's latest session row, sorted by terminal."""
+        return sorted(self._sessions.values(), key=lambda record: record.terminal)
 
     # -- reports ------------------------------------------------------------------------------
 

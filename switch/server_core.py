@@ -239,7 +239,7 @@ class _ServerCore:
         self.owner = owner
         """Multi-instance mode only (shared by a switch's listeners): owns terminals before deciding."""
         if owner is not None:
-            owner.add_forget(host.forget_terminal)
+            owner.add_host(host)
         self.stats = ServerStats()
         self._started = time.monotonic()
         self._debug = log.isEnabledFor(logging.DEBUG)  # once: the per-request check is measurable

@@ -15,9 +15,11 @@ listener of one switch:
   for ``idle_seconds``, drops their database locks and checks the lock session every ``sweep_every``
   seconds. A ``LedgerError`` (the lock session is gone: our locks may be too) stops the switch, as a
   failed commit does: no further decision may be made.
-* On every install (take-over) and every release the hosts forget the terminal's memory (sign-on
-  session, working keys): what another instance knew of it is not ours, and what we knew goes stale
-  while another instance serves it. So a terminal that moves must sign on again.
+* Sign-on sessions are ledger rows of the terminal (``Ledger.session``): every session change a host
+  makes is a row committed before its answer leaves. On every install (take-over) each listener's host
+  restores the terminal's session and working keys from the rows just installed (exactly what the
+  database says, or none), so a terminal signed on at another instance transacts here without signing
+  on again; on every release the hosts drop their memory of it (the database is the truth).
 
 In single-instance mode no ``TerminalOwner`` exists and the server's hot path pays one ``is None`` test.
 """
@@ -27,12 +29,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
-from switch.ledger import Ledger, LedgerError, TerminalBusy
+from switch.ledger import Ledger, LedgerError, TerminalBusy, UnflushedTerminal
 
-__all__ = ["DEFAULT_IDLE_SECONDS", "DEFAULT_SWEEP_EVERY", "DEFAULT_WAIT", "OwnerStats", "TerminalOwner"]
+__all__ = ["DEFAULT_IDLE_SECONDS", "DEFAULT_SWEEP_EVERY", "DEFAULT_WAIT", "OwnerStats", "SessionMemory",
+           "TerminalOwner"]
 
 log = logging.getLogger("switch.server")
 
@@ -44,6 +48,14 @@ DEFAULT_SWEEP_EVERY = 2.0
 """Seconds between idle releases and lock-session checks."""
 FETCH_THREADS = 4
 """Fetches running at once (each mostly waits on a try-lock poll or one snapshot read)."""
+
+
+class SessionMemory(Protocol):
+    """What a listener's host does when a terminal moves in or out (``switch.host.Host``)."""
+
+    def restore_terminal(self, terminal: str) -> None: ...
+
+    def forget_terminal(self, terminal: str) -> None: ...
 
 
 @dataclass
@@ -66,12 +78,13 @@ class _TerminalLock:
 class TerminalOwner:
     """Acquires terminals for one multi-instance ledger and releases idle ones (see the module docstring).
 
-    ``forget`` callbacks (``Host.forget_terminal`` of every listener's host) run on each install and
-    release of a terminal. ``clock`` is the time fed to ``touch_terminal`` and idle release
-    (``trio.current_time`` by default, so tests can use a virtual clock).
+    Each listener's host registers with ``add_host``: its ``restore`` (``Host.restore_terminal``) runs
+    after every install of a terminal, its ``forget`` (``Host.forget_terminal``) after every release.
+    ``clock`` is the time fed to ``touch_terminal`` and idle release (``trio.current_time`` by default,
+    so tests can use a virtual clock).
     """
 
-    def __init__(self, ledger: Ledger, forget: Iterable[Callable[[str], None]] = (), *, wait: float = DEFAULT_WAIT,
+    def __init__(self, ledger: Ledger, hosts: Iterable[SessionMemory] = (), *, wait: float = DEFAULT_WAIT,
                  idle_seconds: float = DEFAULT_IDLE_SECONDS, sweep_every: float = DEFAULT_SWEEP_EVERY,
                  clock: Callable[[], float] = trio.current_time) -> None:
         if not ledger.multi_instance:
@@ -84,15 +97,15 @@ class TerminalOwner:
         self.sweep_every = sweep_every
         self.clock = clock
         self.stats = OwnerStats()
-        self._forget: list[Callable[[str], None]] = list(forget)
+        self._hosts: list[SessionMemory] = list(hosts)
         self._locks: dict[str, _TerminalLock] = {}
         self._limiter = trio.CapacityLimiter(FETCH_THREADS)
         self._failure: LedgerError | None = None
         self._failed = trio.Event()
 
-    def add_forget(self, callback: Callable[[str], None]) -> None:
-        """Another listener's host: it forgets terminals too."""
-        self._forget.append(callback)
+    def add_host(self, host: SessionMemory) -> None:
+        """A listener's host: its memory of sessions follows the terminals this instance owns."""
+        self._hosts.append(host)
 
     @property
     def failure(self) -> LedgerError | None:
@@ -112,9 +125,10 @@ class TerminalOwner:
         self.ledger.touch_terminal(terminal, self.clock())
         return True
 
-    async def acquire(self, terminal: str) -> bool:
+    async def acquire(self, terminal: str, *, wait: float | None = None) -> bool:
         """Own ``terminal`` before deciding for it: True when owned now, False when another instance
-        kept it past the wait (answer 91, decide nothing). LedgerError: the lock session failed."""
+        kept it past the wait (answer 91, decide nothing; ``wait`` None: the owner's). LedgerError: the
+        lock session failed."""
         if self.owned(terminal):
             return True
         entry = self._locks.get(terminal)
@@ -127,18 +141,17 @@ class TerminalOwner:
                     return True
                 owned = False
                 with trio.CancelScope(shield=True):  # always install what is fetched: see the module docstring
-                    owned = await self._fetch_and_install(terminal)
+                    owned = await self._fetch_and_install(terminal, self.wait if wait is None else wait)
                 return owned
         finally:
             entry.users -= 1
             if entry.users == 0:
                 del self._locks[terminal]
 
-    async def _fetch_and_install(self, terminal: str) -> bool:
+    async def _fetch_and_install(self, terminal: str, wait: float) -> bool:
         ledger = self.ledger
         try:
-            rows = await trio.to_thread.run_sync(ledger.fetch_terminal_rows, terminal, self.wait,
-                                                 limiter=self._limiter)
+            rows = await trio.to_thread.run_sync(ledger.fetch_terminal_rows, terminal, wait, limiter=self._limiter)
         except TerminalBusy as exc:
             self.stats.busy += 1
             log.info("terminal %s: not taken over: %s", terminal, exc)
@@ -148,13 +161,12 @@ class TerminalOwner:
             raise
         if ledger.install_terminal_rows(rows, self.clock()):
             self.stats.acquired += 1
-            self._forget_everywhere(terminal)
-            log.info("terminal %s: taken over with %d committed rows", terminal, rows.count)
+            for host in self._hosts:
+                host.restore_terminal(terminal)
+            session = ledger.session(terminal)
+            log.info("terminal %s: taken over with %d committed rows (%s)", terminal, rows.count,
+                     "signed on" if session is not None and session.signed_on else "no session")
         return True
-
-    def _forget_everywhere(self, terminal: str) -> None:
-        for forget in self._forget:
-            forget(terminal)
 
     def _fail(self, exc: LedgerError) -> None:
         if self._failure is None:
@@ -168,9 +180,34 @@ class TerminalOwner:
         """Loop thread, no I/O: give back every idle, fully committed terminal; the terminals released."""
         released = self.ledger.release_idle_terminals(self.idle_seconds, self.clock())
         for terminal in released:
-            self._forget_everywhere(terminal)
+            for host in self._hosts:
+                host.forget_terminal(terminal)
         self.stats.released += len(released)
         return released
+
+    async def give_back(self, terminals: Iterable[str]) -> list[str]:
+        """Release these terminals now (not when idle) and drop their database locks: for an operator's
+        action that took terminals over only to change them (a sessions reset). Terminals not owned, or
+        with a row still uncommitted, are skipped; returns the ones given back."""
+        given: list[str] = []
+        for terminal in terminals:
+            if not self.ledger.owns(terminal):
+                continue
+            try:
+                self.ledger.release_terminal(terminal)
+            except UnflushedTerminal:  # a request of it is being decided: the idle sweep gives it back later
+                continue
+            for host in self._hosts:
+                host.forget_terminal(terminal)
+            given.append(terminal)
+        self.stats.released += len(given)
+        if given:
+            try:
+                await trio.to_thread.run_sync(self.ledger.unlock_released_terminals, limiter=self._limiter)
+            except LedgerError as exc:
+                self._fail(exc)
+                raise
+        return given
 
     def _unlock_and_check(self) -> None:
         self.ledger.unlock_released_terminals()

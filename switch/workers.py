@@ -32,6 +32,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -164,6 +165,8 @@ class Workers:
         self._draining = False
         self.failure: str | None = None
         self.changes: list[Any] = []  # switch.workers_admin.Change: admin changes, replayed on a restart
+        # one per run, kept by restarted workers: their counted fault rules share counts (switch.faults.shared)
+        self.fault_epoch: str = options.fault_epoch or secrets.token_hex(8)
 
     # -- ports ------------------------------------------------------------------------------------------
 
@@ -184,7 +187,8 @@ class Workers:
     def worker_options(self, index: int) -> Any:
         return dataclasses.replace(
             self.options, port=self.port, multi_instance=True, reuse_port=True, admin_host="127.0.0.1",
-            admin_port=0, admin_port_given=True, journal=worker_journal_path(self.journal, index) or "none")
+            admin_port=0, admin_port_given=True, journal=worker_journal_path(self.journal, index) or "none",
+            fault_epoch=self.fault_epoch)
 
     # -- one worker ---------------------------------------------------------------------------------------
 
@@ -234,8 +238,8 @@ class Workers:
             if len(state.deaths) > MAX_RESTARTS:
                 raise WorkerError(f"worker {state.index} died {len(state.deaths)} times within "
                                   f"{RESTART_WINDOW:g}s; stopping every worker")
+            state.restarts += 1  # before the start: the new admin port never shows with the old number
             await self.start(state)
-            state.restarts += 1
             refused = await replay_changes(state, self.changes)
             for line in refused:
                 self.echo(f"iso-switch: worker {state.index}: admin change not re-applied: {line}")

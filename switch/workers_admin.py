@@ -15,7 +15,9 @@ call, so no client library is needed):
   request lives in one worker): the success. Otherwise 502 with each worker's status and body.
   ``X-Iso-Workers`` lists each worker's status. Every change all workers accepted is replayed, in
   order, to a worker that is restarted (not held-request releases: those requests died with it).
-* ``/api/v1/journal/stream`` (a live stream) is not proxied: 501 names the worker ports to use.
+* ``GET /api/v1/journal/stream``: every worker's live journal merged into one stream, each entry
+  tagged with its worker and numbered so that no two workers' entries share a ``seq``
+  (``switch.workers_stream``); ``GET /api/v1/journal/{seq}`` takes such a number to its worker.
 
 The Host check and the body cap run here (``switch.admin_guard.Guard``); the bearer token is checked
 by the workers, which get the same ``--admin-token`` and receive the caller's Authorization header.
@@ -40,6 +42,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from switch.admin import _bind_address, _leaves, _port_of
 from switch.admin_guard import Guard
+from switch.workers_stream import STREAM_PATH, entry_target, retag_entry_answer, stream_journal
 
 if TYPE_CHECKING:
     from hypercorn.typing import ASGIFramework
@@ -55,9 +58,9 @@ CALL_TIMEOUT = 10.0
 """Seconds one call to a worker's admin API may take."""
 FORWARDED_HEADERS = frozenset({"authorization", "content-type", "accept"})
 CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-NOT_PROXIED = ("/api/v1/journal/stream",)
 NOT_REPLAYED = ("/api/v1/held/",)
 """Changes a restarted worker must not get again: a held request lived in the worker that died."""
+RESET_PATH = "/api/v1/reset"
 _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Straight to the worker on loopback, whatever ``http_proxy`` says."""
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})?(\s.*)$")
@@ -192,21 +195,20 @@ class WorkersAdmin:
         query = scope.get("query_string", b"").decode("latin-1")
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]
                    if name.decode("latin-1").lower() in FORWARDED_HEADERS}
+        if path == STREAM_PATH and method == "GET":
+            async def refuse(status: int, payload: bytes) -> None:
+                await _send_whole(send, status, "application/json", payload, {}, method)
+
+            await stream_journal(self.workers, query, headers, receive, send, refuse)
+            return
         status, content_type, payload, extra = await self._answer(method, path, query, headers, body)
-        response_headers = [(b"content-type", content_type.encode("latin-1") or b"application/json"),
-                            (b"content-length", str(len(payload)).encode())]
-        response_headers += [(name.encode(), value.encode()) for name, value in extra.items()]
-        await send({"type": "http.response.start", "status": status, "headers": response_headers})
-        await send({"type": "http.response.body", "body": payload if method != "HEAD" else b""})
+        await _send_whole(send, status, content_type, payload, extra, method)
 
     async def _answer(self, method: str, path: str, query: str, headers: dict[str, str], body: bytes
                       ) -> tuple[int, str, bytes, dict[str, str]]:
         up = self._up()
         if path == "/health" and method in ("GET", "HEAD"):
             return self._health(await self._ask(up, "GET", "/health", headers, b""))
-        if path.startswith(NOT_PROXIED):
-            ports = ", ".join(f"worker {s.index}: {s.admin_port}" for s in up)
-            return _json(501, {"detail": f"live streams are not proxied; ask a worker's admin port ({ports})"})
         if not up:
             return _json(503, {"detail": "no worker is up"})
         target = path + (f"?{query}" if query else "")
@@ -218,10 +220,22 @@ class WorkersAdmin:
             merged = merge_metrics((a.worker, a.body.decode("utf-8", "replace")) for a in answers)
             return 200, answers[0].content_type, merged.encode(), {}
         if method in CHANGING:
-            combined = self._combined(await self._ask(up, method, target, headers, body))
-            if 200 <= combined[0] < 300 and not path.startswith(NOT_REPLAYED):
-                self.workers.changes.append(Change(method, target, headers, body))  # for restarted workers
+            answers = await self._ask(up, method, target, headers, body)
+            combined = self._combined(answers)
+            if path == RESET_PATH and 200 <= combined[0] < 300:
+                combined = _merged_reset(answers, combined)
+            replayed = _replayed_body(path, body)
+            if 200 <= combined[0] < 300 and replayed is not None:
+                self.workers.changes.append(Change(method, target, headers, replayed))  # for restarted workers
             return combined
+        target_of = entry_target(path, self.workers.workers) if method == "GET" and "worker=" not in query else None
+        if isinstance(target_of, str):
+            return _json(404, {"detail": target_of})
+        if target_of is not None:  # a seq of the merged journal stream: its worker, its own seq
+            state, local, life = target_of
+            answer = (await self._ask([state], method, local + (f"?{query}" if query else ""), headers, body))[0]
+            payload = retag_entry_answer(answer.body, state.index, life) if answer.status == 200 else answer.body
+            return answer.status, answer.content_type, payload, {"X-Iso-Worker": str(answer.worker)}
         chosen = self._chosen(up, query)
         if chosen is None:
             return _json(404, {"detail": "no such worker up; see /health for their numbers"})
@@ -272,6 +286,53 @@ class WorkersAdmin:
                    for a in answers]
         status, kind, payload, _ = _json(502, {"detail": "the workers answered differently", "workers": details})
         return status, kind, payload, statuses
+
+
+def _replayed_body(path: str, body: bytes) -> bytes | None:
+    """What a restarted worker gets again of this change (None: nothing). A sessions reset is not
+    replayed: sessions are shared ledger rows, and a reset replayed hours later would end the sessions
+    of every terminal signed on since; of ``{"what": "all"}`` only the fault part is replayed."""
+    if path.startswith(NOT_REPLAYED):
+        return None
+    if path != RESET_PATH:
+        return body
+    try:
+        what = json.loads(body).get("what")
+    except (ValueError, AttributeError):
+        return None
+    if what == "faults":
+        return body
+    return b'{"what": "faults"}' if what == "all" else None
+
+
+def _merged_reset(answers: list[Answer], combined: tuple[int, str, bytes, dict[str, str]]
+                  ) -> tuple[int, str, bytes, dict[str, str]]:
+    """One answer for a reset every worker did: sessions ended by all of them, and kept only the
+    terminals NO worker could end (each worker lists those another one serves, including its peers)."""
+    try:
+        bodies = [json.loads(answer.body) for answer in answers]
+    except ValueError:
+        return combined
+    if not all(isinstance(body, dict) and "sessions_cleared" in body for body in bodies):
+        return combined
+    merged = dict(bodies[0])
+    merged["sessions_cleared"] = sum(int(body["sessions_cleared"]) for body in bodies)
+    if all("sessions_kept" in body for body in bodies):
+        kept = set(bodies[0]["sessions_kept"])
+        for body in bodies[1:]:
+            kept &= set(body["sessions_kept"])
+        merged["sessions_kept"] = sorted(kept)
+    status, kind, payload, _ = _json(combined[0], merged)
+    return status, kind, payload, combined[3]
+
+
+async def _send_whole(send: Send, status: int, content_type: str, payload: bytes, extra: dict[str, str],
+                      method: str) -> None:
+    headers = [(b"content-type", content_type.encode("latin-1") or b"application/json"),
+               (b"content-length", str(len(payload)).encode())]
+    headers += [(name.encode(), value.encode()) for name, value in extra.items()]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload if method != "HEAD" else b""})
 
 
 def _json(status: int, body: Any) -> tuple[int, str, bytes, dict[str, str]]:

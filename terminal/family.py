@@ -68,7 +68,7 @@ class Family:
 
     def reversal_of(self, original: Message, reason: str) -> Message:
         """The stored 0400 for ``original``: its fields minus secrets, 39 the reason, 90 naming it."""
-        data = OriginalData.of(original, self.profile.acquirer_id).format()
+        data = OriginalData.format_of(original, self.profile.acquirer_id)
         return original.copy(mti="0400", drop=SECRET_FIELDS, f39=reason, f90=data)
 
     def first_reversal(self, stored: Message, reason: str, clock: SyncedClock, now: float, new_stan: str) -> Message:

@@ -6,8 +6,8 @@ Everything a careful terminal must not forget when it is killed lives here, in o
 ``deferred_sync=True`` (the load runner's stores) trades when, not whether. Each ``transaction()``
 is a savepoint (atomic: a failed step is undone, the steps before it stand) inside one open SQLite
 transaction — the first step after a sync begins that transaction instead, as undoing it is
-rolling back (two statements fewer per request) —, and ``sync()`` commits it and fdatasyncs the
-WAL (``synchronous=NORMAL``). The driver
+rolling back (two statements fewer per request) —, and ``sync()`` commits it: with
+``synchronous=FULL`` that commit writes the WAL and fsyncs it before it returns. The driver
 calls ``sync()`` before every request it writes, so whatever a request depends on (its STAN,
 journal entry and reversal) is on disk before the request leaves, exactly as with FULL. What waits
 for the next request (or ``close``) is only what an answer changed; a terminal killed before then
@@ -72,6 +72,15 @@ from terminal.store_queues import (
     _stored,
     fsync_directory,
 )
+from terminal.store_sql import (
+    _INSERT_ENTRY,
+    _JOURNAL_COLUMNS,
+    _JOURNAL_UPDATABLE,
+    _SCHEMA,
+    _SELECT_ENTRY,
+    _UPDATE_ENTRY,
+    _Transaction,
+)
 
 __all__ = [
     "FIRST_BATCH",
@@ -93,100 +102,6 @@ SCHEMA_VERSION = "1"
 _CHECKPOINT_EVERY = 256  # commits between WAL checkpoints in deferred mode (run by sync(), off the event loop)
 _ENTRY_CACHE = 256  # journal entries kept in memory (the ones a running transaction reads back)
 FIRST_BATCH = "000001"
-class _Transaction:
-    """``TerminalStore.transaction()``: a plain class, not a generator, because every store write
-    goes through it several times per request."""
-
-    __slots__ = ("store",)
-
-    def __init__(self, store: TerminalStore) -> None:
-        self.store = store
-
-    def __enter__(self) -> None:
-        store = self.store
-        conn = store._db()
-        if not store._depth:
-            if store.deferred_sync:  # a step of the open transaction that ``sync`` commits
-                if conn.in_transaction:
-                    conn.execute("SAVEPOINT step")
-                    store._whole_step = False
-                else:  # the first step since the last sync: undoing it is undoing the transaction
-                    conn.execute("BEGIN IMMEDIATE")
-                    store._whole_step = True
-            else:
-                conn.execute("BEGIN IMMEDIATE")
-        store._depth += 1
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        store = self.store
-        store._depth -= 1
-        if store._depth:
-            return
-        conn = store._db()
-        if store.deferred_sync:
-            if exc_type is not None:  # undo this step only: the steps before it stand
-                store._forget()
-                if conn.in_transaction:  # (SQLite itself rolls everything back on some I/O errors)
-                    if store._whole_step:
-                        conn.execute("ROLLBACK")
-                    else:
-                        conn.execute("ROLLBACK TO step")
-                        conn.execute("RELEASE step")
-                return
-            if not store._whole_step:
-                conn.execute("RELEASE step")
-            store._unsynced = True
-            return
-        if exc_type is not None:
-            store._forget()
-            conn.execute("ROLLBACK")
-            return
-        try:
-            conn.execute("COMMIT")
-        except BaseException:
-            store._forget()
-            raise
-
-
-_SCHEMA = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
-    """CREATE TABLE journal (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, batch TEXT NOT NULL, kind TEXT NOT NULL,
-        direction TEXT NOT NULL, mti TEXT NOT NULL, stan TEXT NOT NULL, transmission_time TEXT NOT NULL,
-        amount INTEGER NOT NULL, currency TEXT NOT NULL, pan TEXT NOT NULL, state TEXT NOT NULL,
-        response_code TEXT NOT NULL, rrn TEXT NOT NULL, auth_code TEXT NOT NULL, reason TEXT NOT NULL,
-        request TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
-    "CREATE INDEX journal_batch ON journal (batch, id)",
-    """CREATE TABLE reversals (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, journal_id INTEGER NOT NULL UNIQUE REFERENCES journal (id),
-        reason TEXT NOT NULL, message TEXT NOT NULL, attempts INTEGER NOT NULL,
-        created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
-    """CREATE TABLE advices (
-        id INTEGER PRIMARY KEY AUTOINCREMENT, journal_id INTEGER NOT NULL UNIQUE REFERENCES journal (id),
-        message TEXT NOT NULL, attempts INTEGER NOT NULL,
-        created_at REAL NOT NULL, updated_at REAL NOT NULL)""",
-)
-_JOURNAL_COLUMNS = (
-    "id",
-    "batch",
-    "kind",
-    "direction",
-    "mti",
-    "stan",
-    "transmission_time",
-    "amount",
-    "currency",
-    "pan",
-    "state",
-    "response_code",
-    "rrn",
-    "auth_code",
-    "reason",
-    "request",
-    "created_at",
-    "updated_at",
-)
-_JOURNAL_UPDATABLE = frozenset({"state", "response_code", "rrn", "auth_code", "reason", "amount", "batch"})
 
 
 class TerminalStore(PendingQueues):
@@ -201,7 +116,6 @@ class TerminalStore(PendingQueues):
         self._whole_step = False  # deferred mode: the open step began the transaction (no savepoint)
         self.deferred_sync = deferred_sync and path != ":memory:"
         self._unsynced = False
-        self._wal_fd: int | None = None
         self._commits = 0  # since the last checkpoint (deferred mode)
         self._meta_cache: dict[str, str] | None = None
         self._reversal_cache: dict[int, PendingReversal] | None = None
@@ -236,7 +150,7 @@ class TerminalStore(PendingQueues):
                 if mode.lower() != "wal":
                     raise StoreError(f"{name}: SQLite refused WAL journal mode (got {mode})")
             deferred = deferred_sync and name != ":memory:"
-            conn.execute("PRAGMA synchronous=NORMAL" if deferred else "PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA synchronous=FULL")  # deferred: its only commits are sync()'s (write + fsync)
             if deferred:  # one process per store anyway; no shared-memory locking on every commit
                 conn.execute("PRAGMA locking_mode=EXCLUSIVE")
             conn.execute("PRAGMA foreign_keys=ON")
@@ -282,9 +196,6 @@ class TerminalStore(PendingQueues):
             try:
                 self.sync()
             finally:
-                if self._wal_fd is not None:
-                    os.close(self._wal_fd)
-                    self._wal_fd = None
                 self._conn.close()
                 self._conn = None
 
@@ -294,7 +205,7 @@ class TerminalStore(PendingQueues):
         return self._unsynced
 
     def sync(self) -> None:
-        """Make every committed write durable (fdatasync of the WAL; a checkpoint now and then).
+        """Make every committed write durable (the commit writes and syncs the WAL; a checkpoint now and then).
 
         Deferred mode only (a no-op otherwise). Blocking: a driver with many terminals on one event
         loop runs it in a worker thread, while this terminal makes no other call.
@@ -304,7 +215,10 @@ class TerminalStore(PendingQueues):
         conn = self._db()
         if conn.in_transaction:
             try:
-                conn.execute("COMMIT")  # the WAL write, here (in the syncer's thread), not on the event loop
+                # synchronous=FULL: SQLite writes the WAL and fsyncs it inside this one call, with the GIL
+                # released throughout (an explicit fdatasync after it was one more GIL round trip per store
+                # for the syncer's threads, which contend with the event loop)
+                conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._forget()
                 raise StoreError(f"terminal store {self.path}: cannot write: {exc}") from None
@@ -312,9 +226,6 @@ class TerminalStore(PendingQueues):
         if self._commits >= _CHECKPOINT_EVERY:
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # syncs the WAL, copies, syncs the database
             self._commits = 0
-        if self._wal_fd is None:
-            self._wal_fd = os.open(self.path + "-wal", os.O_RDONLY)
-        os.fdatasync(self._wal_fd)  # as SQLite's own sync; Linux flushes the file whichever descriptor wrote it
         self._unsynced = False
 
     @property
@@ -447,8 +358,7 @@ class TerminalStore(PendingQueues):
         with self.transaction():
             entry_batch = batch or self.batch
             cursor = self._db().execute(
-                f"INSERT INTO journal ({', '.join(_JOURNAL_COLUMNS[1:])}) VALUES "
-                f"({', '.join('?' * (len(_JOURNAL_COLUMNS) - 1))})",
+                _INSERT_ENTRY,
                 (
                     entry_batch,
                     kind,
@@ -487,12 +397,13 @@ class TerminalStore(PendingQueues):
         for name, width in (("response_code", 2), ("rrn", 12), ("auth_code", 6)):
             if name in changes:
                 _check_code_like(name, changes[name], width)
-        assignments = ", ".join(f"{name} = ?" for name in changes)
+        columns = tuple(changes)
+        sql = _UPDATE_ENTRY.get(columns)
+        if sql is None:
+            assignments = ", ".join(f"{name} = ?" for name in columns)
+            sql = _UPDATE_ENTRY[columns] = f"UPDATE journal SET {assignments}, updated_at = ? WHERE id = ?"
         with self.transaction():
-            cursor = self._db().execute(
-                f"UPDATE journal SET {assignments}, updated_at = ? WHERE id = ?",
-                (*changes.values(), now, entry_id),
-            )
+            cursor = self._db().execute(sql, (*changes.values(), now, entry_id))
             if cursor.rowcount != 1:
                 raise StoreError(f"no journal entry {entry_id}")
             cached = self._entry_cache.get(entry_id)
@@ -525,7 +436,7 @@ class TerminalStore(PendingQueues):
             return self._fresh(cached)
         row = (
             self._db()
-            .execute(f"SELECT {', '.join(_JOURNAL_COLUMNS)} FROM journal WHERE id = ?", (entry_id,))
+            .execute(_SELECT_ENTRY + " WHERE id = ?", (entry_id,))
             .fetchone()
         )
         if row is None:
@@ -536,13 +447,17 @@ class TerminalStore(PendingQueues):
 
     @staticmethod
     def _entry(row: tuple[Any, ...]) -> JournalEntry:
-        values = dict(zip(_JOURNAL_COLUMNS, row, strict=True))
-        values["request"] = _message_from(values["request"])
-        return JournalEntry(**values)
+        # positional, in _JOURNAL_COLUMNS order (the order of JournalEntry's fields): a whole journal is
+        # read at the end of every load run, so no dict per row
+        (entry_id, batch, kind, direction, mti, stan, transmission_time, amount, currency, pan, state, response_code,
+         rrn, auth_code, reason, request, created_at, updated_at) = row
+        return JournalEntry(entry_id, batch, kind, direction, mti, stan, transmission_time, amount, currency, pan,
+                            state, response_code, rrn, auth_code, reason, _message_from(request), created_at,
+                            updated_at)
 
     def entries(self, *, batch: str | None = None, states: Iterable[str] | None = None) -> list[JournalEntry]:
         """Journal entries in the order they were made, optionally of one batch and some states."""
-        sql = f"SELECT {', '.join(_JOURNAL_COLUMNS)} FROM journal"
+        sql = _SELECT_ENTRY
         clauses, params = [], []
         if batch is not None:
             clauses.append("batch = ?")

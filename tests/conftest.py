@@ -29,7 +29,7 @@ _SLOW_MODULES = frozenset({
     "test_plugin", "test_plugin_example",
     "test_ledger_postgres_e2e", "test_ownership_stateful",
     "test_journal_writer",
-    "test_multi_instance", "test_workers",
+    "test_multi_instance", "test_workers", "test_fault_counters", "test_shared_sessions_admin",
 })
 """Modules whose tests start real switches, subprocesses or whole terminal-against-host runs."""
 

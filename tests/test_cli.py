@@ -193,6 +193,8 @@ def test_describe_decodes_a_message_of_every_shipped_dialect(name: str) -> None:
         (["describe", "--tpdu", "00"], "error: --tpdu, --no-tpdu, --length-header, --length-includes-itself "
                                        "and --max-frame describe the framing: add --framed\n"),
         (["describe", "--raw", "00"], "error: --raw applies to standard input only ('-')\n"),
+        (["serve", "--fault-epoch", "run-1"], "error: --fault-epoch needs --multi-instance (or --workers): one "
+                                              "instance counts in memory\n"),
         # click's own refusals, one line too (not click's usage block)
         (["serve", "--port", "abc"], "error: Invalid value for '--port': 'abc' is not a valid integer range. "
                                      "(try 'iso-switch serve --help')\n"),

@@ -129,3 +129,22 @@ def test_rules_stay_beside_their_faults_and_old_lines_read_as_none(tmp_path: Pat
     assert "rules" not in format_entry_line(read)
     shown = format_entry_line({**read, "rules": ["lose"]})
     assert "faults: drop_response" in shown and "rules: lose" in shown
+
+
+@pytest.mark.parametrize("name", DIALECTS)
+def test_frames_without_sensitive_fields_are_the_bytes_json_dumps_writes(name: str) -> None:
+    """The shaped path when there is nothing to mask (no PAN, track, PIN or ICC data): raw_hex is
+    the whole frame, and the line is still exactly the reference."""
+    codec = CODECS[name]
+    exchanges: list[tuple[Message, Message | None]] = []
+    for stan in range(1, 4):
+        full = purchase(codec, stan=f"{stan:06d}")
+        request = Message(full.mti, {number: value for number, value in full.fields.items()
+                                     if number not in (2, 35, 45, 52, 55)}, full.header)
+        exchanges.append((request, Message(request.response_mti, {11: request.fields[11], 39: "00"},
+                                           request.header)))
+    written, expected, general = written_and_expected(codec, exchanges, faults=(), rules=(), note="",
+                                                      peer="127.0.0.1:40001")
+    assert written == expected
+    assert general == 0
+    assert b"**" not in b"".join(written)

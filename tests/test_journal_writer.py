@@ -362,3 +362,47 @@ def test_writer_writes_what_it_was_handed_when_its_parent_is_killed(
     assert parent.wait(timeout=WAIT_SECONDS) == -signal.SIGKILL
     wait_until_gone(writer)
     assert [entry["seq"] for entry in lines_of(path)] == list(range(1, 4001))
+
+
+async def test_a_flush_cancelled_while_claiming_writes_every_line_once_in_order(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread writer claims and formats in slices with checkpoints between them; a flush
+    cancelled at one keeps the lines of the slices it claimed, and the next flush writes them
+    first, then the rest: the file is byte for byte that of a flush never cancelled."""
+    monkeypatch.setattr(writing, "_SLICE", 3)
+
+    def journal_at(path: Path) -> Journal:
+        journal = Journal(BINARY, path=path, writer="thread", clock=fixed_clock(), flush_interval=3600)
+        record_exchanges(journal, 1, 11)  # 20 records: 7 slices
+        return journal
+
+    reference = journal_at(tmp_path / "reference.jsonl")
+    await reference.flush()
+    reference.close()
+
+    journal = journal_at(tmp_path / "cancelled.jsonl")
+    writer = journal._writer
+    assert writer is not None
+    claim = writing.FileWriter._claim
+    scope = trio.CancelScope()
+    slices = 0
+
+    def claim_then_cancel(self: writing.FileWriter, batch: writing._Batch, count: int) -> None:
+        nonlocal slices
+        claim(self, batch, count)
+        slices += 1
+        if slices == 2:
+            scope.cancel()  # taken at the checkpoint after the second slice
+
+    monkeypatch.setattr(writing.FileWriter, "_claim", claim_then_cancel)
+    with scope:
+        await journal.flush()
+    assert scope.cancelled_caught
+    assert len(writer.pending) == 20 - 2 * 3  # the rest stays queued, unclaimed
+    monkeypatch.setattr(writing.FileWriter, "_claim", claim)
+    journal.record_unsent(journal.record_in(connection=1, peer="p", raw=b"late", message=None), ("drop",), "x")
+    await journal.flush()
+    journal.close()
+    written = (tmp_path / "cancelled.jsonl").read_bytes().splitlines(keepends=True)
+    assert written[:20] == (tmp_path / "reference.jsonl").read_bytes().splitlines(keepends=True)
+    assert [entry["seq"] for entry in lines_of(tmp_path / "cancelled.jsonl")] == list(range(1, 22))

@@ -28,7 +28,8 @@ from switch.ledger import (
     Settlement,
     UploadRecord,
 )
-from switch.ledger_backends import SCHEMA_VERSION, TABLES, open_backend
+from switch.ledger_backends import SCHEMA_VERSION, open_backend
+from switch.ledger_backends.base import ROW_TABLES, SESSION_COLUMNS
 from switch.ledger_backends.postgresql import PostgresBackend, display_url
 from tests.test_ledger import T0, posting, reverse, settle, state
 
@@ -100,13 +101,77 @@ def test_version_1_sqlite_ledger_is_migrated_in_place(tmp_path: Path) -> None:
     ledger.close()
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == str(SCHEMA_VERSION)
-    for table, columns in TABLES.items():  # migrated tables have the current columns, in order
+    for table, columns in ROW_TABLES.items():  # migrated tables have the current columns, in order
         assert [row[1] for row in conn.execute(f"PRAGMA table_info({table})")] == [c.name for c in columns]
     conn.close()
     again = Ledger.open(path)
     assert state(again) == before
     assert again.posting(6).requested_amount == 500
     again.close()
+
+
+def test_version_2_sqlite_ledger_gets_the_sessions_table(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite"
+    ledger = Ledger.open(path)
+    kept = posting(ledger, "000001")
+    ledger.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE sessions")  # what a version 2 release left
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    conn.commit()
+    conn.close()
+    again = Ledger.open(path)
+    assert again.posting(kept.seq) == kept and again.session("TERM0001") is None
+    seq = again.next_sequence()
+    again.record_session(seq, T0, "TERM0001", T0, None, 1)
+    again.close()
+    conn = sqlite3.connect(path)
+    assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0] == "3"
+    assert [row[1] for row in conn.execute("PRAGMA table_info(sessions)")] == [c.name for c in SESSION_COLUMNS]
+    conn.close()
+    reopened = Ledger.open(path)
+    record = reopened.session("TERM0001")
+    assert record is not None and (record.seq, record.signed_on_at, record.signons) == (seq, T0, 1)
+    reopened.close()
+
+
+def test_version_2_postgresql_ledger_is_migrated_at_open(pg_url: str) -> None:
+    """Version 3 adds ``sessions`` and ``fault_counters``; a version 2 database gets both at its next
+    open (one transaction, under the migration lock), its rows untouched."""
+    ledger = Ledger.open(pg_url)
+    kept = posting(ledger, "000001")
+    ledger.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE sessions")
+        conn.execute("DROP TABLE fault_counters")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    again = Ledger.open(pg_url)
+    assert again.posting(kept.seq) == kept
+    seq = again.next_sequence()
+    again.record_session(seq, T0, "TERM0001", T0, "00/11", 3)
+    again.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("3",)
+        conn.execute("INSERT INTO fault_counters VALUES ('epoch', 'rule', 1)")
+        assert conn.execute("SELECT matched FROM fault_counters").fetchall() == [(1,)]
+        with pytest.raises(psycopg.errors.CheckViolation):  # keys only with a session
+            conn.execute("UPDATE sessions SET signed_on_at = NULL")
+    reopened = Ledger.open(pg_url)
+    record = reopened.session("TERM0001")
+    assert record is not None and (record.working_keys, record.signons) == ("00/11", 3)
+    reopened.close()
+
+
+def test_an_older_session_row_never_replaces_a_newer_one(tmp_path: Path, pg_url: str) -> None:
+    """The sessions table is replaced per terminal, guarded by the sequence: a late write of an older
+    change is ignored by both backends."""
+    for target in (str(tmp_path / "l.sqlite"), pg_url):
+        backend = open_backend(target)
+        backend.write([(20, "sessions", (20, T0, "T1", T0, None, 2))])
+        backend.write([(10, "sessions", (10, T0 - 9, "T1", None, None, 1))])
+        with backend.snapshot() as rows:
+            assert list(rows("sessions")) == [(20, T0, "T1", T0, None, 2)]
+        backend.close()
 
 
 def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path: Path) -> None:
@@ -125,7 +190,7 @@ def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("version, message", [
-    ("3", "ledger schema version 3 is newer than this program's 2; upgrade"),
+    ("4", "ledger schema version 4 is newer than this program's 3; upgrade"),
     ("two", "unknown ledger schema version 'two'"),
 ])
 def test_sqlite_newer_or_unknown_version_is_refused(tmp_path: Path, version: str, message: str) -> None:
@@ -144,8 +209,8 @@ def test_postgresql_newer_version_is_refused(pg_url: str) -> None:
     posting(ledger, "000001")
     ledger.close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
-    with pytest.raises(LedgerError, match="ledger schema version 3 is newer than this program's 2"):
+        conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    with pytest.raises(LedgerError, match="ledger schema version 4 is newer than this program's 3"):
         Ledger.open(pg_url)
 
 
@@ -216,10 +281,11 @@ def build_sqlite_ledger(path: Path) -> dict[str, object]:
         [Discrepancy(ledger.next_sequence(), T0, "TERM0002", FIRST_BATCH, "totals-differ-from-upload", "", "", None,
                      None, "x")])
     settle(ledger, "TERM0001", FIRST_BATCH, "000030")
+    ledger.record_session(ledger.next_sequence(), T0, "TERM0002", T0 - 60, "0011/2233", 4)  # as instances write
     unposted = [ledger.unposted_rrn_number() for _ in range(3)]
     ledger.close()
     reader = Ledger.open(path)
-    expected = {"state": state(reader), "unposted": unposted}
+    expected = {"state": state(reader), "unposted": unposted, "sessions": reader.sessions()}
     reader.close()
     return expected
 
@@ -235,12 +301,13 @@ def test_ledger_migrate_copies_verifies_and_refuses_a_full_destination(tmp_path:
     runner = CliRunner()
     result = runner.invoke(cli, ["ledger", "migrate", str(source), pg_url])
     assert result.exit_code == 0, result.output
-    assert "copied 14 rows" in result.output and "postings 8, reversals 1" in result.output
+    assert "copied 15 rows" in result.output and "postings 8, reversals 1" in result.output
+    assert "sessions 1" in result.output
     assert "verified: row counts per table and the totals of 2 batches are equal" in result.output
     assert "copying postings: 8/8 rows" in result.stderr
     assert digest(source) == before  # the source is only read
     copy = Ledger.open(pg_url)
-    assert state(copy) == expected["state"]
+    assert state(copy) == expected["state"] and copy.sessions() == expected["sessions"]
     assert copy.unposted_rrn_number() > max(expected["unposted"])  # no unposted RRN handed out twice
     copy.close()
 
@@ -254,6 +321,11 @@ def test_ledger_migrate_copies_verifies_and_refuses_a_full_destination(tmp_path:
     assert len(document["postings"]) == 7 and document["batches"][0]["status"] == "closed"
     text = runner.invoke(cli, ["ledger", "--ledger", pg_url, "--no-postings"])
     assert text.exit_code == 0 and "TERM0002 batch 000001  closed" in text.output
+    assert "sessions (1 signed on)" in text.output and "TERM0002  signed on 2025-06-01 11:59:00 UTC  sign-ons 4" \
+        "  working keys" in text.output and "0011" not in text.output  # the keys themselves are never shown
+    shown = runner.invoke(cli, ["ledger", "--ledger", pg_url, "--json", "--terminal", "TERM0002"])
+    [session] = json.loads(shown.output)["sessions"]
+    assert (session["terminal"], session["signons"], session["working_keys"]) == ("TERM0002", 4, True)
 
 
 def test_ledger_migrate_reads_a_version_1_file_without_changing_it(tmp_path: Path, pg_url: str) -> None:

@@ -1,6 +1,7 @@
 """Two switches acting as ONE host on a shared PostgreSQL ledger (docs/scaleout.md), over real loopback
 sockets: two ``SwitchServer``s in one Trio program, each with its own multi-instance ``Ledger`` and
-``TerminalOwner``. A terminal moving between them, repeats and reversals reaching the other instance,
+``TerminalOwner``. A terminal moving between them with its sign-on session (also driven by the
+terminal API against two whole switches), repeats and reversals reaching the other instance,
 the same request at both at once, settlement totals across instances, and a crashed instance whose
 uncommitted decision the survivor never sees.
 
@@ -11,6 +12,7 @@ by sleeping; the periodic task runs with a sweep interval longer than any test.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ from switch.ledger import Ledger, LedgerError
 from switch.scenario import default_scenario
 from switch.server import ServerConfig, SwitchServer
 from switch.server_terminals import TerminalOwner
+from terminal.api import open_terminal
+from terminal.policy import Note
 from tests.test_server import CODEC, DIALECT, F7, FRAMING, NOW, connect, exchange, network, purchase, reversal_of
 
 T = "TERM0001"
@@ -93,7 +97,8 @@ def pair(pg_url: str) -> list[Instance]:
     return [make_instance(pg_url), make_instance(pg_url)]
 
 
-async def test_a_terminal_that_moves_must_sign_on_again(pg_url: str) -> None:
+async def test_a_terminal_signed_on_at_a_transacts_at_b(pg_url: str) -> None:
+    """The session is a row of the terminal: it moves with the terminal, and so does its end."""
     a, b = make_instance(pg_url, require_signon=True), make_instance(pg_url, require_signon=True)
     async with serving(a, b):
         assert (await a.ask(network("001", stan=1)))[39] == "00"
@@ -102,15 +107,55 @@ async def test_a_terminal_that_moves_must_sign_on_again(pg_url: str) -> None:
         assert busy[39] == "91" and 37 not in busy.fields
         assert b.owner.stats.busy == 1
         await a.release()
-        assert T not in a.server.host.sessions  # given back: A forgot the sign-on
-        moved = await b.ask(purchase(3))
-        assert moved[39] == b.server.host.config.signon_code  # the session stayed at A: sign on again
-        assert (await b.ask(network("001", stan=4)))[39] == "00"
-        assert (await b.ask(purchase(5)))[39] == "00"
+        assert T not in a.server.host.sessions  # given back: A's memory of it is dropped, the database keeps it
+        assert (await b.ask(purchase(3)))[39] == "00"  # no new sign-on: B restored A's session
+        assert b.server.host.sessions[T] == NOW.timestamp()
+        assert (await b.ask(network("002", stan=4)))[39] == "00"  # signed off at B...
         await b.release()
-        assert (await a.ask(purchase(6)))[39] == a.server.host.config.signon_code  # A's old session is gone
+        assert (await a.ask(purchase(5)))[39] == a.server.host.config.signon_code  # ...so A wants a sign-on
     with contextlib.closing(committed(pg_url)) as ledger:
-        assert sorted(p.stan for p in ledger.postings(T)) == ["000002", "000005"]
+        assert sorted(p.stan for p in ledger.postings(T)) == ["000002", "000003"]
+        session = ledger.session(T)
+        assert session is not None and session.signed_on_at is None and session.signons == 1
+
+
+async def test_the_terminal_api_signs_on_at_one_switch_and_buys_at_the_other(pg_url: str) -> None:
+    """Two whole switches (``build_switch``, as ``serve --multi-instance --terminal-idle 0.2``) and the
+    terminal API: sign on and buy at A; once A has given the idle terminal back, the same terminal
+    (its connection closed, the next one going to B) buys at B, approved with no second sign-on."""
+    options = SwitchOptions(port=0, ledger=pg_url, journal="none", admin_port=None, multi_instance=True,
+                            terminal_idle=0.2, require_signon=True, grace_period=1.0)
+    switches = [build_switch(DIALECT, FRAMING, options) for _ in range(2)]
+    ports: list[int] = []
+    target = [0]  # which switch the terminal's next connection goes to
+
+    async def connect_to_target() -> trio.abc.Stream:
+        return await trio.open_tcp_stream("127.0.0.1", ports[target[0]])
+
+    notes: list[Note] = []
+    async with trio.open_nursery() as nursery:
+        for switch in switches:
+            listeners, _ = await nursery.start(functools.partial(switch.run, handle_signals=False))
+            ports.append(listeners[0].socket.getsockname()[1])
+        a_owner, b_owner = (switch.runtime.owner for switch in switches)
+        assert a_owner is not None and b_owner is not None
+        async with open_terminal(dialect=DIALECT, terminal_id=T, merchant_id="MERCHANT0000001",
+                                 connect=connect_to_target, on_note=notes.append) as terminal:
+            assert terminal.signed_on
+            assert (await terminal.purchase(1000)).approved
+            with trio.fail_after(15):  # A's periodic task (every 2 s) gives the idle terminal back
+                while a_owner.stats.released < 1:
+                    await trio.sleep(0.05)
+            target[0] = 1
+            await terminal.client.aclose()  # the next operation connects again: to B
+            sale = await terminal.purchase(2000)
+            assert sale.approved, sale
+        assert [note.kind for note in notes].count("signed-on") == 1  # only at A
+        assert b_owner.stats.acquired == 1 and T in switches[1].server.host.sessions
+        for switch in switches:
+            switch.server.shutdown()
+    with contextlib.closing(committed(pg_url)) as ledger:
+        assert [p.amount for p in ledger.postings(T)] == [1000, 2000]
 
 
 async def test_repeat_and_reversal_at_b_of_an_original_decided_at_a(pair: list[Instance], pg_url: str) -> None:

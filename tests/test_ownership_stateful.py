@@ -1,13 +1,19 @@
 """Several switch instances on ONE PostgreSQL ledger, as a hypothesis state machine: three in-process
 Ledger (multi-instance) + Host pairs, a few terminals sending originals, repeats, reversals and
 settlements to whichever instance, terminals moving between instances (release on one, acquire on
-another) and instances "crashing" (connections closed without release or flush). After every step:
+another), terminals signing on and off (sessions are rows of the terminal, restored into the owner's host at
+every take-over) and instances "crashing" (connections closed without release or flush). The hosts require
+sign-on. After every step:
 
 * the database never holds a transaction twice, nor two full reversals of one original, nor one RRN twice;
 * what each terminal was told (approvals and reversals delivered) is exactly what the ledger charges
   it: net totals = approvals − reversals;
 * every approval a terminal received is in the database with that RRN (durability before the reply);
-* every instance's view of a terminal it owns equals a fresh reload of that terminal from the database.
+* every instance's view of a terminal it owns equals a fresh reload of that terminal from the database;
+* sessions: the database holds a session for exactly the terminals told "signed on" (and not since told
+  "signed off" or "sign on first"), an owner's host remembers exactly the database's session, no other
+  host remembers one, and every reply a terminal gets agrees with what it was told: "sign on first"
+  (A0) if and only if it is not signed on.
 
 Replies are delivered only when their rows are committed (``flush``), as the switch does; a crash
 drops the replies still waiting, which were never acknowledged. Needs a real PostgreSQL
@@ -46,9 +52,12 @@ class Instance:
     waiting: list[tuple[str, int, str, Message]] = field(default_factory=list)  # (terminal, txn, kind, reply)
 
 
+SIGNON_FIRST = HostConfig().signon_code
+
+
 def start_instance(url: str) -> Instance:
     ledger = Ledger.open(url, multi_instance=True)
-    return Instance(ledger, Host(HostConfig(require_signon=False), ledger))
+    return Instance(ledger, Host(HostConfig(require_signon=True), ledger))
 
 
 def crash(instance: Instance) -> None:
@@ -63,7 +72,7 @@ def crash(instance: Instance) -> None:
 def terminal_view(ledger: LedgerState, terminal: str) -> tuple[Any, ...]:
     return (ledger.postings(terminal), ledger.reversals(terminal), ledger.batches(terminal),
             ledger.settlements(terminal), ledger.discrepancies(terminal), ledger.current_batch(terminal),
-            ledger.last_closed_batch(terminal))
+            ledger.last_closed_batch(terminal), ledger.session(terminal))
 
 
 class SharedLedger(RuleBasedStateMachine):
@@ -78,6 +87,7 @@ class SharedLedger(RuleBasedStateMachine):
         self.sales = {(t, i): self._sale(t, i) for t in self.terminals for i in range(N_TXNS)}
         self.approved: dict[tuple[str, int], str] = {}  # what each terminal was told: txn -> RRN
         self.reversed: set[tuple[str, int]] = set()
+        self.signed_on: set[str] = set()  # terminals told "signed on" and not since told otherwise
 
     def teardown(self) -> None:
         for instance in self.instances:
@@ -109,6 +119,7 @@ class SharedLedger(RuleBasedStateMachine):
             return False
         assert not others, f"{terminal} acquired while another instance owns it"
         assert instance.ledger.install_terminal_rows(rows, self.clock.timestamp())
+        instance.host.restore_terminal(terminal)  # as TerminalOwner does for every listener's host
         return True
 
     def _decide(self, instance: Instance, terminal: str, txn: int, kind: str, mti: str,
@@ -124,6 +135,15 @@ class SharedLedger(RuleBasedStateMachine):
         """Commit, then hand the waiting replies to their terminals (the group commit)."""
         instance.ledger.flush()
         for terminal, txn, kind, reply in instance.waiting:
+            if kind in ("signon", "signoff"):
+                assert reply[39] == "00", f"{kind} of {terminal} answered {reply[39]}"
+                (self.signed_on.add if kind == "signon" else self.signed_on.discard)(terminal)
+                continue
+            told_signed_on = terminal in self.signed_on
+            assert (reply[39] == SIGNON_FIRST) != told_signed_on, \
+                f"{terminal} {'signed on' if told_signed_on else 'not signed on'} but its {kind} got {reply[39]}"
+            if reply[39] == SIGNON_FIRST:
+                continue
             if kind == "sale" and reply[39] == "00":
                 first = self.approved.setdefault((terminal, txn), reply[37])
                 assert first == reply[37], "an approval with a second RRN: booked twice"
@@ -145,6 +165,18 @@ class SharedLedger(RuleBasedStateMachine):
             self._decide(instance, terminal, txn, "sale", kind, sale)
         else:
             self._decide(instance, terminal, txn, "reversal", kind, self._reversal(sale))
+        if deliver:
+            self._deliver(instance)
+
+    @rule(i=st.integers(0, N_INSTANCES - 1), t=st.integers(0, N_TERMINALS - 1), off=st.booleans(),
+          deliver=st.booleans())
+    def session(self, i: int, t: int, off: bool, deliver: bool) -> None:
+        """A sign-on (0800 001) or sign-off (002), at whichever instance."""
+        self.clock += timedelta(seconds=1)
+        terminal, instance = self.terminals[t], self.instances[i]
+        fields = {7: self.clock.strftime("%m%d%H%M%S"), 11: f"{next(self.stans):06d}", 41: terminal,
+                  70: "002" if off else "001"}
+        self._decide(instance, terminal, -1, "signoff" if off else "signon", "0800", fields)
         if deliver:
             self._deliver(instance)
 
@@ -172,6 +204,8 @@ class SharedLedger(RuleBasedStateMachine):
         instance = self.instances[i]
         self._deliver(instance)
         released = instance.ledger.release_idle_terminals(0.0, self.clock.timestamp() + 1e6)
+        for terminal in released:
+            instance.host.forget_terminal(terminal)
         assert set(released) == set(instance.ledger.owned_terminals()) | set(released)
         assert not instance.ledger.owned_terminals()
         assert sorted(instance.ledger.unlock_released_terminals()) == released
@@ -212,6 +246,9 @@ class SharedLedger(RuleBasedStateMachine):
             told = sum(AMOUNTS[txn] for (term, txn) in self.approved
                        if term == terminal and (term, txn) not in self.reversed)
             assert charged == told, f"{terminal}: ledger charges {charged}, terminal was told {told}"
+            session = fresh.session(terminal)
+            assert (session is not None and session.signed_on) == (terminal in self.signed_on), \
+                f"{terminal}: the database's session {session} is not what the terminal was told"
 
     @invariant()
     def owners_see_what_the_database_holds(self) -> None:
@@ -224,6 +261,11 @@ class SharedLedger(RuleBasedStateMachine):
                 assert ledger._backend is not None
                 fresh._replay(ledger._backend.terminal_snapshot(terminal))
                 assert terminal_view(ledger, terminal) == terminal_view(fresh, terminal), terminal
+                session = fresh.session(terminal)
+                stored = session.signed_on_at if session is not None else None
+                assert instance.host.sessions.get(terminal) == stored, f"{terminal}: host memory vs database"
+            for terminal in set(instance.host.sessions) - ledger.owned_terminals():
+                raise AssertionError(f"{terminal}: remembered by an instance that does not own it")
 
     @invariant()
     def one_owner_per_terminal(self) -> None:
@@ -245,6 +287,9 @@ def test_the_machine_runs_a_scripted_handover(pg_url: str) -> None:
     after B crashed with an undelivered sale, settlement on A."""
     machine = SharedLedger(pg_url)
     try:
+        machine.send(0, 0, 0, "0200", True)  # not signed on: A0, nothing booked
+        assert (machine.terminals[0], 0) not in machine.approved
+        machine.session(0, 0, False, True)
         machine.send(0, 0, 0, "0200", True)
         first = machine.approved[(machine.terminals[0], 0)]
         machine.send(1, 0, 0, "0201", True)  # A owns it: B answers nothing and decides nothing
@@ -260,7 +305,16 @@ def test_the_machine_runs_a_scripted_handover(pg_url: str) -> None:
         for check in (machine.database_invariants, machine.owners_see_what_the_database_holds,
                       machine.one_owner_per_terminal):
             check()
+        machine.release_idle(0)
+        machine.session(1, 0, True, False)  # a sign-off decided at B...
+        assert [kind for _, _, kind, _ in machine.instances[1].waiting] == ["signoff"]
+        machine.crash_and_restart(1)  # ...never committed: the session stays
+        assert machine.signed_on == {machine.terminals[0]}
+        machine.session(0, 0, True, True)
+        for check in (machine.database_invariants, machine.owners_see_what_the_database_holds):
+            check()
         assert machine.reversed == {(machine.terminals[0], 0)}
         assert (machine.terminals[0], 1) not in machine.approved
+        assert machine.signed_on == set()
     finally:
         machine.teardown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from switch.commit import GroupCommitter
 from switch.host import Host, HostConfig
 from switch.ledger import Ledger
 from switch.scenario import default_scenario
-from switch.server import ServerConfig, SwitchServer
+from switch.server import GC_YOUNG_THRESHOLD, ServerConfig, SwitchServer, tune_gc_for_serving
 from switch.server_core import _Connection
 
 DIALECT = load_dialect("iso87-binary")
@@ -288,3 +289,23 @@ async def test_an_ascii_length_header_on_a_binary_framing_is_named(caplog: pytes
                 pass
         await stream.aclose()
     assert "the length header is ASCII digits" in caplog.text
+
+
+def test_serving_freezes_what_start_up_loaded_and_collects_young_objects_less_often() -> None:
+    """``run_until_signalled`` (the CLI's server) makes the collector cheaper per request; a
+    collector switched off stays off."""
+    threshold = gc.get_threshold()
+    alive = [object()]  # a container the collector tracks, alive when serving starts
+    try:
+        gc.set_threshold(700, 10, 10)
+        tune_gc_for_serving()
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, 10, 10)
+        assert gc.get_freeze_count() > 0 and gc.is_tracked(alive)
+        assert not any(item is alive for item in gc.get_objects())  # frozen: no collection scans it
+        gc.unfreeze()
+        gc.set_threshold(0, 10, 10)
+        tune_gc_for_serving()
+        assert gc.get_threshold()[0] == 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)

@@ -141,6 +141,25 @@ class OriginalData:
                    acquirer_id or original.get(32) or "", forwarding_id or original.get(33) or "",
                    pad=pad)
 
+    @classmethod
+    def format_of(cls, original: Message, acquirer_id: str = "", forwarding_id: str = "", *,
+                  pad: str = "0") -> str:
+        """``of(original, acquirer_id, forwarding_id, pad=pad).format()``, the same string or the same
+        error, without building the value when every part is plainly valid (a terminal builds one for
+        every request it may have to reverse)."""
+        mti, stan, sent = original.mti, original.get(11), original.get(7) or "0" * 10
+        acquirer = acquirer_id or original.get(32) or ""
+        forwarding = forwarding_id or original.get(33) or ""
+        if (pad in ("0", " ") and type(mti) is str and len(mti) == 4 and _plain_digits(mti)
+                and type(stan) is str and len(stan) == 6 and _plain_digits(stan)
+                and type(sent) is str and len(sent) == 10 and _plain_digits(sent)
+                and type(acquirer) is str and len(acquirer) <= cls.ID_WIDTH and _plain_digits(acquirer)
+                and type(forwarding) is str and len(forwarding) <= cls.ID_WIDTH and _plain_digits(forwarding)):
+            if pad == "0":
+                return mti + stan + sent + acquirer.rjust(cls.ID_WIDTH, "0") + forwarding.rjust(cls.ID_WIDTH, "0")
+            return mti + stan + sent + acquirer.ljust(cls.ID_WIDTH, " ") + forwarding.ljust(cls.ID_WIDTH, " ")
+        return cls.of(original, acquirer_id, forwarding_id, pad=pad).format()
+
     @property
     def key(self) -> tuple[str, str, str]:
         """(MTI, STAN, transmission time): what a host looks the original up by."""
@@ -160,6 +179,11 @@ class OriginalData:
         """Same original whatever padding style each side used for the ids."""
         return (self.key == other.key and self.acquirer == other.acquirer
                 and self.forwarding == other.forwarding)
+
+
+def _plain_digits(value: str) -> bool:
+    """``_DIGITS.fullmatch(value)`` (ASCII digits or nothing) without the regular expression."""
+    return not value or (value.isascii() and value.isdigit())
 
 
 def _unpad_id(raw: str) -> str:

@@ -36,7 +36,8 @@ messages it fires on. Messages that race on different connections are matched in
 **Identity draws** (``identity_draws=True``, what ``serve --multi-instance`` uses): the chance and the
 values of a match come from a hash of (seed, rule id, terminal, STAN, MTI) instead of the rule's
 streams, so several instances sharing a ledger fault the same message the same way whichever of them
-receives it, in whatever order. Counts (``nth``, ``every``, ``first``) stay per instance.
+receives it, in whatever order. Counts (``nth``, ``every``, ``first``) are then counted in the shared
+database, once for every instance (``SharedFaultEngine`` in ``shared``).
 
 **Several rules on one message** all fire and combine: delays add, flags OR, and for a value only
 one can have (garbage, truncate, wrong length, MAC mask, check value mask, slice, bandwidth, respond,
@@ -46,7 +47,8 @@ removed, in the order the executor runs them (see ``FaultDecision``), so the dec
 happens.
 
 Modules: ``rule`` (rule values and the bounds on every number), ``parse`` (tables from files and
-JSON), ``engine`` (decisions and the mutable plan). Everything is importable from ``switch.faults``.
+JSON), ``engine`` (decisions and the mutable plan), ``shared`` (the multi-instance engine; import it
+from ``switch.faults.shared``). Everything else is importable from ``switch.faults``.
 """
 
 from switch.faults.engine import EMPTY_DECISION, FaultDecision, FaultEngine, combine

@@ -8,7 +8,7 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from switch.codec.message import Message
 from switch.faults.parse import parse_fault_rules, rule_from_table
@@ -35,6 +35,9 @@ from switch.faults.rule import (
 from switch.scenario import (
     Scenario,
 )
+
+if TYPE_CHECKING:
+    from switch.fault_counters import FaultCounters
 
 # ---------------------------------------------------------------------------------------------------
 # Decisions
@@ -323,6 +326,10 @@ class FaultEngine:
     ``drop_request = true``), shipped in ``signon-timeout.toml``.
     """
 
+    shared: FaultCounters | None = None
+    """Where counted rules count when not here: set by ``switch.faults.shared.SharedFaultEngine``
+    (multi-instance mode); the server then calls ``decide_shared``."""
+
     def __init__(self, rules: Sequence[FaultRule] = (), *, seed: int | None = None, maintenance: str = "off",
                  identity_draws: bool = False):
         self._seed = self._valid_seed(seed) if seed is not None else int.from_bytes(os.urandom(4), "big")
@@ -525,3 +532,7 @@ class FaultEngine:
         if not fired:
             return EMPTY_DECISION
         return combine(fired, message)
+
+    async def decide_shared(self, message: Message | None, *, connection: int, elapsed: float) -> FaultDecision:
+        """``decide`` for an engine whose counted rules count elsewhere (``shared``); here: ``decide``."""
+        return self.decide(message, connection=connection, elapsed=elapsed)

@@ -10,6 +10,10 @@ the sign-on gate, response rules, postings. Pure: no I/O, no clock reads.
 * **Every decided 0100/0200/0220 is posted** (declines too: a reversal of a declined original must find
   it, and a repeat of a decline gets the decline again) with an RRN (37) made from the ledger sequence
   and, when approved, an auth code (38).
+* **Sessions** (sign-on time, working keys) are the host's memory. With a multi-instance ledger
+  (``Ledger.multi_instance``) every change of one is also a ledger row (``_store_session``), like a
+  posting, whose sequence the decision's ``commit_seq`` names: instances share sessions through the
+  database, and no answer depends on a session change that is not durable.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from switch.profiles import ProfileSet
 from switch.rules import ResponseRule, ResponseRules
 from switch.security import MacPlacement, WorkingKeys
 
-__all__ = ["NOT_ECHOED", "Decision", "HostCore", "Outcome", "Txn"]
+__all__ = ["NOT_ECHOED", "Decision", "HostCore", "Outcome", "Txn", "keys_from_text", "keys_to_text"]
 
 Txn = tuple[str, str, str, str]
 """A financial request's (terminal, STAN, card number, identity): worked out once per request by
@@ -40,6 +44,24 @@ NOT_ECHOED = frozenset({14, 35, 36, 45, 52, 53, 55, 64, 96, 128})
 
 ANONYMOUS = "-"
 """The terminal identity of a request with neither field 41 nor field 42 (lenient clients)."""
+
+
+def keys_to_text(keys: WorkingKeys) -> str:
+    """Working keys as the ``sessions`` row keeps them: PIN, MAC (and track) key as hex, "/" between.
+    Clear keys in the database are fine for an emulator's test keys; a real host would store them
+    under a key-encryption key (or keep them in an HSM)."""
+    parts = [keys.pin_key, keys.mac_key] + ([keys.track_key] if keys.track_key is not None else [])
+    return "/".join(part.hex().upper() for part in parts)
+
+
+def keys_from_text(text: str) -> WorkingKeys:
+    """``keys_to_text`` undone; ValueError (or ``SecurityError``, a subclass) on anything else."""
+    parts = text.split("/")
+    if len(parts) not in (2, 3):
+        raise ValueError(f"working keys {len(parts)} part(s), expected PIN/MAC[/track] hex")
+    keys = [bytes.fromhex(part) for part in parts]
+    return WorkingKeys(keys[0], keys[1], keys[2] if len(keys) == 3 else None)
+
 
 KINDS = {"0100": "authorization", "0101": "authorization", "0200": "purchase", "0201": "purchase",
          "0220": "advice", "0221": "advice"}
@@ -119,7 +141,10 @@ class HostCore:
                              "(switch.security.MacPlacement.for_dialect)")
         self.sessions: dict[str, float] = {}
         """Signed-on terminals (field 41, trailing spaces removed) → sign-on time, Unix seconds.
-        In memory only: after a restart every terminal must sign on again, as with real hosts."""
+        Single-instance: in memory only, so after a restart every terminal must sign on again, as with
+        real hosts. Multi-instance: the owned terminals' sessions, mirrored in ledger rows."""
+        self.shared_sessions = ledger.multi_instance
+        """Every session change is also a ledger row (multi-instance mode: the database is the truth)."""
         self.session_keys: dict[str, WorkingKeys] = {}
         """Working keys of the signed-on terminals (profiles only), keyed like ``sessions``."""
         self._signon_counts: dict[str, int] = {}
@@ -186,9 +211,25 @@ class HostCore:
             response.fields.pop(bad_field, None)
         return Decision(response, None, Outcome.FORMAT_ERROR, f"format error: {text}")
 
-    def _end_session(self, terminal: str) -> float | None:
+    def _end_session(self, terminal: str, ts: float) -> tuple[float | None, int | None]:
+        """Close the terminal's session: (its sign-on time, None if it had none; the ledger sequence
+        that must be durable before an answer that rests on it, None in single-instance mode)."""
         self.session_keys.pop(terminal, None)
-        return self.sessions.pop(terminal, None)
+        signed_on = self.sessions.pop(terminal, None)
+        return signed_on, None if signed_on is None else self._store_session(terminal, ts)
+
+    def _store_session(self, terminal: str, ts: float) -> int | None:
+        """Multi-instance mode: queue the terminal's session as memory now holds it as a ledger row
+        (the terminal is owned: the server acquired it before deciding); its sequence. Else None."""
+        if not self.shared_sessions:
+            return None
+        signed_on = self.sessions.get(terminal)
+        keys = self.session_keys.get(terminal) if signed_on is not None else None
+        stored = self.ledger.session(terminal)
+        signons = max(self._signon_counts.get(terminal, 0), 0 if stored is None else stored.signons)  # never back
+        seq = self.ledger.next_sequence()
+        self.ledger.record_session(seq, ts, terminal, signed_on, None if keys is None else keys_to_text(keys), signons)
+        return seq
 
     def _gate(self, request: Message, terminal: str, ts: float) -> Decision | None:
         """None when the terminal may transact; else the "sign on first" answer."""
@@ -196,16 +237,19 @@ class HostCore:
             return None
         signed_on = self.sessions.get(terminal)
         timeout = self.config.session_timeout
+        commit_seq = None
         if signed_on is None:
             reason = f"terminal {terminal} has not signed on"
+            if self.shared_sessions and (stored := self.ledger.session(terminal)) is not None:
+                commit_seq = stored.seq  # a sign-off this rests on is durable before the answer leaves
         elif timeout is not None and ts - signed_on >= timeout:
-            self._end_session(terminal)
+            _, commit_seq = self._end_session(terminal, ts)
             reason = (f"session of terminal {terminal} expired {ts - signed_on - timeout:.0f}s ago "
                       f"(timeout {timeout:g}s)")
         else:
             return None
         code = self.config.signon_code
-        return Decision(self._reply(request, code, requirement=CupHeader.SIGN_ON_AGAIN), None,
+        return Decision(self._reply(request, code, requirement=CupHeader.SIGN_ON_AGAIN), commit_seq,
                         Outcome.SIGNON_REQUIRED, f"{reason}; answered {code} (sign on first)")
 
     def _rule_refusal(self, request: Message, what: str) -> tuple[Decision | None, ResponseRule | None]:

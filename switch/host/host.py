@@ -8,6 +8,8 @@ The handlers live in the mixins (sessions, financial, reversals, settlement); IS
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
@@ -15,16 +17,18 @@ from switch.codec.composite import CompositeFieldError, CupHeader
 from switch.codec.message import Message
 from switch.host.checks import auth_code_for, is_digits, response_mti, rrn_for
 from switch.host.config import APPROVAL_CODES, HostConfig
-from switch.host.core import NOT_ECHOED, Decision, Outcome
+from switch.host.core import NOT_ECHOED, Decision, Outcome, keys_from_text
 from switch.host.financial import FinancialMixin
 from switch.host.sessions import MAC_PLACEHOLDER
 from switch.host.settlement import SettlementMixin
-from switch.ledger import Ledger
+from switch.ledger import Ledger, LedgerError
 from switch.profiles import ProfileSet
 from switch.rules import ResponseRules
 from switch.security import MacPlacement, mac_field
 
 __all__ = ["Host"]
+
+log = logging.getLogger("switch.host")
 
 
 class Host(SettlementMixin, FinancialMixin):
@@ -49,19 +53,52 @@ class Host(SettlementMixin, FinancialMixin):
             "0800": self._network, "0801": self._network,
         }
 
-    def reset_sessions(self) -> None:
-        """Forget every sign-on, its working keys and the PIN try counts (what a restart does)."""
+    def reset_sessions(self, now: float | None = None) -> None:
+        """Forget every sign-on, its working keys and the PIN try counts (what a restart does).
+
+        Multi-instance mode: each session ended is also an ended ``sessions`` row (host time ``now``;
+        None: the wall clock, this being an operator's action, not a decision), committed by the next
+        group commit; only this instance's terminals are in its memory, so a terminal no instance owns
+        keeps its stored session."""
+        if self.shared_sessions and self.sessions:
+            at = time.time() if now is None else now
+            for terminal in sorted(self.sessions):
+                try:
+                    self._end_session(terminal, at)
+                except LedgerError as exc:  # the lock session is gone: the switch is stopping anyway
+                    log.warning("terminal %s: session ended in memory only: %s", terminal, exc)
         self.sessions.clear()
         self.session_keys.clear()
         self._pin_failures.clear()
 
+    def restore_terminal(self, terminal: str) -> None:
+        """Make this host's memory of ``terminal``'s session (``terminal_of``'s id) exactly what the
+        ledger's session row says, or none: multi-instance mode calls it when this instance takes the
+        terminal over, after its rows (the session row among them) were installed from the database.
+        A row whose keys cannot be read restores no session (the terminal signs on again)."""
+        self.forget_terminal(terminal)
+        record = self.ledger.session(terminal)
+        if record is None:
+            return
+        self._signon_counts[terminal] = record.signons
+        if record.signed_on_at is None:
+            return
+        if record.working_keys is not None:
+            try:
+                self.session_keys[terminal] = keys_from_text(record.working_keys)
+            except ValueError as exc:  # SecurityError is one
+                log.error("terminal %s: stored working keys (row %d) unreadable (%s); no session restored",
+                          terminal, record.seq, exc)
+                return
+        self.sessions[terminal] = record.signed_on_at
+
     def forget_terminal(self, terminal: str) -> None:
-        """Forget one terminal's sign-on and working keys (``terminal_of``'s id): multi-instance mode
-        calls it when this instance takes the terminal over or gives it back, since sessions live in
-        memory and another instance may have served the terminal meanwhile. It signs on again. PIN try
-        counts are per card, not per terminal, and stay."""
+        """Drop this host's memory of one terminal's session, working keys and sign-on count:
+        multi-instance mode calls it when this instance gives the terminal back (the database keeps
+        the session for the next owner). PIN try counts are per card, not per terminal, and stay."""
         self.sessions.pop(terminal, None)
         self.session_keys.pop(terminal, None)
+        self._signon_counts.pop(terminal, None)
 
     def handle(self, request: Message, now: datetime, *, raw: bytes | None = None) -> Decision:
         """Decide the answer to a decoded request at host time ``now`` (aware UTC).
@@ -77,7 +114,7 @@ class Host(SettlementMixin, FinancialMixin):
             if self.profiles is None:
                 return handler(request, now, now.timestamp())
             ts = now.timestamp()
-            refusal = self._security_gate(request, raw)
+            refusal = self._security_gate(request, raw, ts)
             if refusal is not None:
                 return refusal
             decision = handler(request, now, ts)

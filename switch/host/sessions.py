@@ -3,8 +3,12 @@ terminals and merchants), MACs, working keys and PINs.
 
 * **0800** (ISO field 70; CUP 60.3): 001 (CUP also 003/004) signs the terminal on, 002 signs it off,
   301 echo always answers 00; sign-on and echo replies carry the host's local date/time in 12/13
-  (``timezone``) so terminals can set their clocks. Other codes get 12. Sessions live in memory only:
-  a restarted host forgets them, as real hosts do (their sign-on hands out keys that do not survive).
+  (``timezone``) so terminals can set their clocks. Other codes get 12. A single-instance host keeps
+  sessions in memory only: a restart forgets them, as real hosts do (their sign-on hands out keys that
+  do not survive). Multi-instance hosts share them through the ledger (``sessions`` rows: sign-on time,
+  working keys, sign-on count), each change durable before its answer leaves, so a terminal signed on
+  at one instance transacts at another, whose host restores the session when it takes the terminal
+  over (``Host.restore_terminal``); expiry counts from the shared sign-on time.
 * **Sign-on first** (``require_signon``): any other message of a terminal without a session gets
   ``signon_code`` (A0; CUP replies also set header requirement 3). A session expires ``session_timeout``
   seconds after its sign-on (key lifetime, not idleness).
@@ -25,7 +29,8 @@ happens and the host behaves as described above):
   A CUP sign-on whose 60.2 names a batch already settled is answered with the next batch number
   in 60.2. Terminals with static keys (``pin_key`` / ``mac_key``) and no TMK get no field 62
   (with a TMK, those fixed keys are what field 62 carries). The keys live with the session:
-  sign-off, session expiry, a MAC failure and ``reset_sessions`` forget them.
+  sign-off, session expiry, a MAC failure and ``reset_sessions`` forget them. Sign-ons are counted
+  per terminal (in the ``sessions`` row in multi-instance mode, so no two instances draw the same keys).
 * **MACs.** Network management (08xx) is never MACed. Any other request of a terminal whose
   profile MACs is checked as soon as a MAC key is known (session keys, else static ones): the
   MAC field (64, or 128 with a secondary bitmap) must be the MAC of the request's bytes (``raw``)
@@ -40,7 +45,8 @@ happens and the host behaves as described above):
   key or PAN), or no PIN key yet → ``pin_format_code`` (99, "PIN format error, sign on again");
   a wrong PIN → 55, and the ``pin_tries``-th wrong PIN in a row → 75, after which the card
   answers 75 until ``reset_sessions`` (a restart) unblocks it. A right PIN resets the count.
-  Counts are per card (PAN), as an issuer keeps them. These declines are posted like any other.
+  Counts are per card (PAN), as an issuer keeps them, and per instance in multi-instance mode (not
+  rows: a card is not a terminal, so no instance owns it). These declines are posted like any other.
 """
 
 from __future__ import annotations
@@ -95,7 +101,7 @@ class SessionsMixin(HostCore):
         keys = self._keys_of(terminal, profile)
         return keys.mac_key if keys is not None else None
 
-    def _security_gate(self, request: Message, raw: bytes | None) -> Decision | None:
+    def _security_gate(self, request: Message, raw: bytes | None, ts: float) -> Decision | None:
         """Unknown terminal → its code; a MACing terminal's request with a bad MAC → A0. Else None."""
         raw_terminal = request.fields.get(41)
         if not raw_terminal or not raw_terminal.strip():
@@ -120,12 +126,12 @@ class SessionsMixin(HostCore):
         problem = self._mac_problem(request, raw, profile.mac, key)
         if problem is None:
             return None
-        had_session = self._end_session(terminal) is not None
+        signed_on, commit_seq = self._end_session(terminal, ts)
         code = self.config.mac_code
-        return Decision(self._reply(request, code, requirement=CupHeader.SIGN_ON_AGAIN), None,
+        return Decision(self._reply(request, code, requirement=CupHeader.SIGN_ON_AGAIN), commit_seq,
                         Outcome.MAC_FAILED,
                         f"{problem}; answered {code} (sign on again), "
-                        f"{'session closed' if had_session else 'no session'}, nothing done")
+                        f"{'no session' if signed_on is None else 'session closed'}, nothing done")
 
     def _mac_problem(self, request: Message, raw: bytes | None, algorithm: str, key: bytes) -> str | None:
         stan = request.fields.get(11, "-")
@@ -154,13 +160,12 @@ class SessionsMixin(HostCore):
             return response
         return with_mac_placeholder(response)
 
-    def _issue_keys(self, request: Message, terminal: str, code: str) -> tuple[dict[int, str] | None, str]:
-        """At sign-on: the session's working keys; (fields for the reply, words for the reason)."""
+    def _issue_keys(self, request: Message, terminal: str, code: str, count: int) -> tuple[dict[int, str] | None, str]:
+        """At the terminal's ``count``-th sign-on: the session's working keys; (fields for the reply,
+        words for the reason)."""
         profile = self._profile_for(request.fields[41])
         if profile is None:
             return None, ""
-        count = self._signon_counts.get(terminal, 0) + 1
-        self._signon_counts[terminal] = count
         extra = self.family.signon_batch_fields(request.fields, self.ledger, terminal)
         if profile.tmk is None:
             assert profile.static_keys is not None  # a profile has a TMK or static keys
@@ -245,22 +250,27 @@ class SessionsMixin(HostCore):
             if 41 not in fields and 41 in self.required("financial"):
                 return self._format_decision(request, (None, "sign-on/off needs field 41 (terminal id)"))
             if code == SIGN_OFF:
-                was = self._end_session(terminal)
+                was, commit_seq = self._end_session(terminal, ts)
                 state = "closed its session" if was is not None else "had no session"
-                return Decision(self._reply(request, "00", rule=rule), None, Outcome.SIGNOFF,
+                return Decision(self._reply(request, "00", rule=rule), commit_seq, Outcome.SIGNOFF,
                                 f"terminal {terminal} signed off ({state})")
             extra: dict[int, str] = dict(clock)
             keys_note = ""
+            count = self._signon_counts.get(terminal, 0)
+            if self.shared_sessions and (stored := self.ledger.session(terminal)) is not None:
+                count = max(count, stored.signons)  # another listener of this instance may have signed it on
+            count = self._signon_counts[terminal] = count + 1
             if self.profiles is not None and 41 in fields:
                 try:
-                    keys, keys_note = self._issue_keys(request, terminal, code)
+                    keys, keys_note = self._issue_keys(request, terminal, code, count)
                 except (SecurityError, CompositeFieldError) as exc:
-                    self._end_session(terminal)
-                    return Decision(self._reply(request, "96"), None, Outcome.SIGNON_FAILED,
+                    _, commit_seq = self._end_session(terminal, ts)
+                    return Decision(self._reply(request, "96"), commit_seq, Outcome.SIGNON_FAILED,
                                     f"terminal {terminal}: working keys cannot be issued: {exc}; answered 96")
                 extra.update(keys or {})
             self.sessions[terminal] = ts
-            return Decision(self._reply(request, "00", extra, rule=rule), None, Outcome.SIGNON,
+            commit_seq = self._store_session(terminal, ts)  # durable before the keys leave (multi-instance)
+            return Decision(self._reply(request, "00", extra, rule=rule), commit_seq, Outcome.SIGNON,
                             f"terminal {terminal} signed on (network code {code}); host time "
                             f"{extra[13]} {extra[12]} in fields 13/12{keys_note}")
         return Decision(self._reply(request, "12"), None, Outcome.INVALID_TRANSACTION,

@@ -38,6 +38,12 @@ class JournalFile:
         self.open()
         assert self._file is not None
         # Lines are ASCII (JSON with ASCII escapes), so a str's length is its size in bytes.
+        size = sum(map(len, lines))
+        if self._size + size <= self._max_bytes:  # the usual batch: no rotation inside, one write
+            self._file.write("".join(lines).encode())
+            self._size += size
+            self._file.flush()
+            return
         chunk: list[str] = []
         chunk_size = 0
         for line in lines:

@@ -78,6 +78,7 @@ class LineFormatter:
 
     def __init__(self, masker: _Masker):
         self._masker = masker
+        self._sensitive_cache = masker._sensitive  # read directly on the hot path: (number, value) -> shown, wire
         self._shapes: dict[tuple[int, ...], _Shape | None] = {}
         self._header_shapes: dict[tuple[int, ...], _Shape | None] = {}
 
@@ -101,7 +102,10 @@ class LineFormatter:
 
     def _shaped_line(self, record: _Record, matched: bool | None, faults: tuple[str, ...],
                      rules: tuple[str, ...], note: str, update: bool) -> str | None:
-        """The line by the record's shape, or None when the general path must decide."""
+        """The line by the record's shape, or None when the general path must decide.
+
+        Written for the interpreter: every attribute read once into a local, no helper calls on
+        the usual path (a line costs ~6 us on the benchmark VM, and a switch writes two per request)."""
         fields = record.fields
         assert fields is not None
         header = record.header
@@ -116,13 +120,16 @@ class LineFormatter:
             return None
         values = list(fields.values())
         raw = record.raw
-        ranges: list[tuple[int, int]] = []
-        sensitive = self._masker.sensitive
+        ranges: list[tuple[int, int]] | None = None
+        cache = self._sensitive_cache
         for index, number in shape.sensitive:
             value = values[index]
             if type(value) is not str:
                 return None
-            shown, wire = sensitive(number, value)
+            cached = cache.get((number, value))
+            if cached is None:
+                cached = self._masker.sensitive(number, value)
+            shown, wire = cached
             values[index] = shown
             if value:
                 if wire is None or len(wire) < _MIN_SEARCHED_BYTES:
@@ -130,31 +137,36 @@ class LineFormatter:
                 found = raw.find(wire)
                 if found < 0:
                     return None
+                if ranges is None:
+                    ranges = []
                 while found >= 0:  # every occurrence, as the general path masks them
                     ranges.append((found, found + len(wire)))
                     found = raw.find(wire, found + 1)
-        if header:
-            values.insert(0, header)
         try:
-            classes = " ".join(values).encode("ascii").translate(_CLASSES)
+            joined = " ".join(values)
+            classes = (f"{joined} {header}" if header else joined).encode("ascii").translate(_CLASSES)
         except (TypeError, UnicodeEncodeError):
             return None
         # Printable ASCII with no quote or backslash is its own JSON string body; no 13-digit run
         # outside the masked sensitive fields means no typed-in PAN to hide (the header included).
         if _ESCAPED in classes or _DIGIT_RUN in classes:
             return None
-        if len(ranges) == 1:  # the usual case (one PAN): no sorting or merging to do
+        if ranges is None:
+            raw_hex = raw.hex().upper()
+        elif len(ranges) == 1:  # the usual case (one PAN): no sorting or merging to do
             start, end = ranges[0]
-            text = raw.hex().upper()
-            raw_hex = f"{text[:2 * start]}{'**' * (end - start)}{text[2 * end:]}"
+            raw_hex = f"{raw[:start].hex().upper()}{'**' * (end - start)}{raw[end:].hex().upper()}"
         else:
             raw_hex = _hex_masked(raw, ranges)
+        if header:
+            values.insert(0, header)
+        mti, error = record.mti, record.error
         return shape.template % (
-            seq, stamp, connection, _json_string(record.peer), record.direction, _json_text(record.mti),
-            record.stan, record.terminal, record.response_code, ",".join(map(_json_string, faults)) if faults else "",
-            ",".join(map(_json_string, rules)) if rules else "", *values,
-            raw_hex, _json_string(note), _json_text(record.error), _JSON_BOOL[matched],
-            "null" if request_seq is None else request_seq, _UPDATE_TAIL if update else "")
+            seq, stamp, connection, _json_string(record.peer), record.direction,
+            "null" if mti is None else _json_string(mti), record.stan, record.terminal, record.response_code,
+            ",".join(map(_json_string, faults)) if faults else "", ",".join(map(_json_string, rules)) if rules else "",
+            *values, raw_hex, _json_string(note) if note else "\"\"", "null" if error is None else _json_string(error),
+            _JSON_BOOL[matched], "null" if request_seq is None else request_seq, _UPDATE_TAIL if update else "")
 
 
 def general_line(record: _Record, fields: dict[str, str], raw_hex: str, error: str | None, matched: bool | None,

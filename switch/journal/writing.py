@@ -76,14 +76,13 @@ def choose_writer(option: str) -> JournalWriterKind:
         raise ValueError(f"journal writer must be auto, thread or process, got {option!r}") from None
 
 
-_Item = tuple[_Record, bool | None, tuple[str, ...], tuple[str, ...], str, bool]
-
-
 class _Batch:
-    __slots__ = ("done", "items")
+    """Lines claimed and formatted (in order), then written by one thread job."""
 
-    def __init__(self, items: list[_Item]):
-        self.items = items
+    __slots__ = ("done", "lines")
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
         self.done = False
 
 
@@ -205,13 +204,13 @@ class FileWriter:
                 else:
                     await self._stop_process(process)
                 continue
-            if self._inflight is None or self._inflight.done:
-                self._inflight = self._take_batch()
-            # Not abandoned on cancel: a cancelled flush still finishes the batch it started
-            # (formatting it again from the state claimed, which a retry cannot change).
             batch = self._inflight
-            lines = await self._format(batch)
-            await trio.to_thread.run_sync(self._write_lines, batch, lines)
+            if batch is None or batch.done:
+                batch = self._inflight = _Batch()
+                await self._claim_lines(batch)
+            # Not abandoned on cancel: a cancelled flush keeps the lines it formatted (their
+            # records are claimed) and a later flush writes them first.
+            await trio.to_thread.run_sync(self._write_lines, batch, batch.lines)
             self._inflight = None
 
     def _report_lost(self) -> None:
@@ -224,35 +223,39 @@ class FileWriter:
         self._report_lost()
         return self._encoder.take(self.pending, _HANDOFF_SLICE)
 
-    def _take_batch(self) -> _Batch:
-        """Claim what is queued, with the state each entry has now (the Trio thread may change it
-        while the thread writes)."""
+    async def _claim_lines(self, batch: _Batch) -> None:
+        """Claim what is queued now and format it into ``batch``, ``_SLICE`` entries between
+        checkpoints. Cancelled at a checkpoint, the batch keeps the lines formatted so far and the
+        rest stays queued (the inflight batch is written by the next flush, lines in order)."""
         self._report_lost()
-        items: list[_Item] = []
-        pending = self.pending
-        while pending:
-            item = pending.popleft()
+        remaining = len(self.pending)  # not what is queued meanwhile: one batch per flush, bounded
+        while remaining > 0:
+            count = min(remaining, _SLICE)
+            self._claim(batch, count)
+            remaining -= count
+            if remaining:
+                await trio.lowlevel.checkpoint()
+
+    def _claim(self, batch: _Batch, count: int) -> None:
+        """Claim the first ``count`` queued entries, each with the state it has now (the Trio thread
+        may change it later), and append their lines to ``batch``: claimed and formatted in one
+        pass, with nothing built per entry but its line."""
+        line_of = self._lines.line
+        lines = batch.lines
+        popleft = self.pending.popleft
+        for _ in range(count):
+            item = popleft()
             if type(item) is _Update:
                 record = item.record
-                items.append((record, False, record.faults, record.rules, record.note, True))
-            else:
-                record = item  # type: ignore[assignment]
-                record.claimed = True
+                lines.append(line_of(record, False, record.faults, record.rules, record.note, True))
+                continue
+            record = item  # type: ignore[assignment]
+            record.claimed = True
+            if record.direction == DIRECTION_IN:
                 matched = False if record.unsent else (True if record.matched else None)
-                items.append((record, matched if record.direction == DIRECTION_IN else None, record.faults,
-                              record.rules, record.note, False))
-        return _Batch(items)
-
-    async def _format(self, batch: _Batch) -> list[str]:
-        """The batch's lines, formatted on the event loop with a checkpoint every ``_SLICE`` entries."""
-        line_of = self._lines.line
-        items = batch.items
-        lines: list[str] = []
-        for start in range(0, len(items), _SLICE):
-            if start:
-                await trio.lowlevel.checkpoint()
-            lines += [line_of(*item) for item in items[start:start + _SLICE]]
-        return lines
+            else:
+                matched = None
+            lines.append(line_of(record, matched, record.faults, record.rules, record.note, False))
 
     # -- the file, in this process -----------------------------------------------------------
 
@@ -276,14 +279,13 @@ class FileWriter:
         """Format and write everything queued, in this thread, at once (``close``; tests; benchmarks)."""
         if self.writing:
             if self._inflight is not None and not self._inflight.done:
-                self._write_batch(self._inflight)
+                self._write_lines(self._inflight, self._inflight.lines)
                 self._inflight = None
             if self.pending:
-                self._write_batch(self._take_batch())
-
-    def _write_batch(self, batch: _Batch) -> None:
-        line_of = self._lines.line
-        self._write_lines(batch, [line_of(*item) for item in batch.items])
+                self._report_lost()
+                batch = _Batch()
+                self._claim(batch, len(self.pending))
+                self._write_lines(batch, batch.lines)
 
     def _write_lines(self, batch: _Batch, lines: list[str]) -> None:
         """Runs in a worker thread: write, rotate, flush."""

@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from typing import Any, Self
 
 __all__ = [
+    "ROW_TABLES",
     "SCHEMA_VERSION",
+    "SESSIONS",
+    "SESSION_COLUMNS",
     "TABLES",
     "UNPOSTED_CLAIM",
     "UNPOSTED_KEY",
@@ -36,10 +39,11 @@ __all__ = [
     "check_version",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """The logical schema this program writes. 1: the first releases; 2 added ``postings.identity``,
 ``postings.requested_amount`` and ``reversals.amount`` (repeat identity, partial approvals and
-partial reversals)."""
+partial reversals); 3 added the ``sessions`` table (sign-on sessions shared by multi-instance
+switches) and, in PostgreSQL, ``fault_counters`` (counted fault rules counted across instances)."""
 
 UNPOSTED_KEY = "unposted_rrn_next"
 """``meta`` key: the first unposted RRN number not yet claimed by any open."""
@@ -102,6 +106,22 @@ TABLES: dict[str, tuple[Column, ...]] = {
 }
 """Append-only tables, one per record type; the ledger's state is the replay of all rows in seq order."""
 
+SESSIONS = "sessions"
+"""The one table that is not append-only: a terminal's sign-on session, one row per terminal (primary
+key ``terminal``), replaced on every change (sign-on, sign-off, expiry, MAC failure). Written only by
+multi-instance switches, which share sessions through it (docs/scaleout.md); a single-instance switch
+keeps sessions in memory, as real hosts do, and never writes it."""
+SESSION_COLUMNS = _columns("seq:int changed_at:time terminal:text signed_on_at:time? working_keys:text? signons:int")
+"""``seq``: the ledger sequence of the change (a newer row never loses to an older one);
+``signed_on_at`` NULL: no session (signed off, expired, closed by a MAC failure); ``working_keys``:
+the session's clear working keys as hex (an emulator's test keys; a real host would keep them under a
+key-encryption key), NULL without profiles; ``signons``: sign-ons so far, which seeds the next keys so
+no two sign-ons of a terminal share keys whichever instance served them."""
+
+ROW_TABLES: dict[str, tuple[Column, ...]] = {**TABLES, SESSIONS: SESSION_COLUMNS}
+"""Every table a replay reads (at open, and one terminal's rows at a take-over), a copy copies and a
+verification counts: the append-only tables, then ``sessions``."""
+
 
 def check_version(name: str, found: str, migrations: dict[int, object]) -> int:
     """The stored schema version as an int, or a LedgerError saying why this program cannot use it.
@@ -159,6 +179,17 @@ class LedgerBackend(ABC):
     def lock_writer(self) -> None:
         """Make sure no other process serves from this ledger while this connection lives, or raise
         LedgerError."""
+
+    @abstractmethod
+    def end_sessions(self) -> int:
+        """End every stored sign-on session (keep the rows' sign-on counts); the number ended. A
+        single-instance writer calls it at open: its sessions start empty, as after every restart, and
+        sessions left by multi-instance runs must not come back when instances serve again."""
+
+    @abstractmethod
+    def open_session_terminals(self) -> list[str]:
+        """The terminals whose stored sign-on session is open (sorted): what a multi-instance sessions
+        reset must end, read without replaying the ledger."""
 
     @abstractmethod
     def close(self) -> None:

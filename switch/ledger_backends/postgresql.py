@@ -34,10 +34,14 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 
 from switch.ledger_backends.base import (
+    ROW_TABLES,
     SCHEMA_VERSION,
+    SESSION_COLUMNS,
+    SESSIONS,
     TABLES,
     UNPOSTED_CLAIM,
     UNPOSTED_KEY,
+    Column,
     ColumnKind,
     LedgerBackend,
     LedgerError,
@@ -47,9 +51,9 @@ from switch.ledger_backends.base import (
 )
 from switch.ledger_records import DISCREPANCY_KINDS, REVERSAL_EFFECTS, SETTLEMENT_RESULTS
 
-__all__ = ["MIGRATIONS", "SEQ_KEY", "WRITER_LOCK_KEY", "WRITER_LOCK_WAIT", "Fence", "PostgresBackend",
-           "claim_sequences_on", "claim_unposted_on", "create_statements", "display_url", "reason",
-           "terminal_rows_on"]
+__all__ = ["FAULT_COUNTERS_DDL", "MIGRATIONS", "SEQ_KEY", "SESSIONS_DDL", "WRITER_LOCK_KEY", "WRITER_LOCK_WAIT",
+           "Fence", "PostgresBackend", "claim_sequences_on", "claim_unposted_on", "create_statements", "display_url",
+           "reason", "terminal_rows_on"]
 
 
 class Fence(Protocol):
@@ -106,31 +110,61 @@ _INDEXES = (
 )
 
 
+def _definitions(columns: Sequence[Column]) -> list[str]:
+    return [f"{c.name} {_TYPES[c.kind]}{'' if c.nullable or c.kind is ColumnKind.SEQ else ' NOT NULL'}"
+            for c in columns]
+
+
+SESSIONS_DDL = (f"CREATE TABLE {SESSIONS} ("
+                + ", ".join(_definitions(SESSION_COLUMNS)).replace("terminal TEXT NOT NULL",
+                                                                   "terminal TEXT PRIMARY KEY")
+                + ", CHECK (working_keys IS NULL OR signed_on_at IS NOT NULL), CHECK (signons >= 0))")
+"""One row per terminal (``base.SESSIONS``): keys only with a session."""
+FAULT_COUNTERS_DDL = ("CREATE TABLE fault_counters (scope TEXT NOT NULL, rule_id TEXT NOT NULL, "
+                      "matched BIGINT NOT NULL, PRIMARY KEY (scope, rule_id))")
+"""How many messages each counted fault rule (``every``, ``first``, ``nth``) matched, counted by every
+instance together (``switch.fault_counters``). PostgreSQL only: a SQLite ledger is one process's."""
+
+
 def create_statements() -> list[str]:
     """The current schema for an empty database."""
     statements = ["CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"]
     for table, columns in TABLES.items():
-        defs = [f"{c.name} {_TYPES[c.kind]}{'' if c.nullable or c.kind is ColumnKind.SEQ else ' NOT NULL'}"
-                for c in columns]
+        defs = _definitions(columns)
         statements.append(f"CREATE TABLE {table} ({', '.join(defs + list(_CONSTRAINTS.get(table, ())))})")
-    return [*statements, *_INDEXES]
+    return [*statements, *_INDEXES, SESSIONS_DDL, FAULT_COUNTERS_DDL]
 
 
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2 -> 3: sign-on sessions as rows (multi-instance switches share them) and global fault counters;
+    # both new tables start empty, nothing existing changes.
+    3: (SESSIONS_DDL, FAULT_COUNTERS_DDL),
+}
 """Statements that take a database from the version before to the key's version. PostgreSQL ledgers
-start at version 2 (``create_statements``); the next schema change adds its step here."""
+start at version 2 (``create_statements``)."""
 
 
 def _select(table: str) -> str:
-    columns = ", ".join(f"{c.name}::int" if c.kind is ColumnKind.FLAG else c.name for c in TABLES[table])
+    columns = ", ".join(f"{c.name}::int" if c.kind is ColumnKind.FLAG else c.name for c in ROW_TABLES[table])
     return f"SELECT {columns} FROM {table} ORDER BY seq"
+
+
+_UPSERT_SESSION = (
+    f"INSERT INTO {SESSIONS} VALUES ({', '.join(['%s'] * len(SESSION_COLUMNS))}) ON CONFLICT (terminal) DO UPDATE "
+    "SET " + ", ".join(f"{c.name} = excluded.{c.name}" for c in SESSION_COLUMNS if c.name != "terminal")
+    + f" WHERE {SESSIONS}.seq < excluded.seq")
+"""A session change replaces the terminal's row, unless the stored row is newer (never, while one
+instance owns the terminal; the guard makes a late write harmless all the same)."""
+_END_SESSIONS = (f"UPDATE {SESSIONS} SET signed_on_at = NULL, working_keys = NULL "
+                 "WHERE signed_on_at IS NOT NULL")
 
 
 _CLAIM_AHEAD = (f"INSERT INTO meta VALUES ('{UNPOSTED_KEY}', %s) ON CONFLICT (key) DO UPDATE SET "
                 "value = GREATEST(meta.value::bigint, excluded.value::bigint)::text")
 _CLAIM_AT_OPEN = (f"INSERT INTO meta VALUES ('{UNPOSTED_KEY}', %s) ON CONFLICT (key) DO UPDATE SET "
                   "value = (meta.value::bigint + %s)::text RETURNING value::bigint")
-_COPY = {table: f"COPY {table} ({', '.join(c.name for c in columns)}) FROM STDIN" for table, columns in TABLES.items()}
+_COPY = {table: f"COPY {table} ({', '.join(c.name for c in columns)}) FROM STDIN"
+         for table, columns in ROW_TABLES.items()}
 """Rows go in by COPY (flags as 0/1 or bools, which BOOLEAN accepts): measured 3-4x less CPU per row
 than a pipelined INSERT per row, and the flush holds the GIL while it encodes."""
 _TABLE, _PARAMS = itemgetter(1), itemgetter(2)  # of a PendingRow
@@ -148,13 +182,13 @@ def _select_terminal(table: str) -> str:
 
 
 def terminal_rows_on(conn: psycopg.Connection[Any], terminal: str) -> dict[str, list[tuple[Any, ...]]]:
-    """One terminal's committed rows per table (seq ascending, ``TABLES`` column order), read in one
-    REPEATABLE READ snapshot so the six tables agree. postings and reversals have (terminal, seq)
-    indexes, settlements and uploads terminal-first ones; upload_ends and discrepancies (a row per
-    upload round / per difference found) are small enough to scan."""
+    """One terminal's committed rows per table (seq ascending, ``ROW_TABLES`` column order), read in one
+    REPEATABLE READ snapshot so the tables agree. postings and reversals have (terminal, seq)
+    indexes, settlements and uploads terminal-first ones, sessions its primary key; upload_ends and
+    discrepancies (a row per upload round / per difference found) are small enough to scan."""
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-        return {table: conn.execute(_select_terminal(table), (terminal,)).fetchall() for table in TABLES}
+        return {table: conn.execute(_select_terminal(table), (terminal,)).fetchall() for table in ROW_TABLES}
 
 
 _SEQ_ROW = f"INSERT INTO meta VALUES ('{SEQ_KEY}', '0') ON CONFLICT (key) DO NOTHING"
@@ -219,7 +253,7 @@ class PostgresBackend(LedgerBackend):
             if row is None:
                 others = conn.execute(
                     "SELECT count(*) FROM pg_tables WHERE schemaname = current_schema() AND tablename = ANY(%s)",
-                    (["meta", *TABLES],)).fetchone()
+                    (["meta", *ROW_TABLES, "fault_counters"],)).fetchone()
                 if others and others[0]:
                     raise LedgerError(f"{self.name}: the database has ledger-named tables but no schema version; "
                                       "not a ledger this program created")
@@ -263,6 +297,9 @@ class PostgresBackend(LedgerBackend):
                 if table == UNPOSTED_CLAIM:
                     cursor.executemany(_CLAIM_AHEAD, map(_PARAMS, group))
                     continue
+                if table == SESSIONS:  # replaced per terminal, in sequence order
+                    cursor.executemany(_UPSERT_SESSION, map(_PARAMS, group))
+                    continue
                 with cursor.copy(_COPY[table]) as copy:  # COPY: rows stream without a statement each
                     for params in group:
                         copy.write_row(params[2])
@@ -280,14 +317,14 @@ class PostgresBackend(LedgerBackend):
         conn = self._connection()
         with conn.transaction(), conn.cursor() as cursor:
             if replace:
-                cursor.execute(f"TRUNCATE {', '.join(TABLES)}")
+                cursor.execute(f"TRUNCATE {', '.join(ROW_TABLES)}")
             else:
-                for table in TABLES:
+                for table in ROW_TABLES:
                     cursor.execute(f"SELECT EXISTS (SELECT 1 FROM {table})")
                     found = cursor.fetchone()
                     if found and found[0]:
                         raise LedgerError(f"{self.name}: table {table} is not empty")
-            for table in TABLES:
+            for table in ROW_TABLES:
                 copied = 0
                 with cursor.copy(_COPY[table]) as copy:
                     for row in source(table):
@@ -321,6 +358,14 @@ class PostgresBackend(LedgerBackend):
             raise LedgerError(f"{self.name}: another switch is serving from this ledger; one process per ledger "
                               "unless every instance runs in multi-instance mode (docs/scaleout.md)")
 
+    def end_sessions(self) -> int:
+        return self._connection().execute(_END_SESSIONS).rowcount
+
+    def open_session_terminals(self) -> list[str]:
+        rows = self._connection().execute(
+            f"SELECT terminal FROM {SESSIONS} WHERE signed_on_at IS NOT NULL ORDER BY terminal").fetchall()
+        return [str(row[0]) for row in rows]
+
     def meta(self, key: str) -> str | None:
         row = self._connection().execute("SELECT value FROM meta WHERE key = %s", (key,)).fetchone()
         return None if row is None else str(row[0])
@@ -328,7 +373,7 @@ class PostgresBackend(LedgerBackend):
     def table_counts(self) -> dict[str, int]:
         conn = self._connection()
         counts = {}
-        for table in TABLES:
+        for table in ROW_TABLES:
             row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
             counts[table] = int(row[0]) if row else 0
         return counts

@@ -15,7 +15,10 @@ from operator import itemgetter
 from typing import Any
 
 from switch.ledger_backends.base import (
+    ROW_TABLES,
     SCHEMA_VERSION,
+    SESSION_COLUMNS,
+    SESSIONS,
     TABLES,
     UNPOSTED_CLAIM,
     UNPOSTED_KEY,
@@ -39,6 +42,10 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
     2: ("ALTER TABLE postings ADD COLUMN identity TEXT NOT NULL DEFAULT ''",
         "ALTER TABLE postings ADD COLUMN requested_amount INTEGER",
         "ALTER TABLE reversals ADD COLUMN amount INTEGER NOT NULL DEFAULT 0"),
+    # 2 -> 3: the sessions table (``create_statements`` makes it; nothing existing changes). A
+    # single-instance switch never writes it: the table is there so a file copied into PostgreSQL by
+    # ``ledger migrate`` and a PostgreSQL ledger have one schema.
+    3: (),
 }
 """Statements that take a file from the version before to the key's version. ``ALTER TABLE ADD
 COLUMN`` appends, so migrated tables keep the column order ``TABLES`` lists."""
@@ -48,11 +55,14 @@ _CLAIM_AHEAD = (f"INSERT INTO meta VALUES ('{UNPOSTED_KEY}', ?) ON CONFLICT(key)
 
 
 def create_statements() -> list[str]:
-    """The current schema, as a new file gets it (the same DDL text every release wrote)."""
+    """The current schema, as a new file gets it (the same DDL text every release wrote; ``sessions``
+    since version 3, keyed by terminal)."""
     statements = []
-    for table, columns in TABLES.items():
+    for table, columns in ROW_TABLES.items():
         defs = ", ".join(f"{c.name} {_TYPES[c.kind]}{'' if c.nullable or c.kind is ColumnKind.SEQ else ' NOT NULL'}"
                          for c in columns)
+        if table == SESSIONS:
+            defs = defs.replace("terminal TEXT NOT NULL", "terminal TEXT PRIMARY KEY")
         statements.append(f"CREATE TABLE IF NOT EXISTS {table} ({defs})")
     return statements
 
@@ -61,7 +71,12 @@ def _insert(table: str) -> str:
     return f"INSERT INTO {table} VALUES ({', '.join('?' * len(TABLES[table]))})"
 
 
-_STATEMENTS = {table: _insert(table) for table in TABLES} | {UNPOSTED_CLAIM: _CLAIM_AHEAD}
+_UPSERT_SESSION = (
+    f"INSERT INTO {SESSIONS} VALUES ({', '.join('?' * len(SESSION_COLUMNS))}) ON CONFLICT(terminal) DO UPDATE SET "
+    + ", ".join(f"{c.name} = excluded.{c.name}" for c in SESSION_COLUMNS if c.name != "terminal")
+    + f" WHERE {SESSIONS}.seq < excluded.seq")
+_STATEMENTS = ({table: _insert(table) for table in TABLES}
+               | {UNPOSTED_CLAIM: _CLAIM_AHEAD, SESSIONS: _UPSERT_SESSION})
 _TABLE, _PARAMS = itemgetter(1), itemgetter(2)  # of a PendingRow
 
 
@@ -139,7 +154,7 @@ class SqliteBackend(LedgerBackend):
         conn.execute("BEGIN")
         try:
             rows = {table: conn.execute(f"SELECT * FROM {table} WHERE terminal = ? ORDER BY seq",
-                                        (terminal,)).fetchall() for table in TABLES}
+                                        (terminal,)).fetchall() for table in ROW_TABLES}
         finally:
             conn.execute("COMMIT")
         return lambda table: rows[table]
@@ -173,13 +188,24 @@ class SqliteBackend(LedgerBackend):
         """Nothing to take: one process per file is the operator's to keep, as it always was (a lock
         beside SQLite's own file locks could interfere with them on network file systems)."""
 
+    def end_sessions(self) -> int:
+        conn = self._connection()
+        cursor = conn.execute("UPDATE sessions SET signed_on_at = NULL, working_keys = NULL "
+                              "WHERE signed_on_at IS NOT NULL")  # autocommit: one statement
+        return cursor.rowcount
+
+    def open_session_terminals(self) -> list[str]:
+        rows = self._connection().execute(
+            "SELECT terminal FROM sessions WHERE signed_on_at IS NOT NULL ORDER BY terminal").fetchall()
+        return [str(row[0]) for row in rows]
+
     def meta(self, key: str) -> str | None:
         row = self._connection().execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def table_counts(self) -> dict[str, int]:
         conn = self._connection()
-        return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in TABLES}
+        return {table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0] for table in ROW_TABLES}
 
     def close(self) -> None:
         if self._conn is not None:

@@ -91,20 +91,29 @@ class LoadResult:
     interrupted: bool = False
     journal_entries: dict[str, list[JournalEntry]] | None = None
     journalled: set[tuple[str, str, str]] | None = None
+    _entries_read: dict[str, list[JournalEntry]] | None = dataclasses.field(default=None, init=False, repr=False,
+                                                                          compare=False)
 
     def journal(self) -> dict[str, list[JournalEntry]]:
         """Each terminal's journal entries made during this run (earlier runs' entries excluded)."""
         if self.journal_entries is not None:
             return self.journal_entries
-        return {terminal: [entry for entry in store.entries() if entry.created_at >= self.started_at]
-                for terminal, store in self.stores.items()}
+        return {terminal: [entry for entry in entries if entry.created_at >= self.started_at]
+                for terminal, entries in self._stored_entries().items()}
 
     def journalled_keys(self) -> set[tuple[str, str, str]]:
         """(terminal, STAN, field 7) of every entry the stores hold, from any run."""
         if self.journalled is not None:
             return self.journalled
         return {(terminal, entry.stan, entry.transmission_time)
-                for terminal, store in self.stores.items() for entry in store.entries()}
+                for terminal, entries in self._stored_entries().items() for entry in entries}
+
+    def _stored_entries(self) -> dict[str, list[JournalEntry]]:
+        """Every store's entries, read once for both questions above (the run is over: they no longer
+        change). Reading and decoding a journal costs as much per entry as a good part of a transaction."""
+        if self._entries_read is None:
+            self._entries_read = {terminal: store.entries() for terminal, store in self.stores.items()}
+        return self._entries_read
 
     def close(self) -> None:
         for store in self.stores.values():
