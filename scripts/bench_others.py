@@ -50,7 +50,8 @@ def ensure_simulator(venv_dir: Path, version: str) -> Path:
     print(f"installing {SIM_PACKAGE}=={version} into {venv_dir} (once; a virtual environment of its own)", flush=True)
     venv.EnvBuilder(with_pip=True, clear=True).create(venv_dir)
     done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", f"{SIM_PACKAGE}=={version}"],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=venv_dir)  # not the caller's directory: its .py files
+                                                                          # would shadow the standard library
     if done.returncode != 0 or not program.is_file():
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise SystemExit(f"error: cannot install {SIM_PACKAGE}=={version} into {venv_dir}: {last}")
