@@ -58,21 +58,20 @@ import functools
 import logging
 import math
 import os
-import select
 import ssl
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import trio
 
-from switch.codec.framing import TPDU_LENGTH, Frame, FrameDecoder, Framing, FramingError
+from switch.codec.framing import TPDU_LENGTH, Frame, Framing, FramingError
 from switch.codec.message import Codec, Message, MessageDecodeError, MessageEncodeError
 from switch.codec.stream import FrameStream
 from switch.security import MacError, MacPlacement, SecurityError, apply_mac, with_mac_placeholder
+from terminal.link import Ended, Link, describe
 from terminal.policy import (
     AwaitConfirmation,
     AwaitReply,
@@ -87,7 +86,7 @@ from terminal.policy import (
     TerminalPolicy,
 )
 from terminal.store import TerminalStore
-from terminal.wire_hints import closed_by_host_text, framing_error_text, undecodable_reply_text
+from terminal.wire_hints import undecodable_reply_text
 
 __all__ = [
     "DEFAULT_TPDU",
@@ -107,8 +106,6 @@ DEFAULT_TPDU = bytes.fromhex("6000010000")
 ConnectFactory = Callable[[], Awaitable[trio.abc.Stream]]
 """Opens one connection to the host; raises OSError when it cannot."""
 
-_INBOX_SIZE = 16  # frames read ahead of the driver; a full inbox stops the reader (backpressure)
-_RECEIVE_SIZE = 65536  # bytes asked of the stream per read (as FrameStream does)
 _MAX_ACTIONS = 100_000  # one operation never needs this many; reaching it is a policy bug, not a slow host
 _MAX_ARRIVALS = 1_000  # frames taken between two commands at most (more: the rest waits for the command)
 _ARRIVAL_READ_LIMIT = 0.05  # seconds an inline read between commands may wait for the rest of a frame
@@ -231,98 +228,6 @@ class TrioClock:
         return unix_seconds - self.offset
 
 
-@dataclass(frozen=True)
-class _Ended:
-    """The reader's last word: the connection ended (peer closed, reset, framing error)."""
-
-    reason: str
-
-
-class _Link:
-    """One open connection: its frame stream and, unless it is read inline, the reader task's scope
-    and inbox."""
-
-    def __init__(self, frames: FrameStream, inline: bool) -> None:
-        self.frames = frames
-        self.inline = inline
-        self.reader_scope = trio.CancelScope()
-        self.send_inbox, self.inbox = trio.open_memory_channel[Frame | _Ended](_INBOX_SIZE)
-        self.frames_received = 0  # a close before any reply hints at TLS or a refusing host
-        # inline: the link decodes frames itself, so it knows what one read brought beyond the reply
-        self._decoder = FrameDecoder(frames.framing) if inline else None
-        self._poller: select.poll | None = None  # inline on a socket: asks the kernel what arrived
-        if inline and isinstance(frames.stream, trio.SocketStream):
-            self._poller = select.poll()
-            self._poller.register(frames.stream.socket.fileno(), select.POLLIN)
-
-    async def read_one(self) -> Frame | _Ended:
-        """The next non-keep-alive frame, or ``_Ended`` when the connection ended (peer closed,
-        reset, framing error). Cancel-safe: a partial frame stays in the decoder."""
-        framing = self.frames.framing
-        while True:
-            try:
-                frame = await self._next_frame()
-                if self._decoder is not None and frame is not None and frame.is_keepalive \
-                        and framing.keepalive == "echo":  # what FrameStream.receive_frame does for the reader
-                    await self.frames.send_raw(framing.encode(b""))
-            except FramingError as exc:
-                return _Ended(framing_error_text(exc, framing))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                return _Ended(_describe(exc, "connection broken"))
-            if frame is None:
-                return _Ended(closed_by_host_text(self.frames_received))
-            self.frames_received += 1
-            if not frame.is_keepalive:
-                return frame
-
-    async def _next_frame(self) -> Frame | None:
-        """The next frame (keep-alives too); None at a clean end of the stream at a frame boundary."""
-        decoder = self._decoder
-        if decoder is None:
-            return await self.frames.receive_frame()
-        while (frame := decoder.next_frame()) is None:
-            data = await self.frames.stream.receive_some(_RECEIVE_SIZE)
-            if not data:
-                decoder.close()  # TruncatedFrameError when the stream ended inside a frame
-                return None
-            decoder.feed(data)
-        return frame
-
-    def arrived(self) -> bool:
-        """Inline links: whether anything is waiting — bytes the last read brought beyond the frame it
-        returned, or, on a socket, bytes or a close the kernel holds (no wait, no task switch)."""
-        if self._decoder is not None and self._decoder.buffered:
-            return True
-        return self._poller is not None and bool(self._poller.poll(0))
-
-    async def read(self) -> None:
-        """Reader task (links not read inline): every non-keep-alive frame into the inbox, then one ``_Ended``."""
-        with self.reader_scope:
-            try:
-                while True:
-                    item = await self.read_one()
-                    if isinstance(item, _Ended):
-                        await self.send_inbox.send(item)
-                        return
-                    try:  # no extra yield per reply when the inbox has room (the next read yields anyway)
-                        self.send_inbox.send_nowait(item)
-                    except trio.WouldBlock:
-                        await self.send_inbox.send(item)  # full: wait for the driver (backpressure)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                return  # the driver dropped this link: nobody is listening any more
-
-    async def close(self) -> None:
-        self.reader_scope.cancel()
-        self.inbox.close()
-        await trio.aclose_forcefully(self.frames)
-
-
-def _describe(exc: BaseException, fallback: str) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or f"{fallback} ({type(exc).__name__})"
-
-
 class TerminalClient:
     """Drives one terminal's ``TerminalPolicy`` over connections opened by ``connect``.
 
@@ -381,7 +286,7 @@ class TerminalClient:
         self._inline_reads = inline_reads
         self._exit_stack: AsyncExitStack | None = None
         self._nursery: trio.Nursery | None = None
-        self._link: _Link | None = None
+        self._link: Link | None = None
         self._broken = ""
         self._time_floor = -math.inf  # the latest deadline a wait has reached (see _now)
 
@@ -497,7 +402,7 @@ class TerminalClient:
             try:
                 stream = await self._connect()
             except OSError as exc:
-                failure = _describe(exc, "connection failed")
+                failure = describe(exc, "connection failed")
         if stream is None:
             reason = failure or f"connect timed out after {timeout:g}s"
             await self._call(self.policy.connect_failed, self._now(), reason)
@@ -505,7 +410,7 @@ class TerminalClient:
         inline = self._inline_reads
         if inline is None:  # plain TCP only (exactly: a subclass may buffer), and no keep-alive echo to write
             inline = type(stream) is trio.SocketStream and self.framing.keepalive != "echo"
-        link = _Link(FrameStream(stream, self.framing), inline)
+        link = Link(FrameStream(stream, self.framing), inline)
         if not inline:
             assert self._nursery is not None
             self._nursery.start_soon(link.read)
@@ -536,7 +441,7 @@ class TerminalClient:
             try:
                 await link.frames.send_raw(frame)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
-                problem = _describe(exc, "write failed")
+                problem = describe(exc, "write failed")
         if scope.cancelled_caught:
             problem = "the host did not take the request before its deadline"
             self._time_floor = max(self._time_floor, action.deadline)
@@ -583,13 +488,11 @@ class TerminalClient:
             link = self._link
             if link is None:
                 return
-            item: Frame | _Ended | None = None
+            item: Frame | Ended | None = None
             if link.inline:
-                if not link.arrived():
-                    return
-                with trio.move_on_after(_ARRIVAL_READ_LIMIT):
-                    item = await link.read_one()
-                if item is None:  # only part of a frame so far (kept in the decoder): the command reads the rest
+                with trio.move_on_after(_ARRIVAL_READ_LIMIT):  # bytes the kernel holds: never long
+                    item = await link.read_arrived()
+                if item is None:  # nothing, or only part of a frame so far (kept): the command reads the rest
                     return
             else:
                 try:
@@ -599,8 +502,8 @@ class TerminalClient:
             await self._feed(item)
             self._log_notes()
 
-    async def _feed(self, item: Frame | _Ended) -> None:
-        if isinstance(item, _Ended):
+    async def _feed(self, item: Frame | Ended) -> None:
+        if isinstance(item, Ended):
             await self._drop_link()
             await self._call(self.policy.connection_lost, self._now(), item.reason)
             return

@@ -27,11 +27,15 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
-__all__ = ["PostgresServer", "pg_url", "postgres_server"]
+if TYPE_CHECKING:
+    from switch.ledger import Ledger
+
+__all__ = ["PostgresServer", "pg_url", "postgres_server", "terminate_ledger_sessions"]
 
 START_TIMEOUT = 30.0
 _UNPRIVILEGED = "nobody"
@@ -182,3 +186,16 @@ def pg_url(postgres_server: PostgresServer) -> Iterator[str]:
     url = postgres_server.create_database()
     yield url
     postgres_server.drop_database(url)
+
+
+def terminate_ledger_sessions(pg_url: str, ledger: Ledger) -> None:
+    """End both database sessions of a multi-instance ``ledger`` (its lock connection and its writer)
+    from the server side: what SIGKILL of the instance's process does to them."""
+    import psycopg
+
+    ownership, backend = ledger._ownership, ledger._backend
+    assert ownership is not None and ownership.control._conn is not None and backend is not None
+    pids = [ownership.control._conn.info.backend_pid, backend._conn.info.backend_pid]  # type: ignore[attr-defined]
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))

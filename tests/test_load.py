@@ -1,22 +1,18 @@
-"""The load runner: its accounting on a virtual clock, the consistency check, and real runs.
+"""The load runner: its accounting on a virtual clock, and ``LoadRunner`` in process.
 
-Three layers, as the module is built:
-
-* pure pieces (``nearest_rank``, ``LoadStats``, ``TokenBucket``, ``compare_views``, the parsers) with
-  explicit timestamps and hand-built journal entries / postings;
+* pure pieces (``nearest_rank``, ``LoadStats``, ``TokenBucket``, the parsers) with explicit timestamps;
 * ``LoadRunner`` on pytest-trio's ``autojump_clock`` against the real switch in-process over memory
-  streams (every timeout and rate limit virtual, store calls inline);
-* ``iso-terminal load`` over loopback against a ``python -m switch serve`` subprocess with its admin
-  API: a consistent run with settlement, and a run whose host approves a card without booking it
-  (the zero-amount scenario's fault) — the check must catch that and exit 4.
+  streams (every timeout and rate limit virtual, store calls inline).
+
+The consistency check's verdicts are in test_load_consistency.py, real runs over loopback in
+test_load_e2e.py, the group syncer in test_load_syncer.py.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,29 +23,20 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from switch.codec import Codec, load_dialect
 from switch.codec.framing import Framing
-from switch.codec.message import Message
 from switch.commit import GroupCommitter
 from switch.faults import FaultEngine
 from switch.host import Host, HostConfig
 from switch.ledger import Ledger
 from switch.scenario import default_scenario
 from switch.server import ServerConfig, SwitchServer
-from switch.testing import SwitchProcess
-from terminal.cli import cli
 from terminal.client import TrioClock
 from terminal.load import (
-    CUP_CLOCK_SLACK,
-    EXIT_CHECK_REQUIRED,
-    EXIT_HOST_NOT_REACHED,
-    EXIT_INCONSISTENT,
     MEMORY_STORES,
-    CheckOptions,
     HostPosting,
     LoadConfig,
     LoadError,
@@ -58,7 +45,6 @@ from terminal.load import (
     TokenBucket,
     compare_views,
     derive_terminal_ids,
-    exit_status,
     field7_time,
     nearest_rank,
     parse_load_duration,
@@ -67,10 +53,7 @@ from terminal.load import (
     progress_line,
     run_window,
 )
-from terminal.load.syncer import GroupSyncer
-from terminal.load.workers import ForwardingStats, replay, split_config
 from terminal.profile import TerminalProfile
-from terminal.store import JournalEntry
 
 ISO = load_dialect("iso87-binary")
 T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
@@ -319,140 +302,6 @@ def test_live_table_keeps_every_number_whole_on_an_80_column_terminal() -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# compare_views: the consistency check's verdicts
-
-
-def entry(stan: str, state: str, amount: int = 1000, *, kind: str = "purchase", direction: str = "debit",
-          f7: str = "0301120000", code: str = "00") -> JournalEntry:
-    return JournalEntry(id=int(stan), batch="000001", kind=kind, direction=direction, mti="0200", stan=stan,
-                        transmission_time=f7, amount=amount, currency="840", pan="476173******0010", state=state,
-                        response_code=code, rrn="", auth_code="", reason="test", request=Message("0200", {}),
-                        created_at=T0, updated_at=T0)
-
-
-def posting(stan: str, *, approved: bool = True, reversed_: bool = False, amount: int = 1000,
-            direction: str = "debit", f7: str = "0301120000", terminal: str = "L0000001",
-            received_at: float = T0) -> HostPosting:
-    return HostPosting(terminal=terminal, stan=stan, transmission_time=f7, kind="purchase", direction=direction,
-                       amount=amount, approved=approved, reversed=reversed_,
-                       response_code="00" if approved else "51", received_at=received_at)
-
-
-WINDOW = (T0 - 1, T0 + 60)
-
-
-def test_agreeing_views_are_consistent() -> None:
-    journal = {"L0000001": [entry("000001", "approved"), entry("000002", "declined", code="51"),
-                            entry("000003", "reversed", code=""), entry("000004", "reversed", code=""),
-                            entry("000005", "approved", 250, kind="refund", direction="credit")]}
-    host = [posting("000001"), posting("000002", approved=False), posting("000003", reversed_=True),
-            posting("000005", amount=250, direction="credit")]  # 000004 never reached the host: fine
-    result = compare_views(journal, host, WINDOW)
-    assert (result.status, result.checked, result.money_moved, result.net_amount) == ("consistent", 5, 2, 750)
-    assert result.mismatches == () and result.undecided == ()
-    assert result.headline() == "consistent: 5 transactions, 2 money moved (net 7.50), 0 mismatches"
-
-
-@pytest.mark.parametrize("journal_entry, host_posting, problem", [
-    (entry("000001", "approved"), None, "the terminal believes money moved; the host has no posting"),
-    (entry("000001", "approved"), posting("000001", approved=False), "the host did not move it"),
-    (entry("000001", "approved"), posting("000001", reversed_=True), "the host did not move it"),
-    (entry("000001", "declined", code="51"), posting("000001"), "the host moved money"),
-    (entry("000001", "reversed", code=""), posting("000001"), "the host moved money"),
-    (entry("000001", "approved", 1000), posting("000001", amount=999), "different amounts"),
-    (entry("000001", "approved"), posting("000001", direction="credit"), "different directions"),
-])
-def test_each_kind_of_disagreement_is_a_mismatch(journal_entry: JournalEntry, host_posting: HostPosting | None,
-                                                 problem: str) -> None:
-    result = compare_views({"L0000001": [journal_entry]}, [host_posting] if host_posting else [], WINDOW)
-    assert result.status == "inconsistent" and result.failed
-    (mismatch,) = result.mismatches
-    assert problem in mismatch.problem
-    assert mismatch.terminal == "L0000001" and mismatch.stan == "000001"
-    assert "terminal:" in mismatch.line() and "host:" in mismatch.line()
-
-
-def test_a_host_posting_the_terminal_never_journalled_is_caught_but_only_within_the_run() -> None:
-    journal = {"L0000001": [entry("000001", "approved")]}
-    extra = posting("000009", f7="0301120030")  # booked during the run, unknown to the terminal
-    earlier_run = posting("000002", f7="0228110000")  # the same terminal id, yesterday
-    result = compare_views(journal, [posting("000001"), extra, earlier_run], WINDOW)
-    (mismatch,) = result.mismatches
-    assert mismatch.stan == "000009" and "never journalled" in mismatch.problem
-    assert result.host_postings == 2
-
-
-def test_a_posting_an_earlier_run_journalled_is_not_host_only_even_in_the_same_second() -> None:
-    journal = {"L0000001": [entry("000007", "approved", f7="0301120000")]}
-    previous = posting("000006", f7="0301115959")  # the run before ended a moment before this one began
-    host = [previous, posting("000007")]
-    assert compare_views(journal, host, WINDOW).status == "inconsistent"  # nothing says it is not ours...
-    known = [("L0000001", "000006", "0301115959")]  # ...but the store journalled it in its own run
-    result = compare_views(journal, host, WINDOW, journalled=known)
-    assert result.status == "consistent" and result.host_postings == 1
-
-
-def test_a_request_the_host_booked_twice_is_a_mismatch() -> None:
-    journal = {"L0000001": [entry("000001", "approved"), entry("000002", "declined", code="51")]}
-    twice = [posting("000001"), posting("000001"), posting("000002", approved=False), posting("000002")]
-    result = compare_views(journal, twice, WINDOW, journalled=[("L0000001", "000001", "0301120000"),
-                                                               ("L0000001", "000002", "0301120000")])
-    assert result.status == "inconsistent"
-    assert [(m.stan, "more than once" in m.problem) for m in result.mismatches] == [("000001", True),
-                                                                                   ("000002", True)]
-    assert result.host_postings == 4
-    assert compare_views(journal, twice[:1] + twice[2:3], WINDOW).status == "consistent"
-
-
-def test_undecided_entries_are_listed_and_never_counted_consistent() -> None:
-    journal = {"L0000001": [entry("000001", "approved"), entry("000002", "reversal-refused", code="12"),
-                            entry("000003", "unknown", code="")]}
-    result = compare_views(journal, [posting("000001"), posting("000002")], WINDOW)
-    assert result.status == "consistent" and result.money_moved == 1
-    assert [u.stan for u in result.undecided] == ["000002", "000003"]
-    assert "2 undecided" in result.headline()
-
-
-def test_cup_postings_match_by_stan_among_those_received_during_the_run() -> None:
-    journal = {"L0000001": [entry("000001", "approved", f7="")]}
-    old = posting("000001", f7="", approved=False, received_at=T0 - 3600)  # an earlier run's STAN 000001
-    new = posting("000001", f7="", received_at=T0 + 1)
-    assert compare_views(journal, [old, new], WINDOW).status == "consistent"
-    assert compare_views(journal, [old], WINDOW).status == "inconsistent"
-    late = posting("000001", f7="", received_at=WINDOW[1] + CUP_CLOCK_SLACK / 2)
-    assert compare_views(journal, [late], WINDOW).status == "consistent"
-    # two postings of STAN 000001 inside the window: the one received nearest the journal entry wins
-    just_before = posting("000001", f7="", approved=False, received_at=T0 - 2)
-    nearest = compare_views(journal, [just_before, new], WINDOW)
-    assert [m.problem for m in nearest.mismatches] == ["the host has a transaction the terminal never journalled"]
-    assert nearest.money_moved == 1  # compared with `new`; `just_before` is a second 000001 nobody explains
-    assert compare_views({"L0000001": [entry("000001", "declined", f7="", code="51")]},
-                         [just_before], (T0, T0 + 60)).status == "consistent"
-
-
-def test_run_window_covers_every_field_7_sent() -> None:
-    entries = [entry("000001", "approved", f7="0301115959"), entry("000002", "approved", f7="0301120100")]
-    low, high = run_window(entries, T0, T0 + 30)
-    assert (low, high) == (T0 - 1, T0 + 60)
-
-
-def test_exit_status() -> None:
-    def summary(status: str, outcomes: dict[str, int], interrupted: bool = False) -> dict[str, Any]:
-        return {"interrupted": interrupted, "consistency": {"status": status}, "outcomes": outcomes}
-
-    check = CheckOptions()
-    assert exit_status(summary("consistent", {"approved": 3}), check) == 0
-    assert exit_status(summary("inconsistent", {"approved": 3}), check) == EXIT_INCONSISTENT
-    assert exit_status(summary("skipped", {"approved": 3}), check) == 0
-    assert exit_status(summary("skipped", {"approved": 3}), CheckOptions(required=True)) == EXIT_CHECK_REQUIRED
-    assert exit_status(summary("skipped", {"failed": 4}), check) == EXIT_HOST_NOT_REACHED
-    assert exit_status(summary("consistent", {}, interrupted=True), check) == 130
-    stopped = {**summary("consistent", {"approved": 3}), "stopped_early": True}  # one Ctrl-C: graceful stop
-    assert exit_status(stopped, check) == 130
-    assert exit_status({**stopped, "consistency": {"status": "inconsistent"}}, check) == EXIT_INCONSISTENT
-
-
-# ---------------------------------------------------------------------------------------------
 # LoadRunner on a virtual clock, against the real switch in-process
 
 
@@ -619,215 +468,6 @@ async def test_lost_replies_are_reversed_and_the_check_still_agrees(
         result.close()
 
 
-# ---------------------------------------------------------------------------------------------
-# iso-terminal load over loopback, against a real switch with its admin API
-
-
-def start_switch(tmp: Path, *extra: str) -> SwitchProcess:
-    return SwitchProcess.start(["--ledger", str(tmp / "ledger.sqlite"), "--journal", "none", *extra])
-
-
-@pytest.fixture(scope="module")
-def healthy_switch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
-    with start_switch(tmp_path_factory.mktemp("healthy")) as switch:
-        assert switch.admin_url is not None
-        yield switch.port, switch.admin_url
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(autouse=True)
-def user_data_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The per-user data directory (where load keeps its stores by default) inside the test's tmp."""
-    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
-    return tmp_path / "xdg"
-
-
-def load(*args: str) -> Any:
-    return CliRunner().invoke(cli, ["load", *args])
-
-
-def test_real_run_with_settlement_is_consistent(healthy_switch: tuple[int, int], tmp_path: Path) -> None:
-    port, admin = healthy_switch
-    result = load("--port", str(port), "--admin", admin, "--terminals", "4", "--count", "160",
-                  "--settle", "--seed", "11", "--json", "--quiet", "--store-dir", str(tmp_path / "stores"))
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["transactions"] == {"started": 160, "finished": 160, "in_flight": 0}
-    assert summary["accounting_problems"] == []
-    assert summary["outcomes"]["approved"] == 160
-    assert summary["housekeeping"]["settle"] == {"approved": 4}
-    echoes = summary["by_operation"].get("echo", {}).get("approved", 0)
-    consistency = summary["consistency"]
-    assert consistency["status"] == "consistent" and consistency["mismatches"] == []
-    assert consistency["checked"] == consistency["money_moved"] == consistency["host_postings"] == 160 - echoes
-    assert consistency["headline"].startswith(f"consistent: {160 - echoes} transactions")
-    assert sorted(p.name for p in (tmp_path / "stores").iterdir() if p.suffix == ".sqlite") == [
-        "L0000001.sqlite", "L0000002.sqlite", "L0000003.sqlite", "L0000004.sqlite"]
-
-
-def test_text_summary_and_progress_lines(healthy_switch: tuple[int, int], tmp_path: Path) -> None:
-    port, admin = healthy_switch
-    result = load("--port", str(port), "--admin", admin, "--terminals", "2", "--count", "20",
-                  "--terminal-id", "LT000101", "--mix", "purchase=1", "--pan", DECLINED_PAN, "--pan", PAN,
-                  "--seed", "3", "--report", str(tmp_path / "report"))
-    assert result.exit_code == 0, result.output
-    assert "2 terminals" in result.stdout and "20 transactions" in result.stdout
-    assert "51 " in result.stdout and "insufficient funds" in result.stdout
-    assert "check    consistent: 20 transactions" in result.stdout
-    assert "[" in result.stderr and "sent 20" in result.stderr  # the plain progress line (not a TTY)
-    assert (tmp_path / "report" / "report.html").exists()
-    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
-    assert summary["config"]["first_terminal"] == "LT000101" and summary["config"]["last_terminal"] == "LT000102"
-    # the stores are the terminals' own, where `iso-terminal status --terminal-id LT000101` looks
-    status = CliRunner().invoke(cli, ["status", "--terminal-id", "LT000101", "--json"])
-    assert status.exit_code == 0, status.output
-    assert json.loads(status.stdout)["summary"]["open_batch_entries"] > 0
-    again = load("--port", str(port), "--admin", admin, "--terminals", "2", "--count", "4",
-                 "--terminal-id", "LT000101", "--mix", "purchase=1", "--quiet")  # STANs go on; only this run checked
-    assert again.exit_code == 0, again.output
-    assert "check    consistent: 4 transactions" in again.stdout
-
-
-def test_an_approval_the_host_never_booked_is_caught(tmp_path: Path) -> None:
-    with start_switch(tmp_path, "--scenario", "zero-amount") as switch:
-        port, admin = switch.port, switch.admin_url
-        result = load("--port", str(port), "--admin", admin, "--terminals", "2",
-                      "--count", "30", "--mix", "purchase=1", "--pan", PAN, "--pan", UNBOOKED_PAN, "--seed", "4",
-                      "--settle", "--quiet")
-        as_json = load("--port", str(port), "--admin", admin, "--terminals", "1",
-                       "--count", "3", "--mix", "purchase=1", "--pan", UNBOOKED_PAN, "--quiet", "--json",
-                       "--terminal-id", "Z0000001")
-    assert result.exit_code == EXIT_INCONSISTENT, result.output
-    assert "check    inconsistent:" in result.stdout
-    assert "MISMATCH" in result.stdout
-    assert "the terminal believes money moved; the host has no posting" in result.stdout
-    assert as_json.exit_code == EXIT_INCONSISTENT
-    mismatches = json.loads(as_json.stdout)["consistency"]["mismatches"]
-    assert [m["stan"] for m in mismatches] == ["000002", "000003", "000004"]  # 000001 is the sign-on
-    assert all(m["terminal"] == "Z0000001" and "no posting" in m["host_view"] for m in mismatches)
-
-
-def test_unreachable_admin_api_skips_the_check(healthy_switch: tuple[int, int]) -> None:
-    port, _ = healthy_switch
-    nowhere = f"http://127.0.0.1:{free_port()}"
-    skipped = load("--port", str(port), "--admin", nowhere, "--count", "4", "--terminals", "2", "--quiet")
-    assert skipped.exit_code == 0, skipped.output
-    assert "consistency check skipped: admin API not reachable at" in skipped.stdout
-    required = load("--port", str(port), "--admin", nowhere, "--count", "2", "--terminals", "1", "--quiet",
-                    "--require-check")
-    assert required.exit_code == EXIT_CHECK_REQUIRED
-    unchecked = load("--port", str(port), "--no-check", "--count", "2", "--terminals", "1", "--quiet")
-    assert unchecked.exit_code == 0 and "skipped: --no-check" in unchecked.stdout
-
-
-def test_host_not_reached_is_one_line_and_exit_3(tmp_path: Path) -> None:
-    result = load("--port", str(port := free_port()), "--no-check", "--count", "20", "--terminals", "5", "--quiet",
-                  "--connect-attempts", "2", "--store-dir", str(tmp_path / "stores"))
-    assert result.exit_code == EXIT_HOST_NOT_REACHED, result.output
-    assert result.output.count("cannot connect") == 1  # once, not once per terminal
-    assert f"error: cannot connect: 127.0.0.1:{port}: Connection refused" in result.output
-    assert "load " not in result.output and not list((tmp_path / "stores").glob("*.sqlite"))  # no run
-
-
-def test_a_store_that_is_not_a_terminal_store_is_one_line_exit_3(tmp_path: Path) -> None:
-    (tmp_path / "L0000002.sqlite").write_text("not a database")
-    port = free_port()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", port))
-    listener.listen()
-    with listener:
-        result = load("--port", str(port), "--no-check", "--count", "2", "--terminals", "2", "--quiet",
-                      "--store-dir", str(tmp_path))
-    assert result.exit_code == 3, result.output
-    assert "L0000002.sqlite is not a terminal store" in result.output and "Traceback" not in result.output
-
-
-@pytest.mark.parametrize("option", ["--report", "--store-dir"])
-def test_a_directory_that_cannot_be_written_is_a_usage_error_before_the_run(option: str, tmp_path: Path) -> None:
-    (tmp_path / "a-file").write_text("")
-    port = free_port()
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", port))
-    listener.listen()
-    with listener:  # a host that accepts: a run would connect; the check must come first
-        result = load("--port", str(port), "--no-check", "--count", "1", "--terminals", "1", "--quiet",
-                      option, str(tmp_path / "a-file" / "sub"))
-        listener.setblocking(False)
-        with pytest.raises(BlockingIOError):
-            listener.accept()  # nobody connected
-    assert result.exit_code == 3, result.output
-    assert f"{option} " in result.output and "cannot write there" in result.output
-    assert "Traceback" not in result.output and "load " not in result.stdout
-
-
-@pytest.mark.parametrize("args, message", [
-    (["--count", "5", "--duration", "5s"], "not both"),
-    ([], "say how long to run: --count (total transactions) or --duration (wall time)"),
-    (["--count", "1", "--terminals", "2", "--workers", "2"], "fewer than --workers"),
-    (["--count", "5", "--terminals", "2", "--workers", "3"], "every worker needs a terminal"),
-    (["--count", "5", "--mix", "buy=1"], "unknown operation"),
-    (["--count", "5", "--rate", "fast"], "--rate"),
-    (["--count", "5", "--store", "x.sqlite"], "--store-dir"),
-    (["--count", "5", "--pan", "4761739001010011"], "Luhn"),
-    (["--count", "5", "--amount", "5.00-1.00"], "amount range"),
-    (["--count", "5", "--no-check", "--require-check"], "contradicts"),
-    (["--count", "5", "--terminals", "0"], "--terminals"),
-])
-def test_usage_errors_exit_3(args: list[str], message: str) -> None:
-    result = load("--port", "1", *args)
-    assert result.exit_code == 3, result.output
-    assert message in result.output
-
-
-# ---------------------------------------------------------------------------------------------
-# --workers: splitting the run, merging the records; --store-dir :memory:
-
-
-def test_split_config_shares_add_up_and_terminals_are_disjoint() -> None:
-    config = load_config(7, count=23, rate=90.0, seed=4, workers=3)
-    parts = split_config(config)
-    assert [len(part.terminal_ids) for part in parts] == [2, 2, 3]
-    assert [t for part in parts for t in part.terminal_ids] == list(config.terminal_ids)
-    assert [part.count for part in parts] == [8, 8, 7] and sum(p.count or 0 for p in parts) == 23
-    assert sum(part.rate or 0 for part in parts) == pytest.approx(90.0)
-    assert len({part.seed for part in parts}) == 3 and all(part.workers == 1 for part in parts)
-    assert split_config(config)[1].seed == parts[1].seed  # the same --seed repeats the run
-    duration = split_config(load_config(4, duration=5.0, workers=2))
-    assert all(part.duration == 5.0 and part.count is None for part in duration)
-
-
-def test_replayed_worker_records_merge_exactly() -> None:
-    """Two workers' records replayed into one LoadStats give the stats of all samples together:
-    percentiles over the merged samples (not an average of the workers' percentiles)."""
-    first, second = ForwardingStats(), ForwardingStats()
-    for index in range(100):  # worker 1: fast; worker 2: slow
-        for stats, latency in ((first, 0.010 + index / 10_000), (second, 1.0 + index / 100)):
-            at = index / 50
-            stats.record_started("purchase")
-            stats.record_sends(["financial"])
-            stats.record_outcome("purchase", "approved", "00", latency, at)
-    second.record_note("connect-failed", "cannot connect: 127.0.0.1:1: Connection refused")
-    merged = LoadStats()
-    replay(merged, first.take(), 0.0)
-    replay(merged, second.take(), 0.5)
-    assert merged.check_totals() == []
-    assert (merged.started, merged.finished, merged.messages_sent["financial"]) == (200, 200, 200)
-    all_latencies = sorted(first.sorted_latencies() + second.sorted_latencies())
-    assert merged.percentile(50) == nearest_rank(all_latencies, 50) == first.percentile(100)
-    assert merged.percentile(99) == nearest_rank(all_latencies, 99)
-    assert merged.percentile(50) != (first.percentile(50) + second.percentile(50)) / 2  # type: ignore[operator]
-    assert merged.last_outcome_at == pytest.approx(99 / 50 + 0.5)  # worker 2's clock shifted onto the parent's
-    assert merged.connect_failure == "cannot connect: 127.0.0.1:1: Connection refused"
-    assert first.take() == []  # taken once
-    with pytest.raises(ValueError, match="not a load record"):
-        replay(merged, [("bogus",)], 0.0)
-
-
 async def test_memory_stores_run_and_keep_nothing_on_disk(
         autojump_clock: Any, inline_threads: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -846,80 +486,3 @@ async def test_memory_stores_run_and_keep_nothing_on_disk(
         assert list(tmp_path.iterdir()) == []
     finally:
         result.close()
-
-
-def test_workers_merge_into_one_consistent_report(healthy_switch: tuple[int, int], tmp_path: Path) -> None:
-    port, admin = healthy_switch
-    result = load("--port", str(port), "--admin", admin, "--terminals", "5", "--count", "101", "--workers", "2",
-                  "--settle", "--seed", "7", "--json", "--quiet", "--store-dir", str(tmp_path / "stores"),
-                  "--terminal-id", "W0000001")
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["transactions"] == {"started": 101, "finished": 101, "in_flight": 0}
-    assert summary["accounting_problems"] == []
-    assert summary["latency_ms"]["count"] == 101 and sum(b["count"] for b in summary["latency_histogram"]) == 101
-    assert summary["housekeeping"]["settle"] == {"approved": 5} and summary["terminal_events"]["sign_ons"] == 5
-    assert summary["config"]["workers"] == 2
-    echoes = summary["by_operation"].get("echo", {}).get("approved", 0)
-    consistency = summary["consistency"]
-    assert consistency["status"] == "consistent", consistency
-    assert consistency["checked"] == consistency["host_postings"] == 101 - echoes
-    assert sorted(p.name for p in (tmp_path / "stores").iterdir() if p.suffix == ".sqlite") == [
-        f"W000000{n}.sqlite" for n in range(1, 6)]
-
-
-def test_workers_with_memory_stores(healthy_switch: tuple[int, int], tmp_path: Path) -> None:
-    port, admin = healthy_switch
-    result = load("--port", str(port), "--admin", admin, "--terminals", "4", "--count", "40", "--workers", "2",
-                  "--json", "--quiet", "--store-dir", ":memory:", "--terminal-id", "M0000001")
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
-    assert summary["transactions"]["finished"] == 40 and summary["config"]["store_dir"] == ":memory:"
-    assert summary["consistency"]["status"] == "consistent"
-    assert not (tmp_path / "xdg").exists()  # nothing written where the stores would otherwise go
-
-
-@pytest.mark.parametrize("sync_threads", [1, 8])
-async def test_group_syncer_releases_each_terminal_only_after_its_own_store_synced(sync_threads: int) -> None:
-    """Real worker threads (no autojump): many terminals' syncs go out in a few batches, each batch's
-    stores one after the other (1) or in parallel (8)."""
-    synced: list[str] = []
-
-    class FakeStore:
-        def __init__(self, name: str, fail: bool = False) -> None:
-            self.name, self.fail = name, fail
-
-        def sync(self) -> None:
-            if self.fail:
-                raise OSError(f"{self.name}: No space left on device")
-            synced.append(self.name)
-
-    syncer = GroupSyncer(batches_in_flight=2, sync_threads=sync_threads)
-    released: list[str] = []
-    failures: list[str] = []
-
-    async def terminal(store: FakeStore) -> None:
-        try:
-            await syncer(store)  # type: ignore[arg-type]
-        except OSError as exc:
-            failures.append(str(exc))
-            return
-        assert store.name in synced  # never released before its own sync returned
-        released.append(store.name)
-
-    with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(syncer.run)
-            async with trio.open_nursery() as terminals:
-                for index in range(30):
-                    terminals.start_soon(terminal, FakeStore(f"T{index:02d}", fail=index == 7))
-            nursery.cancel_scope.cancel()
-    assert sorted(released) == sorted(synced) and len(released) == 29
-    assert failures == ["T07: No space left on device"]  # only that terminal's request is stopped
-
-
-def test_group_syncer_needs_at_least_one_batch_and_thread() -> None:
-    with pytest.raises(ValueError, match="must be >= 1"):
-        GroupSyncer(sync_threads=0)
-    with pytest.raises(ValueError, match="must be >= 1"):
-        GroupSyncer(batches_in_flight=0)

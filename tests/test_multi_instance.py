@@ -33,6 +33,7 @@ from switch.server import ServerConfig, SwitchServer
 from switch.server_terminals import TerminalOwner
 from terminal.api import open_terminal
 from terminal.policy import Note
+from tests.pg_server import terminate_ledger_sessions
 from tests.test_server import CODEC, DIALECT, F7, FRAMING, NOW, connect, exchange, network, purchase, reversal_of
 
 T = "TERM0001"
@@ -234,16 +235,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _terminate(pg_url: str, ledger: Ledger) -> None:
-    """Kill both database sessions of ``ledger`` from the server side: what SIGKILL of its process does."""
-    ownership, backend = ledger._ownership, ledger._backend
-    assert ownership is not None and ownership.control._conn is not None and backend is not None
-    pids = [ownership.control._conn.info.backend_pid, backend._conn.info.backend_pid]  # type: ignore[attr-defined]
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        for pid in pids:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-
-
 async def test_a_crashed_instance_leaves_only_committed_rows_to_the_next(pg_url: str) -> None:
     a, b = make_instance(pg_url), make_instance(pg_url, wait=5.0)
     kept, lost = purchase(40, amount=4000), purchase(41, amount=4100)
@@ -258,7 +249,7 @@ async def test_a_crashed_instance_leaves_only_committed_rows_to_the_next(pg_url:
                     # decided at A (rows in memory, not yet flushed), then the process dies at once
                     decision = a.server.host.handle(lost, NOW)
                     assert decision.response is not None and decision.response[39] == "00"
-                    _terminate(pg_url, a.ledger)
+                    terminate_ledger_sessions(pg_url, a.ledger)
                     crashed.set()
                     assert decision.commit_seq is not None
                     await a.server.committer.wait_committed(decision.commit_seq)  # refused: CommitError

@@ -31,6 +31,7 @@ from switch.profiles import ProfileSet
 from switch.scenario import default_scenario
 from switch.security import MacPlacement, WorkingKeys, apply_mac, with_mac_placeholder
 from switch.server_terminals import TerminalOwner
+from tests.pg_server import terminate_ledger_sessions
 from tests.test_cup_security import CUP, cup_purchase, cup_signon, keys_from_field62_layout40, profile_set
 from tests.test_server import DIALECT, NOW, network, purchase
 
@@ -85,16 +86,6 @@ def stored(pg_url: str, terminal: str = T) -> Any:
         return reader.session(terminal)
 
 
-def kill(pg_url: str, ledger: Ledger) -> None:
-    """End both database sessions of ``ledger`` from the server side: what SIGKILL of its process does."""
-    ownership, backend = ledger._ownership, ledger._backend
-    assert ownership is not None and ownership.control._conn is not None and backend is not None
-    pids = [ownership.control._conn.info.backend_pid, backend._conn.info.backend_pid]  # type: ignore[attr-defined]
-    with psycopg.connect(pg_url, autocommit=True) as admin:
-        for pid in pids:
-            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
-
-
 # ---------------------------------------------------------------------------------------------
 # ISO terminal, no profiles: the session itself
 
@@ -140,8 +131,8 @@ async def test_a_sign_on_first_answer_waits_for_the_sign_off_it_rests_on(nodes: 
     await a.ask(network("001"))
     signoff = a.host.handle(network("002", stan=2), NOW)
     refused = a.host.handle(purchase(3), NOW)  # the sign-off is not committed yet
-    assert refused.outcome == "signon-required" and refused.commit_seq == signoff.commit_seq is not None
-    assert not a.ledger.is_committed(refused.commit_seq)
+    assert refused.outcome == "signon-required" and refused.commit_seq is not None
+    assert refused.commit_seq == signoff.commit_seq and not a.ledger.is_committed(refused.commit_seq)
 
 
 async def test_a_second_listener_never_moves_the_sign_on_count_back(nodes: list[Node], pg_url: str) -> None:
@@ -179,7 +170,7 @@ async def test_a_session_committed_before_a_crash_is_the_next_owners(nodes: list
     a, b = Node(pg_url), Node(pg_url)
     nodes += [a, b]
     await a.ask(network("001"))  # committed: its 00 may have left
-    kill(pg_url, a.ledger)  # A dies owning the terminal; PostgreSQL drops its locks
+    terminate_ledger_sessions(pg_url, a.ledger)  # A dies owning the terminal; PostgreSQL drops its locks
     assert (await b.ask(purchase(2)))[39] == "00"
     assert b.host.sessions[T] == NOW.timestamp()
 
@@ -192,7 +183,7 @@ async def test_a_sign_on_whose_commit_failed_left_no_session(nodes: list[Node], 
     await a.own()
     decision = a.host.handle(network("001"), NOW)
     assert decision.outcome == "signon" and decision.commit_seq is not None
-    kill(pg_url, a.ledger)
+    terminate_ledger_sessions(pg_url, a.ledger)
     with pytest.raises((LedgerError, psycopg.Error)):
         a.ledger.flush()
     assert not a.ledger.is_committed(decision.commit_seq)  # so the server sends nothing (CommitError)

@@ -23,7 +23,8 @@ from switch.codec import Codec, load_dialect
 from switch.codec.framing import Framing
 from switch.codec.message import Message
 from switch.codec.stream import FrameStream
-from terminal.client import TerminalClient, TrioClock, _Ended, _Link
+from terminal.client import TerminalClient, TrioClock
+from terminal.link import Ended, Link
 from terminal.policy import Note, Purchase, TerminalPolicy
 from terminal.profile import TerminalProfile
 from terminal.records import JournalEntry
@@ -197,19 +198,40 @@ def test_the_store_reads_journal_rows_in_the_order_of_the_entry_fields() -> None
 
 async def test_an_inline_link_knows_a_frame_that_came_with_the_last_reply() -> None:
     """Two frames in one read: the first is returned, the second is waiting (``arrived``) and is
-    returned next without reading the stream again; then a close is an ``_Ended``."""
+    returned next without reading the stream again; then a close is an ``Ended``."""
     client_side, server_side = trio.testing.memory_stream_pair()
-    link = _Link(FrameStream(client_side, FRAMING), inline=True)
+    link = Link(FrameStream(client_side, FRAMING), inline=True)
     first, second = (FRAMING.encode(CODEC.encode(Message("0810", {11: stan, 39: "00", 70: "301"})))
                      for stan in ("000001", "000002"))
     with trio.fail_after(5):
         await server_side.send_all(first + second)
-        assert not isinstance(got := await link.read_one(), _Ended)
+        assert not isinstance(got := await link.read_one(), Ended)
         assert CODEC.decode(got.payload).get(11) == "000001"
         assert link.arrived()
-        assert not isinstance(got := await link.read_one(), _Ended)
+        assert not isinstance(got := await link.read_one(), Ended)
         assert CODEC.decode(got.payload).get(11) == "000002"
         assert not link.arrived()
         await server_side.aclose()
         ended = await link.read_one()
-    assert isinstance(ended, _Ended)
+    assert isinstance(ended, Ended)
+
+
+async def test_part_of_a_frame_is_not_an_arrival_so_no_command_waits_for_its_rest() -> None:
+    """A reply and half of the next frame in one read: the half is kept, but nothing has "arrived"
+    (its rest may never come), so ``read_arrived`` returns at once; the rest completes it later."""
+    client_side, server_side = trio.testing.memory_stream_pair()
+    link = Link(FrameStream(client_side, FRAMING), inline=True)
+    first, second = (FRAMING.encode(CODEC.encode(Message("0810", {11: stan, 39: "00", 70: "301"})))
+                     for stan in ("000001", "000002"))
+    half = len(second) // 2
+    with trio.fail_after(5):
+        await server_side.send_all(first + second[:half])
+        assert not isinstance(got := await link.read_one(), Ended)
+        assert CODEC.decode(got.payload).get(11) == "000001"
+        assert not link.arrived()
+        start = trio.current_time()
+        assert await link.read_arrived() is None
+        assert trio.current_time() - start < 0.01  # no wait for bytes the host has not sent
+        await server_side.send_all(second[half:])
+        assert not isinstance(got := await link.read_one(), Ended)
+        assert CODEC.decode(got.payload).get(11) == "000002"

@@ -143,10 +143,15 @@ class Journal:
         self._ring.append(record)
         writer = self._writer
         if writer is not None and writer.writing:
-            pending = writer.pending
-            if len(pending) == pending.maxlen:
-                writer.lost += 1
-            pending.append(record)
+            self._queue(writer, record)
+
+    @staticmethod
+    def _queue(writer: FileWriter, item: _Record | _Update) -> None:
+        """Queue a line (or an update) for the file; a full queue drops its oldest, counted as lost."""
+        pending = writer.pending
+        if len(pending) == pending.maxlen:
+            writer.lost += 1
+        pending.append(item)
 
     def record_in(self, *, connection: int, peer: str, raw: bytes | bytearray | memoryview,
                   message: Message | None, error: str | BaseException | None = None,
@@ -209,7 +214,7 @@ class Journal:
         request.entry = None
         writer = self._writer
         if request.claimed and writer is not None and writer.writing:  # its line is written already: the update too
-            writer.pending.append(_Update(request))
+            self._queue(writer, _Update(request))
 
     def _find(self, seq: int) -> _Record | None:
         """The ring holds consecutive seqs, so the position is arithmetic (recent ones are cheap)."""

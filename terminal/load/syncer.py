@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import trio
 
-from terminal.store import TerminalStore
+from terminal.store import StoreError, TerminalStore
 
 __all__ = ["GroupSyncer"]
 
@@ -30,12 +30,13 @@ _SYNC_THREADS = 8  # stores synced at once across the batches (the file system m
 
 
 class _Waiter:
-    __slots__ = ("done", "error", "store")
+    __slots__ = ("done", "error", "store", "synced")
 
     def __init__(self, store: TerminalStore) -> None:
         self.store = store
         self.done = trio.Event()
         self.error: BaseException | None = None
+        self.synced = False  # set only once the store's sync returned: anything else is a failure
 
 
 def _sync_one(waiter: _Waiter) -> None:
@@ -43,6 +44,8 @@ def _sync_one(waiter: _Waiter) -> None:
         waiter.store.sync()
     except Exception as exc:  # this terminal's store failed; the others still get synced
         waiter.error = exc
+    else:
+        waiter.synced = True
 
 
 def _sync_all(waiters: list[_Waiter], pool: ThreadPoolExecutor | None) -> None:
@@ -75,6 +78,8 @@ class GroupSyncer:
         await waiter.done.wait()
         if waiter.error is not None:
             raise waiter.error
+        if not waiter.synced:  # the batch never reached this store (no thread, say): never send unsynced
+            raise StoreError(f"terminal {store.terminal_id}: store not synced; the request is not sent")
 
     async def run(self) -> None:
         if self._sync_threads > 1:

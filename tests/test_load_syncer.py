@@ -1,0 +1,93 @@
+"""The load runner's group syncer never lets a request out unsynced, even when a batch fails before it
+reached the stores (no thread to run it, an executor shut down): every waiter of that batch raises."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from terminal.load import syncer as syncer_module
+from terminal.load.syncer import GroupSyncer
+from terminal.store import StoreError
+
+
+class FakeStore:
+    def __init__(self, terminal_id: str) -> None:
+        self.terminal_id = terminal_id
+        self.synced = False
+
+    def sync(self) -> None:
+        self.synced = True
+
+
+async def test_a_batch_that_never_ran_releases_no_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_thread(*_args: object) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(syncer_module, "_sync_all", no_thread)
+    syncer = GroupSyncer(batches_in_flight=1, sync_threads=1)
+    stores = [FakeStore(f"T{index}") for index in range(3)]
+    refused: list[str] = []
+    sent: list[str] = []
+
+    async def terminal(store: FakeStore) -> None:
+        try:
+            await syncer(store)  # type: ignore[arg-type]
+        except StoreError as exc:
+            refused.append(str(exc))
+            return
+        sent.append(store.terminal_id)  # what would be sent: must never happen here
+
+    crash = pytest.RaisesGroup(pytest.RaisesExc(RuntimeError, match="new thread"), flatten_subgroups=True)
+    with trio.fail_after(10), crash:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(syncer.run)
+            for store in stores:
+                nursery.start_soon(terminal, store)
+    assert sent == [] and not any(store.synced for store in stores)
+    assert sorted(refused) == [f"terminal T{index}: store not synced; the request is not sent" for index in range(3)]
+
+@pytest.mark.parametrize("sync_threads", [1, 8])
+async def test_group_syncer_releases_each_terminal_only_after_its_own_store_synced(sync_threads: int) -> None:
+    """Real worker threads (no autojump): many terminals' syncs go out in a few batches, each batch's
+    stores one after the other (1) or in parallel (8)."""
+    synced: list[str] = []
+
+    class FakeStore:
+        def __init__(self, name: str, fail: bool = False) -> None:
+            self.name, self.fail = name, fail
+
+        def sync(self) -> None:
+            if self.fail:
+                raise OSError(f"{self.name}: No space left on device")
+            synced.append(self.name)
+
+    syncer = GroupSyncer(batches_in_flight=2, sync_threads=sync_threads)
+    released: list[str] = []
+    failures: list[str] = []
+
+    async def terminal(store: FakeStore) -> None:
+        try:
+            await syncer(store)  # type: ignore[arg-type]
+        except OSError as exc:
+            failures.append(str(exc))
+            return
+        assert store.name in synced  # never released before its own sync returned
+        released.append(store.name)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(syncer.run)
+            async with trio.open_nursery() as terminals:
+                for index in range(30):
+                    terminals.start_soon(terminal, FakeStore(f"T{index:02d}", fail=index == 7))
+            nursery.cancel_scope.cancel()
+    assert sorted(released) == sorted(synced) and len(released) == 29
+    assert failures == ["T07: No space left on device"]  # only that terminal's request is stopped
+
+
+def test_group_syncer_needs_at_least_one_batch_and_thread() -> None:
+    with pytest.raises(ValueError, match="must be >= 1"):
+        GroupSyncer(sync_threads=0)
+    with pytest.raises(ValueError, match="must be >= 1"):
+        GroupSyncer(batches_in_flight=0)
