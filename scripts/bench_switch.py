@@ -198,6 +198,9 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--window", type=int, default=4, help="requests in flight per connection")
     parser.add_argument("--scenario", default=None, help="also measure the switch with this scenario loaded")
+    parser.add_argument("--process-writer", action="store_true",
+                        help="also measure the default with --journal-writer process (lines formatted in a "
+                             "writer process: less CPU in the switch, more in all)")
     parser.add_argument("--tree", default=None, metavar="DIR",
                         help="run the switch from this source tree instead of the installed package")
     parser.add_argument("--baseline-tree", default=None, metavar="DIR",
@@ -222,6 +225,8 @@ def main() -> int:
     ]
     if args.scenario:
         variants.append(("scenario", f"switch + {args.scenario}", ["--scenario", args.scenario]))
+    if args.process_writer:
+        variants.append(("process_writer", "switch --journal-writer process", ["--journal-writer", "process"]))
     if args.baseline_tree:
         variants += [("baseline_default", "baseline tree: default", []),
                      ("baseline_journal_none", "baseline tree: --journal none", ["--journal", "none"])]

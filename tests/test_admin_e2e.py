@@ -23,7 +23,7 @@ import trio
 
 from switch.codec import Message
 from switch.testing import SwitchProcess
-from tests.test_fault_actions import Client
+from tests.fault_wire import Client
 
 START_LIMIT = 30.0  # seconds for the subprocess to print its ports (imports FastAPI, hypercorn)
 TEST_LIMIT = 15.0

@@ -19,13 +19,12 @@ from tests.test_journal import (
     DIALECTS,
     PANS,
     PROPERTY_SETTINGS,
-    entry_dict,
     journal_for,
     lines_of,
     purchase,
     response,
-    write_lines,
 )
+from tests.test_journal_reading import entry_dict, write_lines
 
 
 def compact_json(document: dict[str, Any]) -> bytes:
