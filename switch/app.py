@@ -240,6 +240,8 @@ class Switch:
         async with trio.open_nursery() as nursery:
             if self.server.journal is not None:
                 await nursery.start(self.server.journal.run)
+            if self.runtime.faults.shared is not None:  # multi-instance: counted rules counted in batches
+                await nursery.start(self.runtime.faults.shared.run)
             admin_port = None
             if self.options.admin_port is not None:
                 admin_port = await self._start_admin(nursery, self.options.admin_port)

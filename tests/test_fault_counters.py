@@ -147,6 +147,37 @@ def test_threads_hammering_one_counter_lose_no_update(ledger_url: str) -> None:
             item.close()
 
 
+async def test_frames_waiting_together_are_counted_in_one_statement_each_with_its_own_number(
+        counters: list[FaultCounters], monkeypatch: pytest.MonkeyPatch) -> None:
+    """While ``run`` serves, 200 frames matching two rules at once take a few statements, not 200, and
+    every frame still gets its own count of each rule (1..200, none twice), on two instances at once."""
+    statements: list[int] = []
+    original = FaultCounters.count_many_blocking
+
+    def counted(self: FaultCounters, frames: list[list[tuple[str, str]]]) -> list[dict[str, int] | None]:
+        statements.append(len(frames))
+        return original(self, frames)
+
+    monkeypatch.setattr(FaultCounters, "count_many_blocking", counted)
+    got: list[dict[str, int] | None] = []
+
+    async def frame(index: int) -> None:
+        got.append(await counters[index % 2].count([("scope", "a"), ("scope", "b")]))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as serving:
+            for item in counters:
+                await serving.start(item.run)
+            async with trio.open_nursery() as frames:
+                for index in range(200):
+                    frames.start_soon(frame, index)
+            serving.cancel_scope.cancel()
+    assert all(result is not None for result in got)
+    for rule in ("a", "b"):
+        assert sorted(result[rule] for result in got if result is not None) == list(range(1, 201))
+    assert sum(statements) == 200 and len(statements) < 50  # batched: one round trip serves many frames
+
+
 async def test_an_unreachable_database_counts_nothing_and_says_so_once(
         counters: list[FaultCounters], caplog: pytest.LogCaptureFixture) -> None:
     a = SharedFaultEngine(rules({"id": "all2", "when": {"mti": "0200", "every": 1}, "respond": "05"}), seed=7,
