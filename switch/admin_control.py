@@ -25,15 +25,18 @@ from switch.scenario import MAX_SCENARIO_NAME, Scenario, ScenarioError, load_sce
 if TYPE_CHECKING:
     from switch.admin import SwitchRuntime
     from switch.faults import FaultEngine, FaultRule
+    from switch.server_terminals import TerminalOwner
 
 log = logging.getLogger("switch.admin")
 
 SCENARIO_LOADS = 2
 """Scenario loads running at once; more wait their turn instead of taking more worker threads."""
-TAKE_OVER_AT_ONCE = 4
-"""Terminals a multi-instance sessions reset takes over at once (each is a try-lock and a fetch)."""
-MAX_TAKE_OVERS = 10_000
-"""Stored sessions one reset takes over at most; any beyond are reported kept (reset again)."""
+TAKE_OVER_CHUNK = 16
+"""Terminals a multi-instance sessions reset takes over, ends and gives back together (each is a
+try-lock and a fetch, on the owner's fetch threads)."""
+MAX_TAKE_OVERS = 2_000
+"""Stored sessions one reset takes over at most (a few seconds); any beyond are reported kept:
+reset again."""
 RESTART_ONLY_HOST_SETTINGS = frozenset({"family", "signon_required_code"})
 """Host settings a loaded scenario cannot change at runtime: ``Host`` derives state from them when
 it is constructed (the dialect family's checks, the "sign on first" code), so replacing its config
@@ -98,44 +101,64 @@ def _scenario_error(exc: ScenarioError) -> HTTPException:
 async def _reset_shared_sessions(runtime: SwitchRuntime) -> tuple[int, list[str]]:
     """Multi-instance sessions reset: (sessions ended, terminals another instance serves).
 
-    Sessions are shared ledger rows, and only a terminal's owner may write its row. So: take over
-    (without waiting) every terminal whose COMMITTED session is open and that no instance serves,
-    end every session this instance serves, wait until the ended rows are committed, then give the
-    terminals taken over back at once, so live traffic of them is not held here until they go idle.
-    A terminal another instance serves is kept: only that instance can end its session (a
-    ``--workers`` supervisor sends the reset to every worker and reports what none of them ended)."""
-    owner, ledger, committer = runtime.owner, runtime.ledger, runtime.committer
+    Sessions are shared ledger rows, and only a terminal's owner may write its row. First every
+    session this instance serves is ended; then the terminals whose COMMITTED session is still open
+    and that no instance serves are handled ``TAKE_OVER_CHUNK`` at a time: taken over without waiting,
+    ended, committed, and given back at once (also on failure or cancellation), so no terminal is
+    held here longer than its chunk. A terminal another instance serves is kept: only that instance
+    can end its session (a ``--workers`` supervisor sends the reset to every worker and reports what
+    none of them ended)."""
+    owner, ledger = runtime.owner, runtime.ledger
     assert owner is not None
-    stored = await trio.to_thread.run_sync(ledger.open_session_terminals)
-    taken: list[str] = []
-    kept: list[str] = []
-    failures: list[str] = []
-    limit = trio.Semaphore(TAKE_OVER_AT_ONCE)
-
-    async def take_over(terminal: str) -> None:
-        async with limit:
-            try:
-                (taken if await owner.acquire(terminal, wait=0.0) else kept).append(terminal)
-            except LedgerError as exc:  # the lock session is gone: the switch is stopping
-                failures.append(f"terminal {terminal}: {exc}")
-
-    async with trio.open_nursery() as nursery:
-        for terminal in stored[:MAX_TAKE_OVERS]:
-            if not owner.owned(terminal):
-                nursery.start_soon(take_over, terminal)
-    if failures:
-        raise HTTPException(status_code=503, detail=f"sessions not reset: {failures[0]}")
-    kept.extend(stored[MAX_TAKE_OVERS:])
-    ended = sum(len(host.sessions) for host in runtime.hosts)
+    served = {terminal for host in runtime.hosts for terminal in host.sessions}
     for host in runtime.hosts:
         host.reset_sessions()
-    if committer is not None:
+    await _committed(runtime)
+    stored = await trio.to_thread.run_sync(ledger.open_session_terminals)
+    others = [terminal for terminal in stored if terminal not in served]
+    ended, kept = len(served), sorted(set(others[MAX_TAKE_OVERS:]))
+    for first in range(0, min(len(others), MAX_TAKE_OVERS), TAKE_OVER_CHUNK):
+        chunk = others[first:first + TAKE_OVER_CHUNK]
+        taken: list[str] = []
+        failures: list[str] = []
         try:
-            await committer.wait_committed(ledger.pending_seq)
-        except CommitError as exc:
-            raise HTTPException(status_code=503, detail=f"sessions ended in memory only: {exc}") from None
-    await owner.give_back(taken)
+            async with trio.open_nursery() as nursery:
+                for terminal in chunk:
+                    nursery.start_soon(_take_over, owner, terminal, taken, kept, failures)
+            if failures:
+                raise HTTPException(status_code=503, detail=f"sessions not reset: {failures[0]}")
+            done: set[str] = set()
+            for host in runtime.hosts:
+                done.update(host.end_sessions(taken))
+            await _committed(runtime)
+            ended += len(done)
+        finally:
+            with trio.CancelScope(shield=True):
+                await owner.give_back(taken)
     return ended, sorted(kept)
+
+
+async def _take_over(owner: TerminalOwner, terminal: str, taken: list[str], kept: list[str],
+                     failures: list[str]) -> None:
+    """Own ``terminal`` for a reset without waiting for another instance: into ``taken`` or ``kept``
+    (``failures`` when the lock session is gone: the switch is stopping)."""
+    if owner.owned(terminal):  # a live request of it took it over meanwhile: it is ours to end
+        taken.append(terminal)
+        return
+    try:
+        (taken if await owner.acquire(terminal, wait=0.0) else kept).append(terminal)
+    except LedgerError as exc:
+        failures.append(f"terminal {terminal}: {exc}")
+
+
+async def _committed(runtime: SwitchRuntime) -> None:
+    """Wait until every row appended so far is committed (the ended sessions): 503 if it cannot be."""
+    if runtime.committer is None:
+        return
+    try:
+        await runtime.committer.wait_committed(runtime.ledger.pending_seq)
+    except CommitError as exc:
+        raise HTTPException(status_code=503, detail=f"sessions ended in memory only: {exc}") from None
 
 
 def _find_rule(faults: FaultEngine, rule_id: str) -> FaultRule:

@@ -125,6 +125,9 @@ class Ledger(LedgerState):
         self._backend: LedgerBackend | None = backend  # None once closed
         self._flush_lock = threading.Lock()  # flush() vs close() from different threads
         self._pending: deque[PendingRow] = deque()  # (seq, table, params), seq ascending
+        # multi-instance mode: the sequences of this instance's rows not yet committed, kept until their
+        # transaction commits (a flush in progress took them out of ``_pending`` already)
+        self._uncommitted: set[int] = set()
         self._sequence = 0
         self._pending_seq = 0
         self._committed_seq = 0
@@ -320,10 +323,11 @@ class Ledger(LedgerState):
     def is_committed(self, seq: int) -> bool:
         """Whether the row numbered ``seq`` is durable. In multi-instance mode a row installed from the
         database (another instance's, answered again for a repeat) is, though its number may lie above
-        anything this instance appended: only this instance's own pending rows are not."""
+        anything this instance appended: only this instance's own rows not yet committed are not —
+        queued, or in a flush whose transaction has not committed yet."""
         if seq <= self._committed_seq:
             return True
-        return self._ownership is not None and all(row[0] != seq for row in self._pending)
+        return self._ownership is not None and seq not in self._uncommitted
 
     def _append(self, seq: int, table: str, params: tuple[Any, ...]) -> None:
         if self._backend is None:
@@ -332,6 +336,7 @@ class Ledger(LedgerState):
             raise ValueError(f"sequence {seq} appended after {self._pending_seq}: take a new next_sequence()")
         if self._ownership is not None:
             self._ownership.note_row(params[2], seq)  # every table's third column is the terminal
+            self._uncommitted.add(seq)
         self._pending.append((seq, table, params))
         self._pending_seq = seq
 
@@ -373,6 +378,8 @@ class Ledger(LedgerState):
             pending.extendleft(reversed(batch))  # back to the front, in order, ahead of later appends
             raise
         self._committed_seq = batch[-1][0]
+        if self._ownership is not None:  # only now: until the commit, these rows were not durable
+            self._uncommitted.difference_update(row[0] for row in batch)
         return self._committed_seq
 
 

@@ -275,8 +275,13 @@ class _ServerCore:
         if self.host.macs:
             payload, reply, _ = self._mac(reply, payload)
         mti = request.mti if request is not None else (error.mti if error is not None else None) or "????"
-        return _Outgoing(commit_seq or 0, self.framing.encode(payload, tpdu), payload, reply, mti, request_seq,
-                         arrived)
+        wait = commit_seq or 0
+        if wait and self.owner is not None and self.ledger.is_committed(wait):
+            # multi-instance: a row installed from another instance (a repeat's first answer, a session)
+            # is durable, and its number may exceed this instance's own pending rows: the writer waits
+            # for the highest number of a batch, so it must not stand in for those
+            wait = 0
+        return _Outgoing(wait, self.framing.encode(payload, tpdu), payload, reply, mti, request_seq, arrived)
 
     def _unanswered(self, request: Message | None, error: MessageDecodeError | None, request_seq: int | None,
                     faults: _Applied, note: str) -> None:

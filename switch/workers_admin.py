@@ -56,6 +56,8 @@ log = logging.getLogger("switch.workers")
 
 CALL_TIMEOUT = 10.0
 """Seconds one call to a worker's admin API may take."""
+RESET_TIMEOUT = 120.0
+"""... and a reset: a multi-instance sessions reset takes stored sessions over chunk by chunk."""
 FORWARDED_HEADERS = frozenset({"authorization", "content-type", "accept"})
 CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NOT_REPLAYED = ("/api/v1/held/",)
@@ -101,7 +103,8 @@ def _call(port: int, method: str, target: str, headers: dict[str, str], body: by
     request = urllib.request.Request(f"http://127.0.0.1:{port}{target}", data=body or None, method=method,
                                      headers=headers)
     try:
-        with _OPENER.open(request, timeout=CALL_TIMEOUT) as response:
+        timeout = RESET_TIMEOUT if target.startswith(RESET_PATH) else CALL_TIMEOUT
+        with _OPENER.open(request, timeout=timeout) as response:
             return Answer(worker, response.status, response.headers.get("content-type", ""), response.read())
     except urllib.error.HTTPError as exc:
         return Answer(worker, exc.code, exc.headers.get("content-type", ""), exc.read())

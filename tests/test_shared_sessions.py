@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -133,6 +134,33 @@ async def test_a_sign_on_first_answer_waits_for_the_sign_off_it_rests_on(nodes: 
     refused = a.host.handle(purchase(3), NOW)  # the sign-off is not committed yet
     assert refused.outcome == "signon-required" and refused.commit_seq is not None
     assert refused.commit_seq == signoff.commit_seq and not a.ledger.is_committed(refused.commit_seq)
+
+
+async def test_a_row_in_a_flush_not_yet_committed_is_not_committed(nodes: list[Node], pg_url: str) -> None:
+    """A flush takes the rows out of the queue before its transaction commits: until it has, the rows
+    are not durable, and ``is_committed`` (what the writer's wait trusts) must say so."""
+    a = Node(pg_url)
+    nodes.append(a)
+    await a.ask(network("001"))
+    signoff = a.host.handle(network("002", stan=2), NOW)
+    assert signoff.commit_seq is not None
+    backend = a.ledger._backend
+    assert backend is not None
+    entered, release = threading.Event(), threading.Event()
+    write = backend.write
+
+    def slow_write(batch: Any) -> None:
+        entered.set()
+        assert release.wait(10)
+        write(batch)
+
+    backend.write = slow_write  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trio.to_thread.run_sync, a.ledger.flush)
+        await trio.to_thread.run_sync(entered.wait, 10)
+        assert not a.ledger.is_committed(signoff.commit_seq)  # taken by the flush, not committed yet
+        release.set()
+    assert a.ledger.is_committed(signoff.commit_seq)
 
 
 async def test_a_second_listener_never_moves_the_sign_on_count_back(nodes: list[Node], pg_url: str) -> None:

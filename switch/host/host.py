@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 
 from switch.codec.composite import CompositeFieldError, CupHeader
@@ -70,6 +70,22 @@ class Host(SettlementMixin, FinancialMixin):
         self.sessions.clear()
         self.session_keys.clear()
         self._pin_failures.clear()
+
+    def end_sessions(self, terminals: Iterable[str], now: float | None = None) -> list[str]:
+        """Multi-instance reset of some terminals this instance owns (taken over for it): end each one's
+        session in memory and, if its stored row is still open (its keys could not be restored, or it
+        was restored into another listener's host only), in the ledger too; the terminals whose row
+        was ended here. Rows are committed by the next group commit."""
+        at = time.time() if now is None else now
+        ended: list[str] = []
+        for terminal in terminals:
+            self.session_keys.pop(terminal, None)
+            self.sessions.pop(terminal, None)
+            stored = self.ledger.session(terminal)
+            if self.shared_sessions and stored is not None and stored.signed_on_at is not None:
+                self._store_session(terminal, at)  # no session in memory now: an ended row
+                ended.append(terminal)
+        return ended
 
     def restore_terminal(self, terminal: str) -> None:
         """Make this host's memory of ``terminal``'s session (``terminal_of``'s id) exactly what the
