@@ -11,11 +11,9 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from hypothesis import HealthCheck, settings
 
 import switch.journal.reading as journal_module  # follow_journal sleeps here
 from switch.cli import cli as switch_cli
-from switch.codec import Codec, load_dialect
 from switch.journal import (
     EntryFilter,
     JournalFileError,
@@ -24,16 +22,7 @@ from switch.journal import (
     format_entry_line,
     read_journal_file,
 )
-from tests.test_journal import journal_for, record_exchange
-
-DIALECTS = ("iso87-binary", "iso87-ascii", "iso87-bcd", "cup-pos")
-CODECS = {name: Codec(load_dialect(name)) for name in DIALECTS}
-BINARY = CODECS["iso87-binary"]
-PAN = "4761739001010119"
-PIN = "0123456789ABCDEF"
-ICC = "9F2608C2F1A2B3C4D5E6F79F2701809F100706010A03A0B000"
-CUP_HEADER = "603100000000"
-PROPERTY_SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+from tests.test_journal import BINARY, PAN, journal_for, record_exchange
 
 # --------------------------------------------------------------------------------------------
 # Reading, formatting and following the file

@@ -3,12 +3,10 @@ and host postings, the run window and the exit status."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 
-from switch.codec import load_dialect
 from switch.codec.message import Message
 from terminal.load import (
     CUP_CLOCK_SLACK,
@@ -22,13 +20,7 @@ from terminal.load import (
     run_window,
 )
 from terminal.store import JournalEntry
-
-ISO = load_dialect("iso87-binary")
-T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
-PAN = "4761739001010010"  # approved by the default test-card table
-DECLINED_PAN = "4000000000000051"  # the test-card table answers 51
-UNBOOKED_PAN = "4999000000000062"  # zero-amount scenario: answered 00 by a fault, never booked
-
+from tests.test_load import T0
 
 # ---------------------------------------------------------------------------------------------
 # compare_views: the consistency check's verdicts

@@ -8,14 +8,12 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
-from switch.codec import load_dialect
 from switch.testing import SwitchProcess
 from terminal.cli import cli
 from terminal.load import (
@@ -26,14 +24,7 @@ from terminal.load import (
     nearest_rank,
 )
 from terminal.load.workers import ForwardingStats, replay, split_config
-from tests.test_load import load_config
-
-ISO = load_dialect("iso87-binary")
-T0 = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC).timestamp()
-PAN = "4761739001010010"  # approved by the default test-card table
-DECLINED_PAN = "4000000000000051"  # the test-card table answers 51
-UNBOOKED_PAN = "4999000000000062"  # zero-amount scenario: answered 00 by a fault, never booked
-
+from tests.test_load import DECLINED_PAN, PAN, UNBOOKED_PAN, load_config
 
 # ---------------------------------------------------------------------------------------------
 # iso-terminal load over loopback, against a real switch with its admin API
