@@ -42,6 +42,7 @@ from switch.scenario import Scenario, default_scenario, load_scenario
 from switch.security import MacError, MacPlacement
 from switch.server import (
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING,
     ServerConfig,
     SwitchGroup,
     SwitchServer,
@@ -151,6 +152,7 @@ class SwitchOptions:
     require_signon: bool | None = None  # None: scenario / default decides
     idle_timeout: float | None = 300.0
     max_connections: int | None = DEFAULT_MAX_CONNECTIONS  # per listener; None: no limit
+    max_pending: int = DEFAULT_MAX_PENDING  # per connection: requests read, not yet answered
     grace_period: float = 5.0
     host_overrides: dict[str, object] = field(default_factory=dict)
     journal: str | os.PathLike[str] | None = None  # None: journal.jsonl beside the ledger file; "none": memory only
@@ -410,7 +412,8 @@ def build_switch(dialect: Dialect, framing: Framing, options: SwitchOptions) -> 
                 ledger=ledger, committer=committer,
                 config=ServerConfig(host=item.host, port=item.port, idle_timeout=options.idle_timeout,
                                     grace_period=options.grace_period, ssl_context=context,
-                                    max_connections=options.max_connections, reuse_port=options.reuse_port),
+                                    max_connections=options.max_connections, reuse_port=options.reuse_port,
+                                    max_pending=options.max_pending),
                 faults=faults, journal=journal, metrics=metrics, held=held, owner=owner,
             ))
         server = servers[0]

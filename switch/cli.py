@@ -275,6 +275,9 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
               help="Close connections with no traffic for this long (0 = never).")
 @click.option("--max-connections", type=click.IntRange(min=0), default=1024, show_default=True, metavar="N",
               help="Per listener: close connections beyond this many at once, logged (0 = no limit).")
+@click.option("--max-pending", type=click.IntRange(min=1, max=100_000), default=None, metavar="N",
+              help="Per connection: requests read but not yet answered, after which reading stops until "
+                   "replies go out (backpressure)  [default: 64]")
 @click.option("--grace", "grace_period", type=click.FloatRange(min=0), default=5.0, show_default=True,
               metavar="SECONDS", help="On SIGINT/SIGTERM, how long in-flight requests may take to finish.")
 @click.option("--journal", "journal_path", default=None, metavar="PATH|none",
@@ -328,7 +331,8 @@ def describe(message: tuple[str, ...], dialect: Dialect, framed: bool, framing_o
 @click.option("-v", "--verbose", count=True, help="Log connections (-v) and every decision (-vv) to stderr.")
 def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: FramingOverrides, tpdu: bool | None,
           keepalive: str | None, ledger_path: str | None, scenario: str | None, seed: int | None,
-          require_signon: bool | None, idle_timeout: float, max_connections: int, grace_period: float,
+          require_signon: bool | None, idle_timeout: float, max_connections: int, max_pending: int | None,
+          grace_period: float,
           journal_path: str | None, journal_writer: str,
           admin_host: str, admin_port: int, no_admin: bool, admin_token: str | None,
           admin_allow_hosts: tuple[str, ...], scenario_paths: tuple[str, ...], profiles_path: str | None,
@@ -374,6 +378,8 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
                             tls_key=tls_key, also_listen=tuple(specs), admin_allow_hosts=admin_allow_hosts,
                             scenario_paths=scenario_paths, multi_instance=multi_instance,
                             terminal_idle=terminal_idle, fault_epoch=fault_epoch)
+    if max_pending is not None:
+        options = dataclasses.replace(options, max_pending=max_pending)
     if fault_epoch and not (multi_instance or workers is not None):
         raise CliError("--fault-epoch needs --multi-instance (or --workers): one instance counts in memory")
     if workers is not None:

@@ -142,7 +142,7 @@ class Ledger(LedgerState):
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], *, busy_timeout: float = 5.0, writer: bool = False,
-             multi_instance: bool = False) -> Ledger:
+             multi_instance: bool = False, claim: bool = True) -> Ledger:
         """Open (creating or migrating if needed) the ledger at ``path``: a SQLite file, ``":memory:"``
         for a throwaway one, or a ``postgresql://`` URL.
 
@@ -157,11 +157,14 @@ class Ledger(LedgerState):
         (``fetch_terminal_rows`` + ``install_terminal_rows``, or ``acquire_terminal``), and its
         sequences come from blocks claimed in the database. Refused while a single-instance writer
         serves the database, and a single-instance writer is refused while any multi-instance one does.
+
+        ``claim`` False: a reader that answers nothing (``iso-switch ledger``) claims no unposted RRN
+        block, so reading a ledger writes nothing to it (beyond a schema migration).
         """
         backend = open_backend(path, busy_timeout=busy_timeout)
         if multi_instance:
             return cls._open_multi_instance(backend)
-        return cls.from_backend(backend, writer=writer)
+        return cls.from_backend(backend, writer=writer, claim=claim)
 
     @classmethod
     def from_backend(cls, backend: LedgerBackend, *, claim: bool = True, writer: bool = False) -> Ledger:

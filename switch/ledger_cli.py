@@ -53,7 +53,7 @@ def ledger(ctx: click.Context, ledger_path: str | None, terminal: str | None, ba
             raise CliError(f"no ledger at {path} (start `iso-switch serve` first, or pass --ledger)", EXIT_BAD_DATA)
         target = str(path)
     try:
-        book = Ledger.open(target)
+        book = Ledger.open(target, claim=False)  # a read: nothing written to a ledger a switch may serve
     except LedgerError as exc:
         raise CliError(str(exc), EXIT_BAD_DATA) from None
     try:

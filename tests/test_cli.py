@@ -193,6 +193,8 @@ def test_describe_decodes_a_message_of_every_shipped_dialect(name: str) -> None:
         (["describe", "--tpdu", "00"], "error: --tpdu, --no-tpdu, --length-header, --length-includes-itself "
                                        "and --max-frame describe the framing: add --framed\n"),
         (["describe", "--raw", "00"], "error: --raw applies to standard input only ('-')\n"),
+        (["serve", "--max-pending", "0"], "error: Invalid value for '--max-pending': 0 is not in the range "
+                                          "1<=x<=100000. (try 'iso-switch serve --help')\n"),
         (["serve", "--fault-epoch", "run-1"], "error: --fault-epoch needs --multi-instance (or --workers): one "
                                               "instance counts in memory\n"),
         # click's own refusals, one line too (not click's usage block)
@@ -551,3 +553,16 @@ def test_the_shipped_profiles_work_from_any_directory(tmp_path: Path, monkeypatc
     assert status.exit_code == 0, status.output
     unknown = invoke(switch_cli, ["profiles", "--path", "nope"])
     assert (unknown.exit_code, unknown.stderr) == (2, "error: no shipped profile file 'nope' (shipped: example)\n")
+
+
+def test_max_pending_reaches_every_listener() -> None:
+    from switch.app import SwitchOptions, build_switch
+    from switch.codec.framing import Framing
+
+    dialect = load_dialect("iso87-binary")
+    switch = build_switch(dialect, Framing.from_dialect(dialect),
+                          SwitchOptions(port=0, ledger=":memory:", journal="none", admin_port=None, max_pending=3))
+    try:
+        assert [server.config.max_pending for server in switch.servers] == [3]
+    finally:
+        switch.server.ledger.close()

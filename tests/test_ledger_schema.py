@@ -29,7 +29,7 @@ from switch.ledger import (
     UploadRecord,
 )
 from switch.ledger_backends import SCHEMA_VERSION, open_backend
-from switch.ledger_backends.base import ROW_TABLES, SESSION_COLUMNS
+from switch.ledger_backends.base import ROW_TABLES, SESSION_COLUMNS, UNPOSTED_KEY
 from switch.ledger_backends.postgresql import PostgresBackend, display_url
 from tests.test_ledger import T0, posting, reverse, settle, state
 
@@ -470,3 +470,21 @@ def test_sqlite_and_postgresql_replay_to_identical_state(tmp_path: Path, pg_url:
         reopened.close()
     assert states[0] == states[1]
     assert any(b.status == "closed" for b in states[0][1]) and any(b.debit_reversal_amount for b in states[0][1])
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_reading_a_ledger_writes_nothing_to_it(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """``iso-switch ledger`` only reads: no unposted RRN block is claimed, so reading a ledger a switch
+    serves never contends for its writes nor burns its numbers."""
+    target = str(tmp_path / "ledger.sqlite") if backend == "sqlite" else request.getfixturevalue("pg_url")
+    Ledger.open(target).close()  # created; a serving open claims a block
+
+    def claimed() -> str | None:
+        with open_backend(target) as reader:
+            return reader.meta(UNPOSTED_KEY)
+
+    before = claimed()
+    for _ in range(3):
+        result = CliRunner().invoke(cli, ["ledger", "--ledger", target, "--json"])
+        assert result.exit_code == 0, result.output
+    assert claimed() == before
