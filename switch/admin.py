@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
@@ -43,6 +43,7 @@ from switch.admin_guard import MAX_BODY_BYTES, OPEN_PATHS, BearerAuth, Guard
 from switch.admin_held import add_held_routes
 from switch.admin_live import HealthHistory, add_live_routes
 from switch.admin_read import add_read_routes
+from switch.exception_groups import leaves as exception_leaves
 from switch.metrics import SwitchMetrics
 
 if TYPE_CHECKING:
@@ -175,16 +176,26 @@ async def serve_admin(runtime: SwitchRuntime, host: str = "127.0.0.1", port: int
     the addresses its sockets actually got, so no port is guessed. A port that cannot be bound (in
     use, no such address) raises a plain OSError.
     """
-    config = HypercornConfig()
-    config.bind = [_bind_address(host, port)]
-    config.accesslog = None
-    config.errorlog = log
-    config.graceful_timeout = 2.0
     if host not in ("", "0.0.0.0", "::") and host not in runtime.allowed_hosts:
         runtime.allowed_hosts = (*runtime.allowed_hosts, host)  # the name it was told to listen on
     # FastAPI is an ASGI 3 app; hypercorn types scopes as TypedDicts, Starlette as plain mappings,
     # so the two signatures differ only in precision: tell mypy, and tell hypercorn not to guess
     app = cast("ASGIFramework", create_admin_app(runtime))
+    await serve_asgi(app, host, port, shutdown=shutdown, task_status=task_status,
+                     beside=partial(runtime.history.run, runtime.metrics, shutdown))
+
+
+async def serve_asgi(app: ASGIFramework, host: str, port: int, *, shutdown: trio.Event | None = None,
+                     beside: Callable[[], Awaitable[object]] | None = None,
+                     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve ``app`` with hypercorn on ``host:port`` until cancelled or ``shutdown`` is set (then
+    gracefully), ``beside`` running next to it once bound; reports the bound port. Shared by the admin
+    API and the ``--workers`` supervisor's endpoint."""
+    config = HypercornConfig()
+    config.bind = [_bind_address(host, port)]
+    config.accesslog = None
+    config.errorlog = log
+    config.graceful_timeout = 2.0
     trigger = shutdown.wait if shutdown is not None else None
     bound: int | None = None
     try:
@@ -192,19 +203,13 @@ async def serve_admin(runtime: SwitchRuntime, host: str = "127.0.0.1", port: int
             binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=trigger,
                                                            mode="asgi"))
             bound = _port_of(binds[0])  # hypercorn has logged "Running on ..." to our logger
-            nursery.start_soon(runtime.history.run, runtime.metrics, shutdown)
+            if beside is not None:
+                nursery.start_soon(beside)
             task_status.started(bound)
     except BaseExceptionGroup as group:
         # hypercorn binds inside its nurseries, so "address in use" arrives wrapped in groups; callers
         # (the CLI) should see the plain OSError they can report in one line
-        leaves = _leaves(group)
+        leaves = exception_leaves(group)
         if bound is None and len(leaves) == 1 and isinstance(leaves[0], OSError):
             raise leaves[0] from None
         raise
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found

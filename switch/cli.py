@@ -39,6 +39,7 @@ from switch.describe import (
     report_to_json,
     stdin_bytes,
 )
+from switch.exception_groups import leaves as exception_leaves
 from switch.ledger import LedgerError
 from switch.ledger_backends import is_store_error
 from switch.ledger_cli import ledger
@@ -428,7 +429,7 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
     except OSError as exc:
         raise CliError(f"cannot listen: {exc.strerror or exc}", EXIT_BAD_DATA) from None
     except BaseExceptionGroup as group:  # Trio's nurseries wrap a listener's bind error in groups
-        leaves = _leaves(group)
+        leaves = exception_leaves(group)
         if len(leaves) == 1 and is_store_error(leaves[0]):  # the group committer stopped the switch
             reason = " ".join(str(leaves[0]).split()) or type(leaves[0]).__name__
             if server.owner is not None and leaves[0] is server.owner.failure:  # multi-instance: locks lost
@@ -441,13 +442,6 @@ def serve(bind_host: str, port: int, dialect: Dialect, framing_overrides: Framin
         raise CliError(f"cannot listen: {leaves[0].strerror or leaves[0]}", EXIT_BAD_DATA) from None
     stats = switch.group.stats if switch.group is not None else server.stats
     click.echo(f"{stats.summary()}; ledger closed cleanly")
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
 
 
 # --------------------------------------------------------------------------------------------

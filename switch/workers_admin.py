@@ -33,14 +33,11 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import partial
 from typing import TYPE_CHECKING, Any, cast
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.trio import serve as hypercorn_serve
 
-from switch.admin import _bind_address, _leaves, _port_of
+from switch.admin import serve_asgi
 from switch.admin_guard import Guard
 from switch.workers_stream import STREAM_PATH, entry_target, retag_entry_answer, stream_journal
 
@@ -346,23 +343,7 @@ async def serve_workers_admin(workers: Workers, host: str, port: int, *,
                               task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the aggregated admin endpoint until cancelled; reports the bound port. A port that cannot
     be bound raises a plain OSError."""
-    config = HypercornConfig()
-    config.bind = [_bind_address(host, port)]
-    config.accesslog = None
-    config.errorlog = log
-    config.graceful_timeout = 2.0
     admin = WorkersAdmin(workers)
     if host not in ("", "0.0.0.0", "::") and host not in admin.allowed_hosts:
         admin.allowed_hosts = (*admin.allowed_hosts, host)
-    app = cast("ASGIFramework", Guard(cast("Any", admin), admin))
-    bound: int | None = None
-    try:
-        async with trio.open_nursery() as nursery:
-            binds: list[str] = await nursery.start(partial(hypercorn_serve, app, config, mode="asgi"))
-            bound = _port_of(binds[0])
-            task_status.started(bound)
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if bound is None and len(leaves) == 1 and isinstance(leaves[0], OSError):
-            raise leaves[0] from None
-        raise
+    await serve_asgi(cast("ASGIFramework", Guard(cast("Any", admin), admin)), host, port, task_status=task_status)

@@ -14,15 +14,9 @@ import click
 
 from switch.cli_common import EXIT_BAD_DATA, CliError
 from switch.codec import Dialect
+from switch.exception_groups import leaves as exception_leaves
 
 __all__ = ["print_journals", "serve_workers"]
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        found.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
-    return found
 
 
 def print_journals(paths: Sequence[Any], selection: Any, as_json: bool, limit: int | None) -> None:
@@ -80,7 +74,7 @@ def serve_workers(dialect: Dialect, framing: Any, options: Any, count: int, verb
     except OSError as exc:
         raise CliError(f"cannot listen: {exc.strerror or exc}", EXIT_BAD_DATA) from None
     except BaseExceptionGroup as group:
-        leaves = _leaves(group)
+        leaves = exception_leaves(group)
         if len(leaves) == 1 and isinstance(leaves[0], WorkerError | OSError):
             raise CliError(str(leaves[0]), EXIT_BAD_DATA) from None
         raise

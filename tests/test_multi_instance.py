@@ -26,6 +26,7 @@ from switch.app import SwitchOptions, build_switch
 from switch.codec import Message
 from switch.codec.composite import SettlementTotals
 from switch.commit import CommitError, GroupCommitter
+from switch.exception_groups import leaves as exception_leaves
 from switch.host import Host, HostConfig
 from switch.ledger import Ledger, LedgerError
 from switch.scenario import default_scenario
@@ -229,12 +230,6 @@ async def test_settlement_totals_are_exact_across_instances(pair: list[Instance]
         assert [s.result for s in ledger.settlements(T)] == ["unbalanced", "balanced"]
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 async def test_a_crashed_instance_leaves_only_committed_rows_to_the_next(pg_url: str) -> None:
     a, b = make_instance(pg_url), make_instance(pg_url, wait=5.0)
     kept, lost = purchase(40, amount=4000), purchase(41, amount=4100)
@@ -254,7 +249,7 @@ async def test_a_crashed_instance_leaves_only_committed_rows_to_the_next(pg_url:
                     assert decision.commit_seq is not None
                     await a.server.committer.wait_committed(decision.commit_seq)  # refused: CommitError
                     await trio.sleep_forever()
-            leaves = _leaves(raised.value)
+            leaves = exception_leaves(raised.value)
             assert any(isinstance(leaf, CommitError | LedgerError) for leaf in leaves), leaves
 
         outer.start_soon(run_a)
@@ -283,7 +278,7 @@ async def test_a_lost_lock_session_stops_the_instance_without_deciding(pg_url: s
             with trio.fail_after(5):
                 assert await frames.receive_frame() is None  # closed unanswered
             await trio.sleep_forever()  # the owner task stops the switch
-    assert any(isinstance(leaf, LedgerError) for leaf in _leaves(raised.value))
+    assert any(isinstance(leaf, LedgerError) for leaf in exception_leaves(raised.value))
     assert a.owner.failure is not None
 
 

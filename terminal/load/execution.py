@@ -16,6 +16,7 @@ from typing import Any, NoReturn, TextIO
 
 import trio
 
+from switch.exception_groups import leaves as exception_leaves
 from terminal.client import tcp_connector
 from terminal.load.consistency import CheckOptions, ConsistencyResult, check_consistency, run_window
 from terminal.load.options import (
@@ -156,16 +157,10 @@ async def _run_until_interrupted(runner: LoadRunner, display: Callable[[Progress
     return result
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _raise_plainly(exc: BaseException) -> NoReturn:
     """Re-raise a terminal's store or I/O failure as itself, out of Trio's exception groups, so the
     CLI reports it in one line (a store that is another terminal's, a full disk); anything else as is."""
-    leaves = _leaves(exc)
+    leaves = exception_leaves(exc)
     plain = [leaf for leaf in leaves if isinstance(leaf, StoreError | OSError)]
     if plain and all(isinstance(leaf, StoreError | OSError | trio.Cancelled) for leaf in leaves):
         raise plain[0] from None

@@ -37,6 +37,7 @@ from typing import Any, TextIO
 
 import trio
 
+from switch.exception_groups import leaves as exception_leaves
 from terminal.load.options import LoadConfig
 from terminal.load.runner import LoadResult, LoadRunner
 from terminal.load.stats import LoadStats, Progress
@@ -189,15 +190,9 @@ async def _worker(config: LoadConfig, store_dir: str, data: Connection, control:
     data.send(("done", done))
 
 
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [exc]
-
-
 def _failure(exc: BaseException) -> tuple[str, str]:
     """("store" | "os" | "other", one line) for an exception that ended a worker."""
-    leaves = [leaf for leaf in _leaves(exc) if not isinstance(leaf, trio.Cancelled)]
+    leaves = [leaf for leaf in exception_leaves(exc) if not isinstance(leaf, trio.Cancelled)]
     for leaf in leaves:
         if isinstance(leaf, StoreError):
             return "store", str(leaf)
