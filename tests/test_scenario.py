@@ -1,11 +1,9 @@
-"""Scenario files: loading, validation errors with file/line/key, the line locator, durations and the
-shipped scenarios (including the default test-card table)."""
+"""Scenario files: durations, loading, validation errors with file/line/key, valid files and the shipped
+scenarios by name and path."""
 
 from __future__ import annotations
 
 import re
-import textwrap
-import tomllib
 
 import pytest
 from hypothesis import given, settings
@@ -13,54 +11,21 @@ from hypothesis import strategies as st
 
 import specs
 from switch.codec.dialect import load_dialect
-from switch.codec.message import Message
 from switch.host import HostConfig
-from switch.rules import Match, ResponseRule, ResponseRules
+from switch.rules import Match
 from switch.scenario import (
     HOST_KEYS,
-    MATCH_KEYS,
     MAX_DURATION,
     Scenario,
     ScenarioError,
-    ScenarioSource,
     default_scenario,
-    format_key,
-    key_lines,
     load_scenario,
     parse_duration,
     parse_match,
     parse_scenario,
     scenario_names,
 )
-
-
-def toml(text: str) -> str:
-    return textwrap.dedent(text).lstrip("\n")
-
-
-def error_of(text: str, path: str = "x.toml") -> ScenarioError:
-    with pytest.raises(ScenarioError) as caught:
-        parse_scenario(toml(text), path)
-    return caught.value
-
-
-def request(
-    pan: str | None = "4200000000000000", amount: str = "000000001000", mti: str = "0200", **extra: str
-) -> Message:
-    fields = {3: "000000", 4: amount, 11: "000001", 41: "T0000001", 42: "MERCHANT0000001"}
-    if pan is not None:
-        fields[2] = pan
-    fields.update({int(k.removeprefix("f")): v for k, v in extra.items()})
-    return Message(mti, fields)
-
-
-def luhn_valid(pan: str) -> bool:
-    total = 0
-    for position, char in enumerate(reversed(pan)):
-        digit = int(char) * (2 if position % 2 else 1)
-        total += digit - 9 if digit > 9 else digit
-    return total % 10 == 0
-
+from tests.scenario_support import error_of, request, toml
 
 # --- durations --------------------------------------------------------------------------------------
 
@@ -127,164 +92,6 @@ def test_compound_durations_add_up(parts):
             parse_duration(text)
     elif expected < MAX_DURATION * (1 - 1e-9):
         assert parse_duration(text) == pytest.approx(expected)
-
-
-# --- line locator -----------------------------------------------------------------------------------
-
-
-def test_key_lines_cover_headers_keys_inline_tables_and_arrays():
-    text = toml("""
-        # comment with [brackets] and key = value
-        title = "x"           # line 2
-
-        [scenario]
-        name = "n"            # line 5
-        [host]
-        stale_window = "5m"
-
-        [[response]]          # line 9
-        when = { mti = ["0200"], amount_max = 5 }
-        respond = "51"
-
-        [[response]]          # line 13
-        name = 'it''s'
-        when.pan_prefix = ["4000",
-            "5100",           # line 16
-        ]
-        "respond" = "05"
-        fields = { 44 = "CALL", "48" = 'x' }
-        """).replace("'it''s'", "'its'")
-    lines = key_lines(text)
-    assert lines[("title",)] == 2
-    assert lines[("scenario",)] == 4
-    assert lines[("scenario", "name")] == 5
-    assert lines[("host", "stale_window")] == 7
-    assert lines[("response",)] == 9
-    assert lines[("response", 0)] == 9
-    assert lines[("response", 0, "when")] == 10
-    assert lines[("response", 0, "when", "mti")] == 10
-    assert lines[("response", 0, "when", "mti", 0)] == 10
-    assert lines[("response", 0, "when", "amount_max")] == 10
-    assert lines[("response", 0, "respond")] == 11
-    assert lines[("response", 1)] == 13
-    assert lines[("response", 1, "name")] == 14
-    assert lines[("response", 1, "when", "pan_prefix")] == 15
-    assert lines[("response", 1, "when", "pan_prefix", 1)] == 16
-    assert lines[("response", 1, "respond")] == 18
-    assert lines[("response", 1, "fields", "44")] == 19
-    assert lines[("response", 1, "fields", "48")] == 19
-
-
-def test_key_lines_follow_subtables_of_array_elements_and_nested_arrays():
-    text = toml("""
-        [[response]]
-        respond = "51"
-        [response.when]
-        mti = "0200"
-
-        [[response]]
-        respond = "05"
-        [response.when]
-        amount_min = 1
-
-        [[fault]]
-        [[fault.step]]
-        delay = "1s"
-        [[fault.step]]
-        delay = "2s"
-        """)
-    lines = key_lines(text)
-    assert lines[("response", 0, "when")] == 3
-    assert lines[("response", 0, "when", "mti")] == 4
-    assert lines[("response", 1)] == 6
-    assert lines[("response", 1, "when")] == 8
-    assert lines[("response", 1, "when", "amount_min")] == 9
-    assert lines[("fault", 0)] == 11
-    assert lines[("fault", 0, "step", 0, "delay")] == 13
-    assert lines[("fault", 0, "step", 1, "delay")] == 15
-
-
-def test_key_lines_are_not_fooled_by_strings():
-    text = toml('''
-        a = """
-        [[response]]
-        b = 1 \\""" still inside
-        """
-        c = 'x = [1, 2'
-        d = "# not a comment ] }"
-        e = """ends with extra quotes"""""
-        f = \'\'\'
-        g = 2 \'\'\'
-        h = [ { i = 1 }, { i = 2 },
-              { j = 3 } ]
-        k = 1979-05-27 07:32:00Z
-        l = 3
-        ''')
-    tomllib.loads(text)  # the fixture itself is valid TOML
-    lines = key_lines(text)
-    assert ("response",) not in lines
-    assert ("b",) not in lines
-    assert ("g",) not in lines
-    assert [lines[(key,)] for key in "acdefhkl"] == [1, 5, 6, 7, 8, 10, 12, 13]
-    assert lines[("h", 1, "i")] == 10
-    assert lines[("h", 2, "j")] == 11
-
-
-def test_key_lines_quoted_and_dotted_keys():
-    text = 'a."b.c".d = 1\n"x y" = 2\n[ t . "u" ]\nv = 3\n'
-    lines = key_lines(text)
-    assert lines[("a", "b.c", "d")] == 1
-    assert lines[("x y",)] == 2
-    assert lines[("t", "u", "v")] == 4
-
-
-def test_key_lines_on_text_they_cannot_follow_keep_what_they_found():
-    assert key_lines("a = 1\nb = @@@\n") == {("a",): 1, ("b",): 2}
-    assert key_lines("") == {}
-
-
-@settings(max_examples=200, deadline=None)
-@given(
-    names=st.lists(st.sampled_from(sorted(MATCH_KEYS)), min_size=1, max_size=6, unique=True),
-    blank=st.integers(0, 3),
-    inline=st.booleans(),
-)
-def test_key_lines_find_every_generated_key(names, blank, inline):
-    """Generated [[response]] tables with keys in random order, inline or as a subtable."""
-    out = []
-    expected = {}
-    for index in range(2):
-        out.append("[[response]]")
-        expected[("response", index)] = len(out)
-        out.extend([""] * blank)
-        if inline:
-            out.append("when = { " + ", ".join(f"{name} = 1" for name in names) + " }")
-            for name in names:
-                expected[("response", index, "when", name)] = len(out)
-        else:
-            out.append("[response.when]")
-            for name in names:
-                out.append(f"{name} = 1  # {name} = 2")
-                expected[("response", index, "when", name)] = len(out)
-    lines = key_lines("\n".join(out) + "\n")
-    for key, line in expected.items():
-        assert lines[key] == line, key
-
-
-def test_format_key_counts_array_elements_from_one():
-    assert format_key(("response", 1, "when", "amount_max")) == "response[2].when.amount_max"
-    assert format_key(("fault", 0, "step", 2)) == "fault[1].step[3]"
-    assert format_key(("host",)) == "host"
-
-
-def test_source_falls_back_to_the_enclosing_key():
-    src = ScenarioSource("f.toml", {("response", 0): 3, ("response", 0, "when"): 4})
-    assert src.line_of(("response", 0, "when", "mti")) == 4
-    assert src.line_of(("response", 0, "respond")) == 3
-    assert src.line_of(("host",)) is None
-    assert str(src.error(("response", 0, "respond"), "missing")) == "f.toml:3: response[1].respond: missing"
-    assert str(src.error(None, "broken")) == "f.toml: broken"
-
 
 # --- errors -----------------------------------------------------------------------------------------
 
@@ -687,133 +494,3 @@ def test_bad_file_on_disk_names_its_path(tmp_path):
     with pytest.raises(ScenarioError) as caught:
         load_scenario(str(path))
     assert str(caught.value) == f"{path}:5: response[1].when.mti: each entry must be 4 digits, got '200'"
-
-
-# --- dialect check ----------------------------------------------------------------------------------
-
-
-RESPONSE_FIELD_PROBLEMS = [
-    ('44 = "THIS TEXT IS FAR TOO LONG FOR 44"', "44", "holds at most 25 characters, got 32"),
-    ('38 = "AB12"', "38", "is exactly 6 characters, got 4"),
-    ('70 = "ABC"', "70", "holds digits, got 'ABC'"),
-    ('35 = "4000000000000051X2512"', "35", "holds track characters"),
-    ('64 = "00112233"', "64", "is exactly 16 hex digits, got 8"),
-    ('64 = "XX112233445566ZZ"', "64", "holds upper-case hex digits"),
-    ('64 = "00112233445566aa"', "64", "holds upper-case hex digits"),
-]
-
-
-@pytest.mark.parametrize(("entry", "number", "reason"), RESPONSE_FIELD_PROBLEMS)
-def test_check_dialect_refuses_response_fields_the_dialect_cannot_carry(entry, number, reason):
-    scenario = parse_scenario(
-        f'[[response]]\nwhen = {{}}\nrespond = "01"\nfields = {{ {entry} }}\n', "d.toml"
-    )
-    with pytest.raises(ScenarioError) as caught:
-        scenario.check_dialect(load_dialect("iso87-binary"))
-    assert (caught.value.path, caught.value.line, caught.value.key) == (
-        "d.toml",
-        4,
-        f"response[1].fields.{number}",
-    )
-    assert reason in caught.value.reason
-
-
-@pytest.mark.parametrize(("entry", "number", "reason"), RESPONSE_FIELD_PROBLEMS)
-def test_check_dialect_refuses_when_literals_that_never_match(entry, number, reason):
-    scenario = parse_scenario(f'[[response]]\nrespond = "01"\nwhen.fields = {{ {entry} }}\n', "d.toml")
-    with pytest.raises(ScenarioError) as caught:
-        scenario.check_dialect(load_dialect("iso87-binary"))
-    assert (caught.value.line, caught.value.key) == (3, f"response[1].when.fields.{number}")
-    assert caught.value.reason.startswith("never matches: ")
-    assert reason in caught.value.reason
-
-
-def test_check_dialect_accepts_what_the_dialect_can_carry():
-    scenario = parse_scenario(
-        '[[response]]\nwhen = { fields = { 22 = "051", 64 = "re:[0-9a-f]+", 42 = "re:.*" } }\n'
-        'respond = "01"\n'
-        'fields = { 44 = "CALL ISSUER", 38 = "AB1234", 64 = "0011223344556677", 35 = "4000=2512" }\n'
-    )
-    scenario.check_dialect(load_dialect("iso87-binary"))
-    scenario.check_dialect(load_dialect("iso87-ascii"))
-
-
-def test_check_dialect_on_a_scenario_built_in_code():
-    rule = ResponseRule("referral", Match(), "01", {38: "AB"})
-    scenario = Scenario("coded", "", None, {}, ResponseRules([rule]))
-    with pytest.raises(ScenarioError) as caught:
-        scenario.check_dialect(load_dialect("iso87-binary"))
-    assert str(caught.value) == (
-        "<scenario>: response[1].fields.38: field 38 of dialect iso87-binary is exactly 6 characters, got 2"
-    )
-
-
-def test_check_dialect_refuses_fields_the_dialect_lacks(tmp_path):
-    (tmp_path / "slim.toml").write_text('extends = "iso87-binary"\nname = "slim"\nremove_fields = [48]\n')
-    slim = load_dialect("slim", dialect_path=[tmp_path])
-    for when in ('"x"', '"re:.*"'):
-        scenario = parse_scenario(
-            f'[[response]]\nwhen = {{ fields = {{ 48 = {when} }} }}\nrespond = "01"\n', "d.toml"
-        )
-        with pytest.raises(ScenarioError, match="never matches: dialect slim has no field 48") as caught:
-            scenario.check_dialect(slim)
-        assert (caught.value.line, caught.value.key) == (2, "response[1].when.fields.48")
-    scenario = parse_scenario('[[response]]\nwhen = {}\nrespond = "01"\nfields = { 48 = "x" }\n', "d.toml")
-    with pytest.raises(ScenarioError, match="dialect slim has no field 48") as caught:
-        scenario.check_dialect(slim)
-    assert (caught.value.line, caught.value.key) == (4, "response[1].fields.48")
-
-
-# --- the default test-card table --------------------------------------------------------------------
-
-
-def documented_test_cards() -> list[tuple[str, str]]:
-    """(PAN, code) rows of the comment table in test-cards.toml, so the documentation cannot drift."""
-    text = (specs.scenarios_dir() / "test-cards.toml").read_text(encoding="utf-8")
-    rows = re.findall(r"^#\s+((?:\d{4} ){3}\d{4}(?: \d{3})?)\s+(\w\w)\s", text, flags=re.MULTILINE)
-    return [(pan.replace(" ", ""), code) for pan, code in rows]
-
-
-def test_documented_table_lists_the_required_codes():
-    rows = documented_test_cards()
-    assert {code for _, code in rows} >= {"51", "61", "05", "14", "41", "43", "57", "00"}
-    assert any(pan.startswith("62") and code != "00" for pan, code in rows)
-    assert any(len(pan) == 19 for pan, _ in rows)
-
-
-def test_every_documented_test_card_is_luhn_valid_and_ends_in_its_code():
-    for pan, code in documented_test_cards():
-        assert luhn_valid(pan), pan
-        assert pan.endswith(code), pan
-
-
-@pytest.mark.parametrize(("pan", "code"), documented_test_cards())
-def test_every_documented_test_card_gives_its_code(pan, code):
-    rules = default_scenario().response_rules
-    for mti in ("0100", "0200"):
-        rule = rules.first_match(request(pan=pan, mti=mti))
-        assert (rule.response_code if rule else "00") == code
-        swiped = rules.first_match(request(pan=None, mti=mti, f35=f"{pan}=29121010000000000000"))
-        assert (swiped.response_code if swiped else "00") == code
-
-
-def test_test_cards_only_answer_authorizations_and_financial_requests():
-    rules = default_scenario().response_rules
-    for mti in ("0400", "0220", "0800", "0210"):
-        assert rules.first_match(request(pan="4000000000000051", mti=mti)) is None
-
-
-def test_amount_trigger_for_61():
-    rules = default_scenario().response_rules
-    assert rules.first_match(request(amount="000100000000")) is None  # exactly 1,000,000.00
-    assert rules.first_match(request(amount="000100000001")).response_code == "61"
-    assert rules.first_match(request(pan="4300000000000041", amount="000100000001")).response_code == "41"
-
-
-def test_default_scenario_is_test_cards_only():
-    default = default_scenario()
-    assert default.name == "default"
-    assert dict(default.host) == {}
-    assert default.faults == ()
-    assert default.seed is None
-    assert len(default.response_rules) == len(load_scenario("test-cards").response_rules)
