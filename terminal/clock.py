@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 
 __all__ = ["SyncedClock", "host_offset"]
 
@@ -32,6 +32,13 @@ class SyncedClock:
     def local(self, now: float) -> datetime:
         """Local time as the host sees it (naive values, tz-stamped UTC for arithmetic)."""
         return self.utc(now) + timedelta(minutes=self.utc_offset_minutes)
+
+    def local_date(self, now: float) -> date:
+        """``local(now).date()``: the day cards are checked against, made once per second."""
+        second = _whole_second(now + self.offset)
+        if second is None:
+            return self.local(now).date()
+        return _local_date(second + 60 * self.utc_offset_minutes)
 
     def field7(self, now: float) -> str:
         second = _whole_second(now + self.offset)
@@ -71,6 +78,11 @@ def _field7(second: int) -> str:
 def _fields_12_13(local_second: int) -> tuple[str, str]:
     local = datetime.fromtimestamp(0, UTC) + timedelta(seconds=local_second)
     return local.strftime("%H%M%S"), local.strftime("%m%d")
+
+
+@functools.lru_cache(maxsize=16)
+def _local_date(local_second: int) -> date:
+    return (datetime.fromtimestamp(0, UTC) + timedelta(seconds=local_second)).date()
 
 
 def host_offset(f12: object, f13: object, now: float, utc_offset_minutes: int) -> float | None:

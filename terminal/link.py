@@ -1,11 +1,19 @@
 """One open connection of a terminal to its host (``TerminalClient``'s link): its frame stream, read
 inline by the driver (plain TCP: no task switch per reply; ``arrived`` asks the kernel, without
 waiting, whether anything came between commands) or by a reader task into an inbox (TLS, test
-streams). Split from ``terminal.client`` so each file has one job."""
+streams). Split from ``terminal.client`` so each file has one job.
+
+Inline on plain TCP the link also calls the socket itself (``send``, ``_receive``): Trio's stream
+methods wrap every call in context managers and a trip through the scheduler after each success,
+a visible share of a load terminal's CPU per request. Here a write the kernel takes at once costs
+one system call and no task switch, and a read waits (``wait_readable``) only when nothing is
+there yet; errors are reported as Trio's ``SocketStream`` reports them, so notes read the same."""
 
 from __future__ import annotations
 
+import errno
 import select
+import socket
 from dataclasses import dataclass
 
 import trio
@@ -18,6 +26,7 @@ __all__ = ["Ended", "Link", "describe"]
 
 _INBOX_SIZE = 16  # frames read ahead of the driver; a full inbox stops the reader (backpressure)
 _RECEIVE_SIZE = 65536  # bytes asked of the stream per read (as FrameStream does)
+_CLOSED_ERRNOS = frozenset({errno.EBADF, errno.ENOTSOCK})  # trio's SocketStream: "already closed", not broken
 
 
 @dataclass(frozen=True)
@@ -41,9 +50,13 @@ class Link:
         self._decoder = FrameDecoder(frames.framing) if inline else None
         self._decoded: Frame | None = None  # a whole frame ``arrived`` took from the decoder, not yet read
         self._poller: select.poll | None = None  # inline on a socket: asks the kernel what arrived
+        self._sock: socket.socket | None = None  # inline on a socket: the socket, called directly
         if inline and isinstance(frames.stream, trio.SocketStream):
             self._poller = select.poll()
             self._poller.register(frames.stream.socket.fileno(), select.POLLIN)
+            raw = getattr(frames.stream.socket, "_sock", None)  # Trio's own socket object under its wrapper
+            if isinstance(raw, socket.socket) and not raw.getblocking():
+                self._sock = raw
 
     async def read_one(self) -> Frame | Ended:
         """The next non-keep-alive frame, or ``Ended`` when the connection ended (peer closed,
@@ -90,12 +103,56 @@ class Link:
             self._decoded = None
             return decoded
         while (frame := decoder.next_frame()) is None:
-            data = await self.frames.stream.receive_some(_RECEIVE_SIZE)
+            data = await self._receive()
             if not data:
                 decoder.close()  # TruncatedFrameError when the stream ended inside a frame
                 return None
             decoder.feed(data)
         return frame
+
+    async def _receive(self) -> bytes | bytearray:
+        """Bytes from the stream (b"" at its end). On a socket: ``recv`` at once, waiting for the
+        kernel only when nothing is there, and a checkpoint (as Trio's) only when nothing was awaited;
+        the caller's deadline bounds the waits."""
+        sock = self._sock
+        if sock is None:
+            return await self.frames.stream.receive_some(_RECEIVE_SIZE)
+        await trio.lowlevel.checkpoint_if_cancelled()  # a deadline already past reads nothing, as with Trio
+        waited = False
+        while True:
+            try:
+                data = sock.recv(_RECEIVE_SIZE)
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(sock)
+                waited = True
+                continue
+            except OSError as exc:
+                raise _stream_error(exc)  # noqa: B904 (its cause is set as Trio sets it)
+            if not waited:  # other tasks get their turn even when every reply is already there
+                await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
+
+    async def send(self, data: bytes, deadline: float) -> bool:
+        """Write ``data`` by ``deadline`` (Trio time); False when the deadline came first (part of it
+        may be on the wire). Raises trio.BrokenResourceError / ClosedResourceError like ``send_all``.
+        On a socket what the kernel takes at once is written without waiting or a task switch."""
+        sock = self._sock
+        if sock is not None:
+            await trio.lowlevel.checkpoint_if_cancelled()
+            if trio.current_time() < deadline:  # else: nothing is written, as under an expired move_on_at
+                try:
+                    sent = sock.send(data)
+                except BlockingIOError:
+                    sent = 0
+                except OSError as exc:
+                    raise _stream_error(exc)  # noqa: B904 (its cause is set as Trio sets it)
+                if sent == len(data):
+                    return True
+                data = data[sent:]
+        with trio.move_on_at(deadline):
+            await self.frames.send_raw(data)
+            return True
+        return False
 
     def arrived(self) -> bool:
         """Inline links: whether anything is waiting — a whole frame the last read brought beyond the
@@ -131,6 +188,19 @@ class Link:
         self.reader_scope.cancel()
         self.inbox.close()
         await trio.aclose_forcefully(self.frames)
+
+
+def _stream_error(exc: OSError) -> trio.BrokenResourceError | trio.ClosedResourceError:
+    """``exc`` as Trio's ``SocketStream`` raises it (the same text in the terminal's notes): "already
+    closed" without a cause, broken ``from exc``."""
+    error: trio.BrokenResourceError | trio.ClosedResourceError
+    if exc.errno in _CLOSED_ERRNOS:
+        error = trio.ClosedResourceError("this socket was already closed")
+    else:
+        error = trio.BrokenResourceError(f"socket connection broken: {exc}")
+        error.__cause__ = exc
+    error.__suppress_context__ = True
+    return error
 
 
 def describe(exc: BaseException, fallback: str) -> str:

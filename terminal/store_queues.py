@@ -12,7 +12,8 @@ import json
 import os
 import sqlite3
 from contextlib import AbstractContextManager
-from typing import TypeVar
+from json.encoder import encode_basestring_ascii as _string  # what JSONEncoder uses for text
+from typing import Any, TypeVar
 
 from switch.codec.message import Message
 from terminal.records import PendingAdvice, PendingReversal
@@ -32,18 +33,39 @@ class StoreError(RuntimeError):
 _JSON = json.JSONEncoder(separators=(",", ":"))  # built once: json.dumps with options builds one per call
 
 
-_KEYS = {number: str(number) for number in range(1, 193)}  # field numbers as JSON keys, made once
+def _stored_fields(message: Message) -> dict[int, str]:
+    """The fields as stored: sorted, secrets removed (a new dict the caller may keep)."""
+    return {k: v for k, v in sorted(message.fields.items()) if k not in SECRET_FIELDS}
+
+
+_KEY_PREFIXES = {number: f'"{number}":' for number in range(1, 193)}  # '"4":' for each field number
+
+
+def _encode(message: Message, fields: dict[int, str]) -> str:
+    """The stored form of ``message`` with its ``_stored_fields`` (so one dict serves both the row
+    and the in-memory copy). Joined from each value's JSON string: what ``json`` writes for the same
+    object, in a third fewer instructions than its generic encoder (twice per request); anything
+    else (a field number beyond 192, a value that is not text) goes through that encoder."""
+    try:
+        body = ",".join([_KEY_PREFIXES[number] + _string(value) for number, value in fields.items()])
+        return f'{{"mti":{_string(message.mti)},"header":{_string(message.header)},"fields":{{{body}}}}}'
+    except (KeyError, TypeError):
+        return _JSON.encode({"mti": message.mti, "header": message.header, "fields": fields})
 
 
 def _message_json(message: Message) -> str:
-    fields = {_KEYS.get(k) or str(k): v for k, v in sorted(message.fields.items()) if k not in SECRET_FIELDS}
-    return _JSON.encode({"mti": message.mti, "header": message.header, "fields": fields})
+    return _encode(message, _stored_fields(message))
 
 
 def _stored(message: Message) -> Message:
     """``message`` as the store gives it back (what ``_message_from(_message_json(message))`` reads)."""
-    return Message(message.mti, {k: v for k, v in sorted(message.fields.items()) if k not in SECRET_FIELDS},
-                   message.header)
+    return Message(message.mti, _stored_fields(message), message.header)
+
+
+def _json_and_stored(message: Message) -> tuple[str, Message]:
+    """Both forms of ``message`` from one pass over its fields (every store write needs both)."""
+    fields = _stored_fields(message)
+    return _encode(message, fields), Message(message.mti, fields, message.header)
 
 
 def _copy(message: Message) -> Message:
@@ -90,6 +112,9 @@ class PendingQueues:
     def _db(self) -> sqlite3.Connection:
         raise NotImplementedError
 
+    def _exec(self, sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        raise NotImplementedError
+
     def transaction(self) -> AbstractContextManager[None]:
         raise NotImplementedError
 
@@ -105,15 +130,15 @@ class PendingQueues:
 
     def add_reversal(self, journal_id: int, reason: str, message: Message, now: float) -> PendingReversal:
         _check_code_like("reversal reason", reason, 2)
+        text, stored = _json_and_stored(message)
         with self.transaction():
-            cursor = self._db().execute(
+            cursor = self._exec(
                 "INSERT INTO reversals (journal_id, reason, message, attempts, created_at, updated_at) "
                 "VALUES (?, ?, ?, 0, ?, ?)",
-                (journal_id, reason, _message_json(message), now, now),
+                (journal_id, reason, text, now, now),
             )
             assert cursor.lastrowid is not None
-            reversal = PendingReversal(cursor.lastrowid, journal_id, reason, _stored(message), 0, float(now),
-                                       float(now))
+            reversal = PendingReversal(cursor.lastrowid, journal_id, reason, stored, 0, float(now), float(now))
             self._reversals()[reversal.id] = reversal
         return _fresh_item(reversal)
 
@@ -146,22 +171,16 @@ class PendingQueues:
         if reason is not None:
             _check_code_like("reversal reason", reason, 2)
         new_attempts = current.attempts if attempts is None else attempts
+        text, stored = _json_and_stored(message or current.message)
         with self.transaction():
-            self._db().execute(
+            self._exec(
                 "UPDATE reversals SET message = ?, attempts = ?, reason = ?, updated_at = ? WHERE id = ?",
-                (
-                    _message_json(message or current.message),
-                    new_attempts,
-                    reason or current.reason,
-                    now,
-                    reversal_id,
-                ),
+                (text, new_attempts, reason or current.reason, now, reversal_id),
             )
             cache = self._reversals()
             if isinstance(new_attempts, int) and isinstance(now, int | float):
                 cache[reversal_id] = PendingReversal(
-                    reversal_id, current.journal_id, reason or current.reason,
-                    _stored(message) if message is not None else current.message, new_attempts,
+                    reversal_id, current.journal_id, reason or current.reason, stored, new_attempts,
                     current.created_at, float(now))
             else:  # read back what SQLite made of the values
                 self._reversal_cache = None
@@ -169,7 +188,7 @@ class PendingQueues:
 
     def delete_reversal(self, reversal_id: int) -> None:
         with self.transaction():
-            self._db().execute("DELETE FROM reversals WHERE id = ?", (reversal_id,))
+            self._exec("DELETE FROM reversals WHERE id = ?", (reversal_id,))
             self._reversals().pop(reversal_id, None)
 
     # -- pending advices ------------------------------------------------------------------------
@@ -183,13 +202,14 @@ class PendingQueues:
         return self._advice_cache
 
     def add_advice(self, journal_id: int, message: Message, now: float) -> PendingAdvice:
+        text, stored = _json_and_stored(message)
         with self.transaction():
-            cursor = self._db().execute(
+            cursor = self._exec(
                 "INSERT INTO advices (journal_id, message, attempts, created_at, updated_at) VALUES (?, ?, 0, ?, ?)",
-                (journal_id, _message_json(message), now, now),
+                (journal_id, text, now, now),
             )
             assert cursor.lastrowid is not None
-            advice = PendingAdvice(cursor.lastrowid, journal_id, _stored(message), 0, float(now), float(now))
+            advice = PendingAdvice(cursor.lastrowid, journal_id, stored, 0, float(now), float(now))
             self._advices()[advice.id] = advice
         return _fresh_item(advice)
 
@@ -209,21 +229,21 @@ class PendingQueues:
         self, advice_id: int, *, now: float, attempts: int, message: Message | None = None
     ) -> PendingAdvice:
         current = self.advice(advice_id)
+        text, stored = _json_and_stored(message or current.message)
         with self.transaction():
-            self._db().execute(
+            self._exec(
                 "UPDATE advices SET attempts = ?, message = ?, updated_at = ? WHERE id = ?",
-                (attempts, _message_json(message or current.message), now, advice_id),
+                (attempts, text, now, advice_id),
             )
             cache = self._advices()
             if isinstance(attempts, int) and isinstance(now, int | float):
                 cache[advice_id] = PendingAdvice(
-                    advice_id, current.journal_id, _stored(message) if message is not None else current.message,
-                    attempts, current.created_at, float(now))
+                    advice_id, current.journal_id, stored, attempts, current.created_at, float(now))
             else:
                 self._advice_cache = None
         return self.advice(advice_id)
 
     def delete_advice(self, advice_id: int) -> None:
         with self.transaction():
-            self._db().execute("DELETE FROM advices WHERE id = ?", (advice_id,))
+            self._exec("DELETE FROM advices WHERE id = ?", (advice_id,))
             self._advices().pop(advice_id, None)

@@ -30,6 +30,7 @@ _SLOW_MODULES = frozenset({
     "test_ledger_postgres_e2e", "test_ownership_stateful",
     "test_journal_writer",
     "test_multi_instance", "test_workers", "test_fault_counters", "test_shared_sessions_admin",
+    "test_store_kill",
 })
 """Modules whose tests start real switches, subprocesses or whole terminal-against-host runs."""
 

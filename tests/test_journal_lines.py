@@ -17,6 +17,7 @@ from tests.test_journal import (
     BINARY,
     CODECS,
     DIALECTS,
+    PAN,
     PANS,
     PROPERTY_SETTINGS,
     journal_for,
@@ -36,7 +37,8 @@ def written_and_expected(codec: Codec, exchanges: list[tuple[Message, Message | 
                          rules: tuple[str, ...], note: str, peer: str) -> tuple[list[bytes], list[bytes], int]:
     """Record each (request, reply or None: dropped) as the server does, write the file (the requests
     claimed once, so an unsent one also gets its update line) and return (lines written, the
-    reference lines from the entries, how many lines took the general path)."""
+    reference lines from the entries, how many lines took the general path after the first line of
+    their shape, which always does: a shape's line function is compiled when it is met again)."""
     import tempfile
 
     import switch.journal.lines as lines_module
@@ -68,8 +70,9 @@ def written_and_expected(codec: Codec, exchanges: list[tuple[Message, Message | 
             journal.record_out(connection=2, peer=peer, raw=codec.encode(reply), message=reply, request_seq=seq,
                                faults=faults, rules=rules, note=note)
             expected += [compact_json(entry.as_dict()) for entry in journal.query(limit=2)]
+        shapes = {(bool(record.header), tuple(record.fields)) for record in journal._ring if record.fields is not None}
         journal.close()
-        return path.read_bytes().splitlines(keepends=True), expected, general
+        return path.read_bytes().splitlines(keepends=True), expected, general - len(shapes)
 
 
 @pytest.mark.parametrize("name", DIALECTS)
@@ -147,3 +150,33 @@ def test_frames_without_sensitive_fields_are_the_bytes_json_dumps_writes(name: s
     assert written == expected
     assert general == 0
     assert b"**" not in b"".join(written)
+
+
+@pytest.mark.parametrize("only_pan", [True, False])
+@pytest.mark.parametrize("repeats", [1, 2, 3])
+def test_a_shaped_line_masks_every_occurrence_as_the_general_path_does(repeats: int, only_pan: bool) -> None:
+    """The generated line function of a shape (compiled when the shape is met again) against the
+    general path, record by record: the same line, a PAN found once or several times in the raw bytes
+    masked wherever it is, and nothing of it left."""
+    from switch.journal.lines import LineFormatter, general_line
+    from switch.journal.masking import _Masker
+    from switch.journal.records import DIRECTION_IN, _Record
+
+    request = purchase(BINARY)
+    if only_pan:  # one sensitive field (its own branch of the generated code) rather than five
+        request = Message(request.mti, {number: value for number, value in request.fields.items()
+                                        if number not in (35, 45, 52, 55)})
+    raw = BINARY.encode(request) + PAN.encode() * (repeats - 1)  # the PAN echoed after the frame
+    formatter = LineFormatter(_Masker(BINARY))
+    masker = _Masker(BINARY)
+    lines = []
+    for seq in (1, 2, 3):
+        record = _Record(seq, 1_700_000_000.25 + seq, 7, "127.0.0.1:4000", DIRECTION_IN, raw, request, None, None,
+                         (), (), "", None)
+        fields, raw_hex, error = record.format(masker)
+        expected = general_line(record, fields, raw_hex, error, None, (), (), "", False)
+        line = formatter.line(record, None, (), (), "", False)
+        assert line == expected
+        assert PAN not in line and PAN.encode().hex().upper() not in line
+        lines.append(line)
+    assert formatter._shapes[tuple(request.fields)] is not None  # the last ones took the shaped path

@@ -1,10 +1,15 @@
-"""The load runner's group syncer never lets a request out unsynced, even when a batch fails before it
-reached the stores (no thread to run it, an executor shut down): every waiter of that batch raises."""
+"""The load runner's group syncer never lets a request out unsynced: not before its own store's sync
+returned, not when a batch fails before it reached the stores (no thread to run it, an executor shut
+down: every waiter of that batch raises), not after it stopped; stopping it lets a sync in progress
+finish, and a terminal cancelled while it waits is simply never woken."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import trio
+import trio.testing
 
 from terminal.load import syncer as syncer_module
 from terminal.load.syncer import GroupSyncer
@@ -91,3 +96,95 @@ def test_group_syncer_needs_at_least_one_batch_and_thread() -> None:
         GroupSyncer(sync_threads=0)
     with pytest.raises(ValueError, match="must be >= 1"):
         GroupSyncer(batches_in_flight=0)
+
+
+class GatedStore:
+    """A store whose sync blocks in its thread until the test opens the gate."""
+
+    def __init__(self, terminal_id: str) -> None:
+        self.terminal_id = terminal_id
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+        self.synced = False
+
+    def sync(self) -> None:
+        self.entered.set()
+        self.gate.wait(10)
+        self.synced = True
+
+
+async def test_a_request_waits_while_its_store_is_being_synced() -> None:
+    syncer = GroupSyncer(batches_in_flight=2, sync_threads=2)
+    store = GatedStore("T1")
+    released = trio.Event()
+
+    async def terminal() -> None:
+        await syncer(store)  # type: ignore[arg-type]
+        assert store.synced
+        released.set()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(syncer.run)
+            nursery.start_soon(terminal)
+            assert await trio.to_thread.run_sync(store.entered.wait, 10)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not released.is_set()  # its sync has not returned: the request must not leave
+            store.gate.set()
+            await released.wait()
+            nursery.cancel_scope.cancel()
+
+
+async def test_stopping_lets_a_sync_in_progress_finish_and_refuses_later_ones() -> None:
+    syncer = GroupSyncer(batches_in_flight=1, sync_threads=1)
+    store, queued = GatedStore("T1"), FakeStore("T2")
+    outcomes: list[str] = []
+
+    async def terminal(store: GatedStore | FakeStore) -> None:
+        try:
+            await syncer(store)  # type: ignore[arg-type]
+        except StoreError as exc:
+            outcomes.append(str(exc))
+        else:
+            outcomes.append(f"{store.terminal_id} released")
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(syncer.run)
+            nursery.start_soon(terminal, store)
+            assert await trio.to_thread.run_sync(store.entered.wait, 10)
+            async with trio.open_nursery() as waiting:
+                waiting.start_soon(terminal, queued)  # queued behind the only batch in flight
+                await trio.testing.wait_all_tasks_blocked()
+                store.gate.set()  # the sync returns while (or after) the syncer stops: run() waits for it
+                nursery.cancel_scope.cancel()
+    assert store.synced and not queued.synced
+    assert "T2 released" not in outcomes
+    with pytest.raises(StoreError, match="T3: store not synced; the request is not sent"):
+        await syncer(FakeStore("T3"))  # type: ignore[arg-type]
+
+
+async def test_a_terminal_cancelled_while_waiting_is_not_woken_and_the_others_are() -> None:
+    syncer = GroupSyncer(batches_in_flight=1, sync_threads=2)
+    gated, other = GatedStore("T1"), FakeStore("T2")
+    released: list[str] = []
+
+    async def terminal(store: GatedStore | FakeStore, scope: trio.CancelScope) -> None:
+        with scope:
+            await syncer(store)  # type: ignore[arg-type]
+            released.append(store.terminal_id)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(syncer.run)
+            gated_scope, other_scope = trio.CancelScope(), trio.CancelScope()
+            async with trio.open_nursery() as terminals:
+                terminals.start_soon(terminal, gated, gated_scope)
+                assert await trio.to_thread.run_sync(gated.entered.wait, 10)
+                terminals.start_soon(terminal, other, other_scope)
+                await trio.testing.wait_all_tasks_blocked()
+                gated_scope.cancel()  # its terminal gives up while its store is being synced
+                await trio.testing.wait_all_tasks_blocked()
+                gated.gate.set()
+            nursery.cancel_scope.cancel()
+    assert released == ["T2"] and gated.synced and other.synced

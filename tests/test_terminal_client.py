@@ -14,6 +14,7 @@ would turn approved purchases into timeouts that never happen in real time. So t
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -36,6 +37,7 @@ from switch.ledger import Ledger
 from switch.scenario import default_scenario
 from switch.server import ServerConfig, SwitchServer
 from terminal.client import ClientError, TerminalClient, TrioClock
+from terminal.link import _stream_error, describe
 from terminal.policy import Drain, Echo, Note, Purchase, Refund, ReverseLast, Settle, SignOn, TerminalPolicy
 from terminal.profile import TerminalProfile
 from terminal.store import TerminalStore
@@ -473,3 +475,21 @@ async def test_a_deferred_sync_store_is_synced_before_every_request_leaves(
     store.close()
     with TerminalStore.open(tmp_path / "t.sqlite", TID) as reopened:
         assert [e.state for e in reopened.entries()] == ["approved"]
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError(errno.ECONNRESET, "Connection reset by peer"),
+                                   BrokenPipeError(errno.EPIPE, "Broken pipe"),
+                                   OSError(errno.EBADF, "Bad file descriptor")])
+def test_a_socket_error_reads_as_trio_reports_it(error: OSError) -> None:
+    """The link calls the socket itself on plain TCP; its errors must read as Trio's ``SocketStream``
+    reports them (the connection-lost notes are the same either way)."""
+    from trio._highlevel_socket import _translate_socket_errors_to_stream_errors
+
+    with pytest.raises((trio.BrokenResourceError, trio.ClosedResourceError)) as trio_says, \
+            _translate_socket_errors_to_stream_errors():
+        raise error
+    ours = _stream_error(error)
+    assert type(ours) is type(trio_says.value)
+    assert str(ours) == str(trio_says.value)
+    assert ours.__cause__ is trio_says.value.__cause__
+    assert describe(ours, "write failed") == describe(trio_says.value, "write failed")

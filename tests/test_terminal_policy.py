@@ -16,13 +16,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from switch.codec import Codec, MessageDecodeError, load_dialect
 from switch.codec.composite import CupField60, CupHeader, OriginalData, SettlementTotals
 from switch.codec.message import Message
+from terminal.clock import SyncedClock
 from terminal.policy import (
     AwaitConfirmation,
     AwaitReply,
@@ -1576,3 +1577,30 @@ def test_ctrl_c_before_the_cardholder_confirms_queues_the_reversal(harness):
     outcome = h.policy.interrupt(h.now)
     assert outcome.kind == "unknown-queued" and "do not charge again" in outcome.text
     assert [r.reason for r in h.store.reversals()] == ["17"] and not h.policy.busy
+
+
+@given(st.floats(min_value=0, max_value=4e9, allow_nan=False),
+       st.sampled_from([0, 480, -300, 330, 840, -720]),
+       st.sampled_from([0.0, 12.5, -3600.0, 4e-7, -4e-7]))
+def test_the_cached_local_date_is_the_local_times_date(now: float, zone_minutes: int, offset: float) -> None:
+    """Cards are checked against ``local_date`` (made once per second): the very day ``local`` gives,
+    microsecond rounding at a second's edge included."""
+    clock = SyncedClock(zone_minutes, offset)
+    for instant in (now, float(int(now)) - 5e-7, float(int(now)) + 0.9999995):
+        if instant >= 0:
+            assert clock.local_date(instant) == clock.local(instant).date()
+
+
+def test_the_outcome_after_an_answer_is_what_the_store_holds() -> None:
+    """The policy keeps the entry its answer wrote instead of reading it back; a void of that sale
+    (another write) must not be answered from that memory."""
+    h = Harness()
+    first = h.run(Purchase(1234, PAN, "3012"))
+    assert first.kind == "approved"
+    entry = h.store.entry(first.journal_id)
+    assert (first.stan, first.rrn, first.auth_code, first.amount) == (entry.stan, entry.rrn, entry.auth_code,
+                                                                       entry.amount)
+    void = h.run(ReverseLast())
+    assert void.kind == "reversed" and void.journal_id == first.journal_id
+    assert h.store.entry(first.journal_id).state == "reversed"
+    assert not h.store.reversals()

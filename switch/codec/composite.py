@@ -150,11 +150,11 @@ class OriginalData:
         mti, stan, sent = original.mti, original.get(11), original.get(7) or "0" * 10
         acquirer = acquirer_id or original.get(32) or ""
         forwarding = forwarding_id or original.get(33) or ""
-        if (pad in ("0", " ") and type(mti) is str and len(mti) == 4 and _plain_digits(mti)
-                and type(stan) is str and len(stan) == 6 and _plain_digits(stan)
-                and type(sent) is str and len(sent) == 10 and _plain_digits(sent)
-                and type(acquirer) is str and len(acquirer) <= cls.ID_WIDTH and _plain_digits(acquirer)
-                and type(forwarding) is str and len(forwarding) <= cls.ID_WIDTH and _plain_digits(forwarding)):
+        if (pad in ("0", " ") and type(mti) is str and len(mti) == 4 and type(stan) is str and len(stan) == 6
+                and type(sent) is str and len(sent) == 10
+                and type(acquirer) is str and len(acquirer) <= cls.ID_WIDTH
+                and type(forwarding) is str and len(forwarding) <= cls.ID_WIDTH
+                and _plain_digits(mti + stan + sent + acquirer + forwarding)):  # all digits iff each part is
             if pad == "0":
                 return mti + stan + sent + acquirer.rjust(cls.ID_WIDTH, "0") + forwarding.rjust(cls.ID_WIDTH, "0")
             return mti + stan + sent + acquirer.ljust(cls.ID_WIDTH, " ") + forwarding.ljust(cls.ID_WIDTH, " ")

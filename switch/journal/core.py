@@ -142,8 +142,11 @@ class Journal:
     def _add(self, record: _Record) -> None:
         self._ring.append(record)
         writer = self._writer
-        if writer is not None and writer.writing:
-            self._queue(writer, record)
+        if writer is not None and writer.writing:  # ``_queue`` inlined: twice per request
+            pending = writer.pending
+            if len(pending) == pending.maxlen:
+                writer.lost += 1
+            pending.append(record)
 
     @staticmethod
     def _queue(writer: FileWriter, item: _Record | _Update) -> None:

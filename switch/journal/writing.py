@@ -33,7 +33,7 @@ from switch.journal.handoff import BatchDecoder, BatchEncoder, WriterSettings
 from switch.journal.lines import LineFormatter
 from switch.journal.masking import _Masker
 from switch.journal.process import WriterProcess, WriterStartError
-from switch.journal.records import DIRECTION_IN, _Record, _Update
+from switch.journal.records import _Record, _Update
 
 log = logging.getLogger("switch.journal")
 
@@ -240,22 +240,7 @@ class FileWriter:
         """Claim the first ``count`` queued entries, each with the state it has now (the Trio thread
         may change it later), and append their lines to ``batch``: claimed and formatted in one
         pass, with nothing built per entry but its line."""
-        line_of = self._lines.line
-        lines = batch.lines
-        popleft = self.pending.popleft
-        for _ in range(count):
-            item = popleft()
-            if type(item) is _Update:
-                record = item.record
-                lines.append(line_of(record, False, record.faults, record.rules, record.note, True))
-                continue
-            record = item  # type: ignore[assignment]
-            record.claimed = True
-            if record.direction == DIRECTION_IN:
-                matched = False if record.unsent else (True if record.matched else None)
-            else:
-                matched = None
-            lines.append(line_of(record, matched, record.faults, record.rules, record.note, False))
+        self._lines.claim(self.pending, count, batch.lines)
 
     # -- the file, in this process -----------------------------------------------------------
 

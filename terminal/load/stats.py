@@ -21,6 +21,7 @@ _TICKS_PER_SECOND = 10  # outcomes are counted per tenth of a second
 TIMELINE_RESOLUTION = 1 / _TICKS_PER_SECOND
 TIMELINE_WIDTHS = (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
 _TIMELINE_COLUMNS = ("finished", "ok", "declined", "errors")  # ok: approved, completed, a void done
+_OK_COLUMN, _DECLINED_COLUMN, _ERRORS_COLUMN = (_TIMELINE_COLUMNS.index(name) for name in ("ok", "declined", "errors"))
 
 
 def nearest_rank(sorted_samples: Sequence[float], percentile: float) -> float:
@@ -86,36 +87,53 @@ class LoadStats:
 
     def record_started(self, operation: str) -> None:
         self.started += 1
-        self.by_operation.setdefault(operation, Counter())
+        if operation not in self.by_operation:
+            self.by_operation[operation] = Counter()
 
     def record_outcome(self, operation: str, kind: str, response_code: str, latency: float, at: float) -> None:
-        """One transaction ended with ``kind`` after ``latency`` seconds, at ``at``."""
-        if kind not in self.outcomes:
+        """One transaction ended with ``kind`` after ``latency`` seconds, at ``at``. Called once per
+        transaction, so written for speed: no throwaway objects, the timeline's columns by index."""
+        outcomes = self.outcomes
+        if kind not in outcomes:
             raise ValueError(f"not an outcome kind: {kind!r}")
         if not (math.isfinite(latency) and latency >= 0):
             raise ValueError(f"latency must be seconds >= 0, got {latency!r}")
         if self.finished >= self.started:
             raise ValueError("an outcome was recorded for a transaction never started")
-        self.outcomes[kind] += 1
+        outcomes[kind] += 1
         self.finished += 1
-        self.by_operation.setdefault(operation, Counter())[kind] += 1
+        by_operation = self.by_operation.get(operation)
+        if by_operation is None:
+            by_operation = self.by_operation[operation] = Counter()
+        by_operation[kind] += 1
         if response_code:
             self.response_codes[response_code] += 1
         if kind == "declined":
             self.declined_by_code[response_code or "--"] += 1
-        if self._latencies and latency < self._latencies[-1]:
+        latencies = self._latencies
+        if latencies and latency < latencies[-1]:
             self._sorted = False
-        self._latencies.append(latency)
-        tick = self._timeline.setdefault(max(0, math.floor(at * _TICKS_PER_SECOND)), [0] * len(_TIMELINE_COLUMNS))
+        latencies.append(latency)
+        tick_index = max(0, math.floor(at * _TICKS_PER_SECOND))
+        tick = self._timeline.get(tick_index)
+        if tick is None:
+            tick = self._timeline[tick_index] = [0] * len(_TIMELINE_COLUMNS)
         tick[0] += 1
-        error = is_error(operation, kind)
-        self.errors += error
-        tick[_TIMELINE_COLUMNS.index("errors" if error else "declined" if kind == "declined" else "ok")] += 1
+        if is_error(operation, kind):
+            self.errors += 1
+            tick[_ERRORS_COLUMN] += 1
+        else:
+            tick[_DECLINED_COLUMN if kind == "declined" else _OK_COLUMN] += 1
         if self.first_outcome_at is None:
             self.first_outcome_at = at
-        self.last_outcome_at = at if self.last_outcome_at is None else max(self.last_outcome_at, at)
-        self._recent.append(at)
-        self._prune_recent(at)
+        last = self.last_outcome_at
+        if last is None or at > last:
+            self.last_outcome_at = at
+        recent = self._recent
+        recent.append(at)
+        oldest = at - _RECENT_WINDOW
+        while recent and recent[0] <= oldest:
+            recent.popleft()
 
     def record_note(self, kind: str, text: str = "") -> None:
         self.notes[kind] += 1

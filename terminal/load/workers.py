@@ -128,12 +128,12 @@ def replay(stats: LoadStats, records: Iterable[tuple[Any, ...]], shift: float) -
 
 
 def _worker_main(config: LoadConfig, store_dir: str, data: Connection, control: Connection,
-                 inherited: list[Connection]) -> None:
+                 inherited: list[Connection], journals: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what Ctrl-C means (module docstring)
     for connection in inherited:  # the other workers' pipe ends, copied by fork: not ours to hold open
         connection.close()
     try:
-        trio.run(_worker, config, store_dir, data, control)
+        trio.run(_worker, config, store_dir, data, control, journals)
     except BaseException as exc:  # report it to the parent, which prints it once
         kind, message = _failure(exc)
         if kind == "other":
@@ -144,7 +144,7 @@ def _worker_main(config: LoadConfig, store_dir: str, data: Connection, control: 
         data.close()
 
 
-async def _worker(config: LoadConfig, store_dir: str, data: Connection, control: Connection) -> None:
+async def _worker(config: LoadConfig, store_dir: str, data: Connection, control: Connection, journals: bool) -> None:
     stats = ForwardingStats()
     runner = LoadRunner(config, stats, store_dir)
     result: LoadResult | None = None
@@ -181,9 +181,10 @@ async def _worker(config: LoadConfig, store_dir: str, data: Connection, control:
             nursery.cancel_scope.cancel()
         flush()
         done: dict[str, Any] = {"interrupted": result is None, "stopped": runner.stopping}
-        if result is not None:
-            done.update(started_at=result.started_at, ended_at=result.ended_at, journal=result.journal(),
-                        journalled=result.journalled_keys())
+        if result is not None:  # the journals only for the check: reading and shipping them is not free
+            done.update(started_at=result.started_at, ended_at=result.ended_at,
+                        journal=result.journal() if journals else {},
+                        journalled=result.journalled_keys() if journals else set())
     finally:
         for store in runner.stores.values():
             store.close()  # durable before the parent hears "done"
@@ -226,9 +227,11 @@ class WorkersOutcome:
     failures: list[str] = field(default_factory=list)
 
 
-def run_workers(config: LoadConfig, store_dir: str, stats: LoadStats,
-                on_progress: Callable[[Progress], None] | None, err: TextIO) -> WorkersOutcome:
+def run_workers(config: LoadConfig, store_dir: str, stats: LoadStats, on_progress: Callable[[Progress], None] | None,
+                err: TextIO, *, journals: bool = True) -> WorkersOutcome:
     """Run ``config`` over ``config.workers`` processes, replaying their records into ``stats``.
+    ``journals``: the workers send their terminals' journals for the consistency check (False: no
+    check, so the result's journals are empty).
 
     Raises the first worker's StoreError / OSError (or WorkerFailure) after stopping the others.
     """
@@ -243,7 +246,8 @@ def run_workers(config: LoadConfig, store_dir: str, stats: LoadStats,
             data_in, data_out = context.Pipe(duplex=False)
             control_in, control_out = context.Pipe(duplex=False)
             inherited = [end for worker in workers for end in (worker.data, worker.control)]
-            process = context.Process(target=_worker_main, args=(part, store_dir, data_out, control_in, inherited),
+            process = context.Process(target=_worker_main,
+                                      args=(part, store_dir, data_out, control_in, inherited, journals),
                                       name=f"iso-terminal-load-{index + 1}", daemon=True)
             process.start()
             data_out.close()

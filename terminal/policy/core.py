@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import Any
 
 from switch.codec.composite import (
     SettlementTotals,
@@ -35,7 +35,7 @@ from terminal.settlement import (
     SettlePhase,
     SettleResult,
 )
-from terminal.store import TerminalStore
+from terminal.store import JournalEntry, TerminalStore
 
 __all__ = ["PolicyCore"]
 
@@ -48,15 +48,16 @@ _MAX_STEPS = 64  # internal transitions one next_action may take; more means a b
 # Internal state
 
 
-@dataclass
+@dataclass(slots=True)  # made for every exchange / operation: slots make that and each access cheaper
 class _Exchange:
     purpose: str
     request: Message
     deadline: float
     ref: int | None = None  # journal id (financial), reversal id (reversal), advice id (advice)
+    reversal_id: int | None = None  # financial: the reversal stored with the request (deleted by its answer)
 
 
-@dataclass
+@dataclass(slots=True)  # made for every exchange / operation: slots make that and each access cheaper
 class _Operation:
     command: Command
     needs_signon: bool
@@ -112,6 +113,7 @@ class PolicyCore:
         self._wait_until: float | None = None
         self._late: deque[tuple[str, str, str]] = deque(maxlen=_LATE_MEMORY)
         self._notes: list[Note] = []
+        self._written: JournalEntry | None = None  # the entry as the last answer wrote it (see _update_entry)
         self._keys: WorkingKeys | None = profile.static_keys if profile.tmk is None else None
         self._family: Family = family_of(profile)
         synced = store.clock_offset
@@ -167,6 +169,11 @@ class PolicyCore:
         """Whether reversals, advices or a settlement are stored and must reach the host."""
         return bool(self.store.reversals() or self.store.advices() or self.store.pending_settlement)
 
+    @property
+    def has_notes(self) -> bool:
+        """Whether ``take_notes`` has anything (a cheap check for a driver that asks after every call)."""
+        return bool(self._notes)
+
     def take_notes(self) -> list[Note]:
         """Journal notes since the last call (the driver logs them after every call)."""
         notes, self._notes = self._notes, []
@@ -175,9 +182,6 @@ class PolicyCore:
     def _refuse(self, op: _Operation, reason: str) -> None:
         self._note("refused", f"{op.command.name} refused locally: {reason}")
         op.outcome = Outcome("refused", op.command.name, f"refused: {reason}", meaning=reason)
-
-    def _local(self, now: float) -> datetime:
-        return self._clock.local(now)
 
     @property
     def clock(self) -> SyncedClock:
@@ -218,6 +222,13 @@ class PolicyCore:
             fields[32] = self.profile.acquirer_id
         self._family.card_fields(fields, self._clock, now, cup_type, self.store.batch)
         return fields
+
+    def _update_entry(self, entry_id: int, *, now: float, **changes: Any) -> JournalEntry:
+        """``store.update_entry``, and the entry remembered from the last answer is forgotten (it may be
+        this one). Every change the policy makes to the journal goes through here, so ``_written``, when
+        set, is what the store holds: the outcome step after an answer need not read the entry back."""
+        self._written = None
+        return self.store.update_entry(entry_id, now=now, **changes)
 
     def _transmit(self, now: float, purpose: str, message: Message, ref: int | None = None) -> Send:
         deadline = now + self.profile.timeout_for(message.mti)

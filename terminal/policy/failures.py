@@ -48,7 +48,7 @@ class FailureSteps(ReplySteps):
             reason = MAC_FAILURE_REASON if cause == "mac" else NO_REPLY_REASON
             reversal = self.store.reversal_for(exchange.ref)
             with self.store.transaction():
-                self.store.update_entry(exchange.ref, now=now, state="unknown", reason=f"{detail}: reversal queued")
+                self._update_entry(exchange.ref, now=now, state="unknown", reason=f"{detail}: reversal queued")
                 if reversal is not None:
                     self.store.update_reversal(
                         reversal.id, now=now, reason=reason, message=reversal.message.copy(f39=reason)

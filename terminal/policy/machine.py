@@ -80,7 +80,7 @@ class TerminalPolicy(FailureSteps):
             else:
                 self._record_offline_sale(op, command, now)
         elif isinstance(command, BalanceInquiry):
-            problem = card_problem(command.pan, command.expiry, self._local(now))
+            problem = card_problem(command.pan, command.expiry, self._clock.local_date(now))
             if problem is None and command.track2 is not None and not _track2_ok(command.track2):
                 problem = "malformed track 2: up to 37 digits with one '=' (or 'D') separator"
             if problem is None and command.pin_block is not None and not _hex_ok(command.pin_block, 16):
@@ -93,7 +93,8 @@ class TerminalPolicy(FailureSteps):
             self._refuse(op, f"no approved transaction in the open batch {self.store.batch} to reverse")
 
     def _sale_problem(self, command: Purchase | OfflineSale, now: float) -> str | None:
-        problem = _amount_problem(command.amount) or card_problem(command.pan, command.expiry, self._local(now))
+        problem = (_amount_problem(command.amount)
+                   or card_problem(command.pan, command.expiry, self._clock.local_date(now)))
         if problem is not None:
             return problem
         if isinstance(command, Purchase):
@@ -346,7 +347,9 @@ class TerminalPolicy(FailureSteps):
         if isinstance(command, Purchase | OfflineSale | ReverseLast):
             if op.journal_id is None or op.resend_pending:
                 return None
-            entry = self.store.entry(op.journal_id)
+            entry = self._written  # as the answer just wrote it, unless anything changed it since
+            if entry is None or entry.id != op.journal_id:
+                entry = self.store.entry(op.journal_id)
             if entry.state in ("in-flight", "unknown", "advice-pending"):
                 return None  # its reversal or advice is still owed
             return self._entry_outcome(op, entry)
@@ -387,10 +390,11 @@ class TerminalPolicy(FailureSteps):
 
     def _matches(self, exchange: _Exchange, message: Message) -> bool:
         request = exchange.request
+        got = message.fields
         return (
             message.mti == request.response_mti
-            and (message.get(41) or "").rstrip(" ") == self.profile.terminal_id.rstrip(" ")
-            and message.get(11) == request.get(11)
+            and (got.get(41) or "").rstrip(" ") == self.profile.terminal_id.rstrip(" ")
+            and got.get(11) == request.fields.get(11)
         )
 
     def _echo_problem(self, exchange: _Exchange, response: Message) -> str | None:
@@ -405,10 +409,14 @@ class TerminalPolicy(FailureSteps):
             return "the reply has no response code (field 39)"
         if code is not None and not (len(code) == 2 and code.isascii() and code.isalnum()):
             return f"the reply's response code {code!r} is not 2 letters or digits"
+        sent_fields, got_fields = request.fields, response.fields
         for number in _ECHOED:
-            if number not in request:
+            sent = sent_fields.get(number)
+            if sent is None:
                 continue
-            sent, got = request[number], response.get(number)
+            got = got_fields.get(number)
+            if got == sent:  # the usual case: echoed as sent
+                continue
             if number == 41:
                 sent, got = sent.rstrip(" "), (got or "").rstrip(" ")
             if got == sent:
@@ -450,7 +458,9 @@ class TerminalPolicy(FailureSteps):
         code = response.get(39) or ""
         stan = exchange.request.get(11) or ""
         purpose = exchange.purpose
-        if purpose == "signon":
+        if purpose == "financial":  # the usual answer first
+            self._apply_financial(op, exchange, response, code, now)
+        elif purpose == "signon":
             problem = self._load_keys(response) if code == "00" else None
             if code == "00" and problem is not None:
                 self._signon_failed(op, now, f"sign-on answered 00, but {problem}", "")
@@ -480,8 +490,6 @@ class TerminalPolicy(FailureSteps):
                                      meaning=meaning_of(code), rrn=(response.get(37) or "").strip())
             else:
                 op.outcome = self._code_outcome(op, code, "")
-        elif purpose == "financial":
-            self._apply_financial(op, exchange, response, code, now)
         elif purpose == "reversal":
             self._apply_reversal(op, exchange, response, code, now)
         elif purpose == "advice":

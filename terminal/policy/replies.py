@@ -48,7 +48,10 @@ class ReplySteps(SendingSteps):
     def _apply_financial(self, op: _Operation, exchange: _Exchange, response: Message, code: str, now: float) -> None:
         entry_id = exchange.ref
         assert entry_id is not None
-        reversal = self.store.reversal_for(entry_id)
+        reversal_id = exchange.reversal_id  # known since the request was stored: no lookup
+        if reversal_id is None:
+            reversal = self.store.reversal_for(entry_id)
+            reversal_id = None if reversal is None else reversal.id
         approved = code in APPROVAL_CODES
         changes: dict[str, Any] = {"response_code": code, "rrn": (response.get(37) or "").strip()[:12]}
         if approved:
@@ -61,9 +64,10 @@ class ReplySteps(SendingSteps):
         else:
             changes.update(state="declined", reason=meaning_of(code))
         with self.store.transaction():
-            self.store.update_entry(entry_id, now=now, **changes)
-            if reversal is not None:
-                self.store.delete_reversal(reversal.id)
+            entry = self._update_entry(entry_id, now=now, **changes)
+            if reversal_id is not None:
+                self.store.delete_reversal(reversal_id)
+        self._written = entry  # committed: the outcome is read from here, not read back from the store
         stan = exchange.request.get(11) or ""
         timeout = getattr(op.command, "confirm_timeout", None)
         if approved and timeout is not None:
@@ -100,7 +104,7 @@ class ReplySteps(SendingSteps):
                 f"reversal of STAN {entry.stan} refused with {code}: whether money moved is unknown",
             )
         with self.store.transaction():
-            self.store.update_entry(entry.id, now=now, **changes)
+            self._update_entry(entry.id, now=now, **changes)
             self.store.delete_reversal(reversal.id)
         self._note(note[0], note[1], entry.stan)
 
@@ -130,7 +134,7 @@ class ReplySteps(SendingSteps):
             }
             note = ("advice-declined", f"advice STAN {stan} refused with {code}: not posted")
         with self.store.transaction():
-            self.store.update_entry(entry.id, now=now, **changes)
+            self._update_entry(entry.id, now=now, **changes)
             self.store.delete_advice(advice.id)
         self._note(note[0], note[1], stan)
 

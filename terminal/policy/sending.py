@@ -32,7 +32,7 @@ class SendingSteps(SettlementSteps):
         entry = self.store.entry(op.journal_id)
         op.confirm_deadline, op.unconfirmed = None, True
         with self.store.transaction():
-            self.store.update_entry(entry.id, now=now, state="unknown",
+            self._update_entry(entry.id, now=now, state="unknown",
                                     reason="the cardholder did not confirm in time: reversal queued")
             self.store.add_reversal(entry.id, VOID_REASON, self._reversal_of(entry.request, VOID_REASON), now)
         self._note("reversal-queued", f"cardholder did not confirm STAN {entry.stan}: its reversal is queued",
@@ -74,10 +74,14 @@ class SendingSteps(SettlementSteps):
                 state="in-flight",
                 now=now,
             )
-            self.store.add_reversal(entry.id, NO_REPLY_REASON, self._reversal_of(request, NO_REPLY_REASON), now)
+            reversal = self.store.add_reversal(entry.id, NO_REPLY_REASON, self._reversal_of(request, NO_REPLY_REASON),
+                                               now)
         op.journal_id = entry.id
         op.own_sent = True
-        return self._transmit(now, "financial", request, entry.id)
+        send = self._transmit(now, "financial", request, entry.id)
+        assert self._exchange is not None
+        self._exchange.reversal_id = reversal.id
+        return send
 
     def _send_inquiry(self, now: float, command: BalanceInquiry) -> Send:
         fields = self._card_fields(now, self.store.next_stan(), command.processing_code, 0, command.pan,
@@ -121,7 +125,7 @@ class SendingSteps(SettlementSteps):
         message = self._family.rebatch(advice.message, batch)
         with self.store.transaction():
             self.store.update_advice(advice.id, now=now, attempts=1, message=message)
-            self.store.update_entry(advice.journal_id, now=now, batch=batch)
+            self._update_entry(advice.journal_id, now=now, batch=batch)
         return self._transmit(now, "advice", message, advice.id)
 
     def _record_offline_sale(self, op: _Operation, command: OfflineSale, now: float) -> None:
@@ -158,7 +162,7 @@ class SendingSteps(SettlementSteps):
             self._refuse(op, f"no approved transaction in the open batch {self.store.batch} to reverse")
             return
         with self.store.transaction():
-            self.store.update_entry(target.id, now=now, state="unknown", reason="void requested: reversal queued")
+            self._update_entry(target.id, now=now, state="unknown", reason="void requested: reversal queued")
             self.store.add_reversal(target.id, VOID_REASON, self._family.void_of(target, VOID_REASON), now)
         op.journal_id = target.id
         op.own_sent = True

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import date
 from typing import Any, ClassVar
 
 from switch.codec.composite import luhn_valid
@@ -80,7 +80,7 @@ class PolicyError(RuntimeError):
 # Local checks
 
 
-def card_problem(pan: object, expiry: object, today: datetime) -> str | None:
+def card_problem(pan: object, expiry: object, today: date) -> str | None:
     """Why no host should see this card, or None: PAN 12-19 digits with a Luhn check, expiry YYMM
     not before ``today``'s month (a card is valid through its expiry month)."""
     if not (isinstance(pan, str) and pan.isascii() and pan.isdigit() and 12 <= len(pan) <= 19):
