@@ -19,6 +19,7 @@ from switch.faults import (
 from switch.rules import Match
 from switch.scenario import ScenarioError, load_scenario, parse_scenario
 from tests.fault_engines import FAILURE_SCENARIOS, message
+from tests.scenario_support import luhn_valid
 
 # --- scenario files -----------------------------------------------------------------------------------
 
@@ -119,14 +120,6 @@ def test_failure_scenarios_load_with_valid_fault_rules_that_read_back(name):
     for rule in rules:
         assert rule.name != rule.id, f"{name}: rule {rule.id} has no name"
         assert rule_from_table(rule.to_dict(), default_id="x") == rule
-
-
-def luhn_valid(pan: str) -> bool:
-    total = 0
-    for position, char in enumerate(reversed(pan)):
-        digit = int(char) * (2 if position % 2 else 1)
-        total += digit - 9 if digit > 9 else digit
-    return total % 10 == 0
 
 
 def test_scenario_cards_are_luhn_valid():
