@@ -25,7 +25,6 @@ import specs
 from switch.codec.dialect import Dialect, DialectError, DialectRegistry, load_dialect
 from switch.codec.framing import LENGTH_HEADERS, MAX_FRAME_LIMIT, Framing, FramingError
 from switch.codec.message import CodecError
-from switch.describe import framing_summary
 
 DISTRIBUTION = "iso8583-switch-emulator"
 DEFAULT_DIALECT = "iso87-binary"
@@ -188,6 +187,8 @@ def dialects_command(dialect_paths: tuple[Path, ...]) -> None:
     A dialect file that cannot be loaded is listed as refused, with its reason on stderr, and the
     exit status is 1.
     """
+    from switch.describe import framing_summary  # here: only this command needs the message describer
+
     registry = DialectRegistry(dialect_paths)
     shipped = specs.dialects_dir().resolve()
     rows: list[tuple[str, str, str, str]] = []

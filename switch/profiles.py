@@ -60,6 +60,7 @@ from switch.scenario import (
     key_lines,
 )
 from switch.security import (
+    DEFAULT_KEY_LAYOUT,
     KEY_LAYOUTS,
     KEY_LENGTHS,
     MAC_CHOICES,
@@ -91,7 +92,6 @@ TERMINAL_KEYS = (
     "description",
 )
 DEFAULT_KEYS = tuple(key for key in TERMINAL_KEYS if key != "terminal_id")
-DEFAULT_KEY_LAYOUT = 40  # CUP 60.3 = 003, double-length keys: what current CUP terminals ask for
 DEFAULT_PIN_TRIES = 3
 UNKNOWN_TERMINAL_CODES = MappingProxyType({"cup": "97", "iso87": "58"})
 """Family → answer for a terminal without a profile: CUP 97 "terminal not registered", ISO 58."""

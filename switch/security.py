@@ -194,6 +194,7 @@ KEY_LAYOUTS: Mapping[int, KeyLayout] = MappingProxyType(
     }
 )
 """Field 62 layouts by size in bytes."""
+DEFAULT_KEY_LAYOUT = 40  # CUP 60.3 = 003, double-length keys: what current CUP terminals ask for
 
 
 def key_layout(size: int) -> KeyLayout:

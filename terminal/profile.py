@@ -16,12 +16,14 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from switch.codec.composite import CompositeFieldError, CupHeader
 from switch.codec.dialect import FAMILIES
-from switch.profiles import DEFAULT_KEY_LAYOUT, TerminalSecurityProfile
-from switch.security import KEY_LAYOUTS, KEY_LENGTHS, MAC_CHOICES, MAC_KEY_LENGTHS, WorkingKeys
+from switch.security import DEFAULT_KEY_LAYOUT, KEY_LAYOUTS, KEY_LENGTHS, MAC_CHOICES, MAC_KEY_LENGTHS, WorkingKeys
+
+if TYPE_CHECKING:
+    from switch.profiles import TerminalSecurityProfile
 
 __all__ = ["DEFAULT_CURRENCY", "SIGNON_DEMAND_CODES", "ProfileError", "TerminalProfile", "format_amount"]
 

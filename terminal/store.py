@@ -241,7 +241,8 @@ class TerminalStore(PendingQueues):
                 raise StoreError(f"terminal store {self.path}: cannot write: {exc}") from None
             self._commits += 1
         if self._commits >= _CHECKPOINT_EVERY:
-            self._exec("PRAGMA wal_checkpoint(PASSIVE)")  # syncs the WAL, copies, syncs the database
+            self._exec("PRAGMA wal_checkpoint(PASSIVE)").fetchall()  # syncs the WAL, copies, syncs the database
+            # (its result row read, so the shared cursor holds no pending statement)
             self._commits = 0
         self._unsynced = False
 

@@ -188,3 +188,87 @@ async def test_a_terminal_cancelled_while_waiting_is_not_woken_and_the_others_ar
                 gated.gate.set()
             nursery.cancel_scope.cancel()
     assert released == ["T2"] and gated.synced and other.synced
+
+
+class CountingStore(GatedStore):
+    """A gated store that records how many threads are inside its sync at once."""
+
+    def __init__(self, terminal_id: str) -> None:
+        super().__init__(terminal_id)
+        self._lock = threading.Lock()
+        self.inside = 0
+        self.most_inside = 0
+        self.syncs = 0
+
+    def sync(self) -> None:
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+            self.syncs += 1
+        try:
+            super().sync()
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+async def test_a_store_is_never_synced_by_two_threads_at_once_even_when_its_terminal_retries() -> None:
+    # A terminal cancelled while its store syncs, then waiting again for the same store: with two
+    # batches and two threads free, the second wait must still wait for the first sync to return
+    # (two threads on one SQLite connection and one cursor), and is released after its own sync.
+    syncer = GroupSyncer(batches_in_flight=2, sync_threads=2)
+    store = CountingStore("T1")
+    released: list[str] = []
+
+    async def waits(label: str, scope: trio.CancelScope) -> None:
+        with scope:
+            await syncer(store)  # type: ignore[arg-type]
+            released.append(label)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(syncer.run)
+            first = trio.CancelScope()
+            async with trio.open_nursery() as terminals:
+                terminals.start_soon(waits, "first", first)
+                assert await trio.to_thread.run_sync(store.entered.wait, 10)
+                first.cancel()
+                await trio.testing.wait_all_tasks_blocked()
+                terminals.start_soon(waits, "retry", trio.CancelScope())
+                await trio.testing.wait_all_tasks_blocked()
+                # held back while the first sync runs (the syncer's task has seen it: all tasks are blocked)
+                assert [waiter.store for waiter in syncer._queue] == [store] and released == []
+                store.gate.set()
+            nursery.cancel_scope.cancel()
+    assert released == ["retry"] and store.syncs == 2 and store.most_inside == 1
+
+
+async def test_two_waiters_for_one_store_share_one_sync_at_a_time() -> None:
+    syncer = GroupSyncer(batches_in_flight=2, sync_threads=4)
+    store = CountingStore("T1")
+    store.gate.set()
+    released: list[int] = []
+
+    async def waits(index: int) -> None:
+        await syncer(store)  # type: ignore[arg-type]
+        released.append(index)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(syncer.run)
+            async with trio.open_nursery() as terminals:
+                for index in range(5):
+                    terminals.start_soon(waits, index)
+            nursery.cancel_scope.cancel()
+    assert sorted(released) == [0, 1, 2, 3, 4] and store.most_inside == 1 and 1 <= store.syncs <= 5
+
+
+async def test_a_syncer_runs_once() -> None:
+    syncer = GroupSyncer()
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(syncer.run)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        with pytest.raises(RuntimeError, match="runs once"):
+            await syncer.run()

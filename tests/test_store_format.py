@@ -84,6 +84,19 @@ def test_a_new_file_is_the_previous_release_format(tmp_path: Path) -> None:
         conn.close()
 
 
+def test_a_sync_reaches_the_disk_not_just_the_file(tmp_path: Path) -> None:
+    # SIGKILL (tests/test_store_kill.py) keeps what the kernel holds, so only the settings prove the
+    # fsync: sync() commits with synchronous=FULL (WAL written and fsynced inside the COMMIT).
+    for deferred in (True, False):
+        store = TerminalStore.open(tmp_path / f"t{deferred}.sqlite", "T1", deferred_sync=deferred)
+        try:
+            conn = store._db()
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            store.close()
+
+
 def test_the_wal_stays_small_and_is_reused(tmp_path: Path) -> None:
     """sync() checkpoints every few dozen commits, so the WAL is written from its start again instead
     of growing (an fdatasync of a file that grew must also write its new size)."""

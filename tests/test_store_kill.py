@@ -1,6 +1,8 @@
 """A deferred-sync store killed with SIGKILL at an arbitrary instant (mid-step, mid-commit, mid-checkpoint)
 still holds everything it said was synced, and only whole steps: what a request depends on is on disk
-before the request may leave, and the file is either before or after each step."""
+before the request may leave, and the file is either before or after each step. (SIGKILL leaves the
+kernel's page cache intact, so this proves the commit comes before "sending", not the fsync; that the
+commit is fsynced is the store's synchronous=FULL, checked in tests/test_store_format.py.)"""
 
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
@@ -10,6 +11,18 @@ import click
 from switch.cli_common import CliError, ToolGroup, dialects_command, run, version_option
 
 EXIT_TERMINAL_USAGE = 3  # as terminal_command.EXIT_TERMINAL_USAGE (which imports this module)
+
+# Each command's module, imported when the command is looked up (importing it registers it on
+# ``cli``): ``iso-terminal load`` then does not compile and import the session REPL, the
+# single-terminal operations, ``build`` and ``status`` (and what only they need) on every start.
+COMMAND_MODULES = {
+    **dict.fromkeys(("balance", "drain", "echo", "purchase", "refund", "reverse-last", "settle", "signoff",
+                     "signon"), "terminal.cli.operations"),
+    "build": "terminal.cli.build_command",
+    "load": "terminal.cli.load_command",
+    "session": "terminal.cli.session_command",
+    "status": "terminal.cli.status_command",
+}
 
 
 class TerminalGroup(ToolGroup):
@@ -27,6 +40,14 @@ class TerminalGroup(ToolGroup):
             raise
         except click.UsageError as exc:
             raise _one_line(exc) from None
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMAND_MODULES})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(COMMAND_MODULES[cmd_name])
+        return super().get_command(ctx, cmd_name)
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
                                                                             list[str]]:

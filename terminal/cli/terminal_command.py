@@ -29,8 +29,6 @@ from switch.cli_common import (
 )
 from switch.codec.dialect import Dialect, DialectError
 from switch.codec.framing import TPDU_LENGTH, Framing
-from switch.describe import parse_hex
-from switch.profiles import TerminalSecurityProfile
 from terminal.defaults import DEFAULT_MERCHANT_ID, DEFAULT_TERMINAL_ID, TEST_PAN, default_expiry
 from terminal.policy import (
     Command,
@@ -41,6 +39,7 @@ from terminal.profile import ProfileError, TerminalProfile, format_amount
 from terminal.store import StoreError, TerminalStore
 
 if TYPE_CHECKING:
+    from switch.profiles import TerminalSecurityProfile
     from terminal.api import HostAddress
 
 # ============================================================================================
@@ -217,6 +216,8 @@ def terminal_options(func: F) -> F:
         if tpdu_hex is not None:
             if not framing.tpdu:
                 raise CliError(f"--tpdu: the framing of dialect {dialect.name} carries no TPDU")
+            from switch.describe import parse_hex  # only with --tpdu: the describer is a big import
+
             try:
                 tpdu = parse_hex(tpdu_hex)
             except ValueError as exc:

@@ -6,9 +6,7 @@ import contextlib
 import dataclasses
 import json
 import socket
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -301,6 +299,9 @@ class CheckOptions:
 
 
 def _get_json(url: str, token: str | None, timeout: float) -> Any:
+    import urllib.error  # here, not at the top: a run with --no-check never loads the HTTP client
+    import urllib.request
+
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if token:
         request.add_header("Authorization", f"Bearer {token}")

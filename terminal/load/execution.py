@@ -60,8 +60,6 @@ def execute(config: LoadConfig, check: CheckOptions, *, report_dir: str | None =
     0 done; 3 no transaction reached the host; 4 the check found mismatches; 5 the check was
     required but could not run; 130 interrupted (the summary covers what was done).
     """
-    from terminal.report import summary_lines, write_report
-
     out = out or sys.stdout
     err = err or sys.stderr
     unreachable = _unreachable(config)
@@ -124,11 +122,15 @@ def execute(config: LoadConfig, check: CheckOptions, *, report_dir: str | None =
     if _never_connected(summary) and stats.connect_failure:
         print(f"error: {stats.connect_failure}", file=err, flush=True)  # once, however many terminals failed
     if report_dir is not None:
+        from terminal.report import write_report  # here: a run without --report (or with --json) never loads it
+
         json_path, html_path = write_report(report_dir, summary)
         summary["report"] = {"summary": str(json_path), "html": str(html_path)}
     if as_json:
         print(json.dumps(summary, indent=2), file=out)
     else:
+        from terminal.report import summary_lines
+
         print("\n".join(summary_lines(summary)), file=out)
     out.flush()
     return exit_status(summary, check)

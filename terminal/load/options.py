@@ -11,7 +11,6 @@ from typing import Any
 
 from switch.codec.dialect import Dialect
 from switch.codec.framing import Framing
-from switch.scenario import parse_duration
 from terminal.profile import TerminalProfile
 
 OPERATIONS = ("purchase", "refund", "preauth", "offline", "void", "echo")
@@ -92,6 +91,8 @@ def parse_load_duration(text: str) -> float:
     try:
         seconds = float(text)  # on a command line a bare number is seconds (scenario files differ)
     except ValueError:
+        from switch.scenario import parse_duration  # only for a unit: the scenario loader is a big import
+
         try:
             seconds = parse_duration(text)
         except ValueError:

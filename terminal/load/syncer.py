@@ -46,7 +46,7 @@ _SYNC_THREADS = 8  # stores synced at once across the batches (the file system m
 
 
 class _Waiter:
-    __slots__ = ("error", "settled", "store", "synced", "task")
+    __slots__ = ("error", "followers", "settled", "store", "synced", "task")
 
     def __init__(self, store: TerminalStore, task: trio.lowlevel.Task) -> None:
         self.store = store
@@ -54,6 +54,7 @@ class _Waiter:
         self.error: BaseException | None = None
         self.synced = False  # set only once the store's sync returned: anything else is a failure
         self.settled = False  # woken, or its terminal was cancelled while waiting: never wake it (again)
+        self.followers: list[_Waiter] = []  # later waiters for the same store in the same batch
 
     def abort(self, _raise_cancel: object) -> trio.lowlevel.Abort:
         self.settled = True  # (its store may still be synced: harmless)
@@ -79,11 +80,36 @@ def _sync_all(waiters: list[_Waiter], pool: ThreadPoolExecutor | None) -> None:
         pass
 
 
+def _live(waiters: list[_Waiter], syncing: set[int]) -> tuple[list[_Waiter], list[_Waiter]]:
+    """(the next batch, the waiters held back): the waiters still waiting, one per store. A terminal
+    cancelled while it waited (and waiting again) must not have its store synced twice at once, by
+    two threads on one connection: a store queued twice is synced once and all its waiters get that
+    one result, and a store a batch in flight is syncing (``syncing``: ids) waits for a later batch."""
+    batch: list[_Waiter] = []
+    held: list[_Waiter] = []
+    by_store: dict[int, _Waiter] = {}
+    for waiter in waiters:
+        if waiter.settled:
+            continue
+        if id(waiter.store) in syncing:
+            held.append(waiter)
+            continue
+        first = by_store.get(id(waiter.store))
+        if first is None:
+            by_store[id(waiter.store)] = waiter
+            batch.append(waiter)
+        else:
+            first.followers.append(waiter)
+    return batch, held
+
+
 def _wake(waiters: list[_Waiter]) -> None:
     for waiter in waiters:
-        if not waiter.settled:
-            waiter.settled = True
-            trio.lowlevel.reschedule(waiter.task)
+        for each in (waiter, *waiter.followers):
+            if not each.settled:
+                each.settled = True
+                each.error, each.synced = waiter.error, waiter.synced
+                trio.lowlevel.reschedule(each.task)
 
 
 class GroupSyncer:
@@ -103,6 +129,8 @@ class GroupSyncer:
         self._token: trio.lowlevel.TrioToken | None = None
         self._failure: BaseException | None = None  # what broke a dispatcher: the run raises it
         self._stopped = False
+        self._syncing: set[int] = set()  # ids of the stores in the batches in flight
+        self._ran = False
 
     async def __call__(self, store: TerminalStore) -> None:
         if self._stopped:
@@ -117,7 +145,12 @@ class GroupSyncer:
             raise StoreError(f"terminal {store.terminal_id}: store not synced; the request is not sent")
 
     async def run(self) -> None:
-        """Serve syncs until cancelled; on the way out, finish the batches being synced, refuse the rest."""
+        """Serve syncs until cancelled; on the way out, finish the batches being synced, refuse the rest.
+
+        Once: a stopped syncer refuses every later sync (a run's terminals end with it)."""
+        if self._ran:
+            raise RuntimeError("a GroupSyncer runs once; make a new one")
+        self._ran = True
         self._token = trio.lowlevel.current_trio_token()
         dispatchers: list[threading.Thread] = []
         try:
@@ -148,9 +181,13 @@ class GroupSyncer:
             if self._failure is not None:
                 raise self._failure
             if self._queue and self._in_flight < self._batches_in_flight:
-                batch, self._queue = self._queue, []  # the waiters of this turn of the loop (and any before)
-                self._in_flight += 1
-                self._batches.put(batch)
+                # the waiters of this turn of the loop (and any before); a store another batch is
+                # still syncing waits for the next turn
+                batch, self._queue = _live(self._queue, self._syncing)
+                if batch:
+                    self._syncing.update(id(waiter.store) for waiter in batch)
+                    self._in_flight += 1
+                    self._batches.put(batch)
 
     def _dispatch(self) -> None:
         """A dispatcher thread: sync whole batches, hand each back to the event loop once."""
@@ -169,5 +206,6 @@ class GroupSyncer:
     def _back(self, batch: list[_Waiter]) -> None:
         """In the event loop: a batch is synced (or failed); wake its terminals and send the next batch."""
         self._in_flight -= 1
+        self._syncing.difference_update(id(waiter.store) for waiter in batch)
         _wake(batch)
         self._wakeup.set()
