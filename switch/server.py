@@ -166,6 +166,7 @@ class SwitchServer(_FaultedServer):
         journal = self.journal
         faults = self.faults
         owner = self.owner
+        clock = trio.lowlevel.current_clock()  # ``trio.current_time()`` is this, two calls further
         while True:
             while conn.full:  # backpressure: read no more until replies leave
                 conn.room = trio.Event()
@@ -181,8 +182,8 @@ class SwitchServer(_FaultedServer):
                 return
             if frame is None:
                 return
-            conn.last_activity = trio.current_time()
-            if frame.is_keepalive:
+            conn.last_activity = clock.current_time()
+            if not frame.payload and frame.tpdu is None:  # ``Frame.is_keepalive``, inlined
                 continue
             arrived = time.monotonic()
             self.stats.frames_in += 1
@@ -236,6 +237,7 @@ class SwitchServer(_FaultedServer):
 
     async def _write_loop(self, conn: _Connection) -> None:
         """The connection's one writer: waits for durability of a batch of replies, then sends it."""
+        clock = trio.lowlevel.current_clock()
         while True:
             await conn.wakeup.wait()
             conn.wakeup = trio.Event()
@@ -257,7 +259,7 @@ class SwitchServer(_FaultedServer):
                     return
                 finally:
                     conn.sending -= 1
-                conn.last_activity = trio.current_time()  # bytes moved: the peer reads
+                conn.last_activity = clock.current_time()  # bytes moved: the peer reads
                 conn.finished(len(batch))
                 self.stats.responses_out += len(batch)
                 self._sent(conn, batch, NO_FAULTS)

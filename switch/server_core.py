@@ -227,6 +227,7 @@ class _ServerCore:
                  held: HeldRequests | None = None, owner: TerminalOwner | None = None):
         self.codec = codec
         self.framing = framing
+        self._frame = framing.encoder()
         self.host = host
         self.ledger = ledger
         self.committer = committer
@@ -281,7 +282,7 @@ class _ServerCore:
             # is durable, and its number may exceed this instance's own pending rows: the writer waits
             # for the highest number of a batch, so it must not stand in for those
             wait = 0
-        return _Outgoing(wait, self.framing.encode(payload, tpdu), payload, reply, mti, request_seq, arrived)
+        return _Outgoing(wait, self._frame(payload, tpdu), payload, reply, mti, request_seq, arrived)
 
     def _unanswered(self, request: Message | None, error: MessageDecodeError | None, request_seq: int | None,
                     faults: _Applied, note: str) -> None:

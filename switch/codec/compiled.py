@@ -297,12 +297,35 @@ class CompiledCodec:
         lines.append("    mb = _a2b(mti)" if self.mti_bcd else "    mb = mti.encode('ascii')")
         lines.append(f"    if len(mb) != {2 if self.mti_bcd else 4}: return None")
         parts += ["mb", "_BITMAP"]
+        texts: set[str] = set()  # parts that are ASCII str: each run of them is encoded once, at the end
         checks: dict[str, list[str]] = {"digits": [], "track": [], "bcdtrack": [], "hex": []}
         for number in sorted(shape):
             fld = self.fields[number]
             v, b = f"v{number}", f"b{number}"
             if fld.check == "hex":
                 lines.append(f"    {v} = {v}.upper()")
+            if fld.kind == "text" and fld.enc == "ascii" and fld.len_enc in ("ascii", "b"):
+                # as str: len() is the byte count once the run's one encode("ascii") succeeds (else the
+                # encode raises and the reference path decides); no per-field encode
+                if fld.check == "signed":
+                    lines.append(f"    if not _signed_ok({v}): return None")
+                elif fld.check in checks:
+                    checks[fld.check].append(v)
+                if not fld.width:
+                    lines.append(f"    if len({v}) != {fld.max}: return None")
+                    parts.append(v)
+                    texts.add(v)
+                    continue
+                lines.append(f"    ln = len({v})")
+                lines.append(f"    if ln > {fld.max}: return None")
+                if fld.len_enc == "ascii":
+                    lines.append(f"    l{number} = '%0{fld.width}d' % ln")
+                    texts.add(f"l{number}")
+                else:
+                    lines.append(f"    l{number} = ln.to_bytes({fld.width}, 'big')")
+                parts += [f"l{number}", v]
+                texts.add(v)
+                continue
             if fld.kind == "text":
                 lines.append(f"    {b} = {v}.encode({fld.enc!r})")
                 size = f"len({b})"
@@ -350,7 +373,15 @@ class CompiledCodec:
                 table = {"digits": "_DIGITS", "track": "_TRACK", "bcdtrack": "_BCD_TRACK", "hex": "_HEX"}[name]
                 lines.append(f"    t = {joined}")
                 lines.append(f"    if not t.isascii() or t.encode().translate(None, {table}): return None")
-        lines.append("    return b''.join((" + ", ".join(parts) + ",))")
+        runs: list[list[str]] = []  # consecutive parts of one type: str runs become one bytes part
+        for part in parts:
+            if runs and (part in texts) == (runs[-1][0] in texts):
+                runs[-1].append(part)
+            else:
+                runs.append([part])
+        pieces = [(run[0] if len(run) == 1 else "''.join((" + ", ".join(run) + ",))") + ".encode('ascii')"
+                  if run[0] in texts else ", ".join(run) for run in runs]
+        lines.append("    return b''.join((" + ", ".join(pieces) + ",))")
         return _compile(lines, env, "encode")
 
 

@@ -17,6 +17,7 @@ The header's value is the body size (TPDU + message), plus the header's own size
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -171,6 +172,31 @@ class Framing:
             )
         return b"".join((self._encode_length(body), tpdu or b"", payload))
 
+    def encoder(self) -> Callable[[bytes, bytes | None], bytes]:
+        """``encode`` for a hot path: without a TPDU and within the size limits, one length header
+        and one concatenation (what ``encode`` would return); anything else goes to ``encode``."""
+        encode = self.encode
+        kind = self.length_header
+        if self.tpdu or not kind.startswith(("binary", "ascii")):
+            return encode
+        size = self.header_size
+        limit = min(self.max_frame, self._body_capacity)
+        extra = size if self.length_includes_itself else 0
+        if kind.startswith("binary"):
+            def binary(payload: bytes, tpdu: bytes | None = None) -> bytes:
+                body = len(payload)
+                if tpdu is None and body <= limit:
+                    return (body + extra).to_bytes(size, "big") + payload
+                return encode(payload, tpdu)
+            return binary
+
+        def ascii_(payload: bytes, tpdu: bytes | None = None) -> bytes:
+            body = len(payload)
+            if tpdu is None and body <= limit:
+                return b"%0*d" % (size, body + extra) + payload
+            return encode(payload, tpdu)
+        return ascii_
+
     def _encode_length(self, body: int) -> bytes:
         value = body + self.header_size if self.length_includes_itself else body
         kind = self.length_header
@@ -255,6 +281,9 @@ class FrameDecoder:
         self._framing = framing
         self._header_size = framing.header_size
         self._min_body = TPDU_LENGTH if framing.tpdu else 0
+        self._max_frame = framing.max_frame
+        self._plain_binary = framing.length_header.startswith("binary") and not framing.length_includes_itself
+        """The common header (a binary count of the body's bytes) is read inline: it cannot be malformed."""
         self._buf = bytearray()
         self._pos = 0
         self._body: int | None = None  # body size of the frame whose header was already read
@@ -274,7 +303,8 @@ class FrameDecoder:
 
     def next_frame(self) -> Frame | None:
         """The next complete frame, or None until more bytes are fed."""
-        self._check_usable()
+        if self._failed is not None:
+            self._check_usable()
         try:
             return self._next_frame()
         except FramingError as exc:
@@ -288,9 +318,12 @@ class FrameDecoder:
         if body is None:
             if available < hs:
                 return None
-            body = self._framing._decode_length(buf[pos : pos + hs])
-            if body > self._framing.max_frame:
-                raise OversizeFrameError(body, self._framing.max_frame)
+            if self._plain_binary:
+                body = int.from_bytes(buf[pos : pos + hs], "big")
+            else:
+                body = self._framing._decode_length(buf[pos : pos + hs])
+            if body > self._max_frame:
+                raise OversizeFrameError(body, self._max_frame)
             if 0 < body < self._min_body:
                 raise FramingError(
                     f"frame body of {body} bytes is shorter than the {TPDU_LENGTH}-byte TPDU "

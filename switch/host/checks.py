@@ -14,6 +14,8 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from switch.codec.composite import CompositeFieldError, CupField60, luhn_valid
 
 __all__ = [
+    "PATTERNS",
+    "RESPONSE_MTIS",
     "Problem",
     "auth_code_for",
     "auth_salt",
@@ -29,6 +31,12 @@ Problem = tuple[int | None, str]
 """A format error: the faulty field (None when one is missing) and what is wrong."""
 
 _HALF_YEAR = timedelta(days=183)
+
+PATTERNS: dict[Callable[[str], str | None], str] = {}
+"""Check → a regular expression that fully matches exactly the values it accepts (and never a NUL).
+``screen.FormatScreen`` matches a whole well-formed request with them at once; a check absent here
+(field 60's parse) is simply called. Each pattern must accept no value its check refuses:
+``test_host`` compares them on edge values."""
 
 
 def is_digits(value: str, width: int) -> bool:
@@ -46,6 +54,7 @@ def check_n(width: int) -> Callable[[str], str | None]:
 
     def check(value: str) -> str | None:
         return None if len(value) == width and value.isascii() and value.isdigit() else problem
+    PATTERNS[check] = f"[0-9]{{{width}}}"
     return check
 
 
@@ -98,6 +107,21 @@ def check_expiry(value: str) -> str | None:
     if not (len(value) == 4 and value.isascii() and value.isdigit()):
         return "must be 4 digits YYMM"
     return None if "01" <= value[2:4] <= "12" else "month must be 01-12"
+
+
+_MMDD = ("(?:(?:0[13578]|1[02])(?:0[1-9]|[12][0-9]|3[01])|(?:0[469]|11)(?:0[1-9]|[12][0-9]|30)"
+         "|02(?:0[1-9]|[12][0-9]))")
+_HHMMSS = "(?:[01][0-9]|2[0-3])[0-5][0-9][0-5][0-9]"
+PATTERNS.update({
+    check_pan: "[0-9]{1,19}",
+    check_amount: "[0-9]{1,12}",
+    check_transmission_time: _MMDD + _HHMMSS,
+    check_local_time: _HHMMSS,
+    check_local_date: _MMDD,
+    check_stan: "(?!000000)[0-9]{6}",
+    check_terminal: r"[^\x00]*[^\s\x00][^\x00]*",  # \s is what str.strip removes; no NUL (the screen's joint)
+    check_expiry: "[0-9]{2}(?:0[1-9]|1[0-2])",
+})
 
 
 def check_cup60(value: str) -> str | None:
@@ -193,13 +217,13 @@ def auth_salt(seed: int | str | None) -> int:
     return int.from_bytes(hashlib.blake2b(f"{seed}/auth-codes".encode(), digest_size=8).digest(), "big") % 1_000_000
 
 
-_RESPONSE_MTIS = {f"0{c}{f}{o}": f"0{c}{int(f) + 1}0" for c in "12345678" for f in "024" for o in "0123"}
+RESPONSE_MTIS = {f"0{c}{f}{o}": f"0{c}{int(f) + 1}0" for c in "12345678" for f in "024" for o in "0123"}
 
 
 def response_mti(mti: object) -> str | None:
     """The response MTI when ``mti`` is a readable request/advice/notification MTI, else None."""
     if isinstance(mti, str):
-        known = _RESPONSE_MTIS.get(mti)
+        known = RESPONSE_MTIS.get(mti)
         if known is not None:
             return known
         if is_digits(mti, 4) and mti[2] in "024":

@@ -25,9 +25,10 @@ from enum import StrEnum
 
 from switch.codec.composite import CupHeader, mask_pan
 from switch.codec.message import Message
-from switch.host.checks import Problem, auth_code_for, auth_salt, response_mti, rrn_for
+from switch.host.checks import RESPONSE_MTIS, Problem, auth_code_for, auth_salt, response_mti, rrn_for
 from switch.host.config import APPROVAL_CODES, HostConfig
 from switch.host.family import Family, family_for
+from switch.host.screen import FormatScreen
 from switch.ledger import Ledger, Posting
 from switch.profiles import ProfileSet
 from switch.rules import ResponseRule, ResponseRules
@@ -151,6 +152,7 @@ class HostCore:
         self._pin_failures: dict[str, int] = {}
         self.family: Family = family_for(config.family)
         self._checks = tuple(self.family.checks.items())
+        self._screen = FormatScreen(self._checks)
 
     def required(self, message_class: str) -> tuple[int, ...]:
         """Mandatory fields of a message class: the ``[host] required_fields`` entry, else the family's."""
@@ -187,10 +189,14 @@ class HostCore:
         if rule is not None and rule.fields:
             fields.update(rule.fields)
         mti = request.mti
-        out_mti = response_mti(mti) or f"{mti[:2]}{int(mti[2]) + 1}0"
+        out_mti = RESPONSE_MTIS.get(mti) or response_mti(mti) or f"{mti[:2]}{int(mti[2]) + 1}0"
         return Message(out_mti, fields, self.family.reply_header(request.header, requirement))
 
     def _format_problem(self, fields: Mapping[int, str], required: tuple[int, ...]) -> Problem | None:
+        """The first missing mandatory field, else the first field its check refuses, else None.
+        ``FormatScreen`` answers the common "None" with one match; the loops say what is wrong."""
+        if self._screen.passes(fields, required):
+            return None
         for number in required:
             if number not in fields:
                 return None, f"mandatory field {number} is missing"
@@ -299,7 +305,10 @@ class HostCore:
             "credit" if fields.get(3, "0")[0] == "2" else "debit", amount, fields.get(49, ""),
             mask_pan(pan) if pan else "", batch, code, approved, rrn, auth_code,
             identity, None if requested == amount else requested)
-        return seq, self._posting_fields(request, rrn, approved, auth_code)
+        extra = {37: rrn, 38: auth_code} if approved else {37: rrn}  # ``_posting_fields``, inlined
+        if 32 not in fields:
+            extra[32] = self.config.institution_id
+        return seq, extra
 
     def _posting_fields(self, request: Message, rrn: str, approved: bool, auth_code: str) -> dict[int, str]:
         """37 (host RRN), 38 (auth code) when approved, and 32 unless the request carried one."""
