@@ -76,6 +76,15 @@ class _Field:
                           and (self.kind != "bcd" or self.lenient or not self.max % 2 or self.width))
 
 
+def _check_value(fld: _Field, v: str, lines: list[str], checks: dict[str, list[str]]) -> None:
+    """The check of one field value in generated code: a signed amount on its own line (a field of
+    kind "signed" was checked while converting), other checks batched per kind after the loop."""
+    if fld.check == "signed" and fld.kind != "signed":
+        lines.append(f"    if not _signed_ok({v}): return None")
+    elif fld.check in checks:
+        checks[fld.check].append(v)
+
+
 class CompiledCodec:
     """Per-dialect cache of generated functions; ``decode``/``encode`` return None to mean "ask pyiso8583"."""
 
@@ -230,10 +239,7 @@ class CompiledCodec:
                         lines.append(f"    if {odd}:")
                         lines.append(f"        {v} = _strip_pad({v}.upper(), {fld.pad_left!r}, {fld.pad_right!r})")
                         lines.append(f"        if {v} is None: return None")
-            if fld.check == "signed" and fld.kind != "signed":
-                lines.append(f"    if not _signed_ok({v}): return None")
-            elif fld.check in checks:
-                checks[fld.check].append(v)
+            _check_value(fld, v, lines, checks)
         end = str(pos) if const else "i"
         lines.append(f"    if {end} != n: return None")
         if text_checks:
@@ -307,10 +313,7 @@ class CompiledCodec:
             if fld.kind == "text" and fld.enc == "ascii" and fld.len_enc in ("ascii", "b"):
                 # as str: len() is the byte count once the run's one encode("ascii") succeeds (else the
                 # encode raises and the reference path decides); no per-field encode
-                if fld.check == "signed":
-                    lines.append(f"    if not _signed_ok({v}): return None")
-                elif fld.check in checks:
-                    checks[fld.check].append(v)
+                _check_value(fld, v, lines, checks)
                 if not fld.width:
                     lines.append(f"    if len({v}) != {fld.max}: return None")
                     parts.append(v)
@@ -349,10 +352,7 @@ class CompiledCodec:
                 else:
                     lines.append(f"    {b} = _a2b({padded} if len({v}) & 1 else {v})")
                 size = f"len({v})"
-            if fld.check == "signed" and fld.kind != "signed":
-                lines.append(f"    if not _signed_ok({v}): return None")
-            elif fld.check in checks:
-                checks[fld.check].append(v)
+            _check_value(fld, v, lines, checks)
             if not fld.width:
                 lines.append(f"    if {size} != {fld.max}: return None")
                 parts.append(b)
