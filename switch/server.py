@@ -183,7 +183,7 @@ class SwitchServer(_FaultedServer):
             if frame is None:
                 return
             conn.last_activity = clock.current_time()
-            if not frame.payload and frame.tpdu is None:  # ``Frame.is_keepalive``, inlined
+            if frame.is_keepalive:
                 continue
             arrived = time.monotonic()
             self.stats.frames_in += 1

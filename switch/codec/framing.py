@@ -183,19 +183,18 @@ class Framing:
         limit = min(self.max_frame, self._body_capacity)
         extra = size if self.length_includes_itself else 0
         if kind.startswith("binary"):
-            def binary(payload: bytes, tpdu: bytes | None = None) -> bytes:
-                body = len(payload)
-                if tpdu is None and body <= limit:
-                    return (body + extra).to_bytes(size, "big") + payload
-                return encode(payload, tpdu)
-            return binary
+            def header(value: int) -> bytes:
+                return value.to_bytes(size, "big")
+        else:
+            def header(value: int) -> bytes:
+                return b"%0*d" % (size, value)
 
-        def ascii_(payload: bytes, tpdu: bytes | None = None) -> bytes:
+        def fast(payload: bytes, tpdu: bytes | None = None) -> bytes:
             body = len(payload)
             if tpdu is None and body <= limit:
-                return b"%0*d" % (size, body + extra) + payload
+                return header(body + extra) + payload
             return encode(payload, tpdu)
-        return ascii_
+        return fast
 
     def _encode_length(self, body: int) -> bytes:
         value = body + self.header_size if self.length_includes_itself else body
