@@ -129,11 +129,8 @@ class LoadStats:
         last = self.last_outcome_at
         if last is None or at > last:
             self.last_outcome_at = at
-        recent = self._recent
-        recent.append(at)
-        oldest = at - _RECENT_WINDOW
-        while recent and recent[0] <= oldest:
-            recent.popleft()
+        self._recent.append(at)
+        self._prune_recent(at)
 
     def record_note(self, kind: str, text: str = "") -> None:
         self.notes[kind] += 1
@@ -149,8 +146,9 @@ class LoadStats:
         self.housekeeping.setdefault(operation, Counter())[kind] += 1
 
     def _prune_recent(self, at: float) -> None:
-        while self._recent and self._recent[0] <= at - _RECENT_WINDOW:
-            self._recent.popleft()
+        recent, oldest = self._recent, at - _RECENT_WINDOW
+        while recent and recent[0] <= oldest:
+            recent.popleft()
 
     # -- reading ---------------------------------------------------------------------------------
 
