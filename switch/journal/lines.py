@@ -252,11 +252,10 @@ class LineFormatter:
 
     def claim(self, pending: deque[_Record | _Update], count: int, lines: list[str]) -> None:
         """Claim the first ``count`` entries of ``pending``, each with the state it has now (the Trio
-        thread may change it later), and append their lines to ``lines``: ``line`` inlined, since
-        this loop runs twice per request (the shape's function is called straight from here)."""
+        thread may change it later), and append their lines to ``lines``."""
         popleft = pending.popleft
         append = lines.append
-        shapes, header_shapes, line = self._shapes, self._header_shapes, self.line
+        line = self.line
         for _ in range(count):
             item = popleft()
             if type(item) is _Update:
@@ -269,14 +268,6 @@ class LineFormatter:
                 matched = False if record.unsent else (True if record.matched else None)
             else:
                 matched = None
-            fields = record.fields
-            if fields is not None:
-                shape = (header_shapes if record.header else shapes).get(tuple(fields))
-                if shape is not None:
-                    text = shape(record, matched, record.faults, record.rules, record.note, False)
-                    if text is not None:
-                        append(text)
-                        continue
             append(line(record, matched, record.faults, record.rules, record.note, False))
 
 
